@@ -1,0 +1,185 @@
+"""The adapter interface: what one vision-tower family must say for DnA to be patched into it.
+
+An adapter knows three things about its family:
+
+1. how to find the tower (``tower_paths``) and the projector (``projector_paths``) in a full model;
+2. which attention classes it replaces (``attention_classes``) and how to read their q/k/v weights
+   (``DnALayer.positive_qv``, splitting fused ``qkv`` when needed);
+3. how to run DnA inside the tower's own forward contract (``DnALayer.forward``: same arguments, same
+   return type, the tower's rotary / norms / packing applied to both queries).
+
+``DnALayer`` replaces one attention module. It *adopts* the original's submodules (``q_proj`` ... are the
+same objects), so the pretrained weights are not copied, PEFT target names stay valid, and
+:func:`dna_vlm.unpatch` can put the original module back untouched.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from dna_vlm.kernel import dna_attention, dna_attention_varlen
+from dna_vlm.module import DnAOptions, NegativeBranch
+
+__all__ = ["Adapter", "DnALayer"]
+
+
+class DnALayer(nn.Module):
+    """Base of every family's DnA replacement for one attention module.
+
+    Subclasses implement :meth:`positive_qv` and ``forward`` (with the original's signature). They get
+    ``self.neg`` (the :class:`NegativeBranch`) and :meth:`attend` (the kernel, packed or masked).
+    """
+
+    #: names of the original's child modules holding positive-branch weights (for save_dna's change check)
+    positive_modules: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, original: nn.Module, opts: DnAOptions, layer_index: int):
+        super().__init__()
+        for name, child in original.named_children():  # adopt, do not copy
+            self.add_module(name, child)
+        for name, value in vars(original).items():  # plain attributes: num_heads, head_dim, scale, config ...
+            if not name.startswith("_") and name != "training":
+                setattr(self, name, value)
+        self.train(original.training)
+        object.__setattr__(self, "_dna_original", original)  # hidden: not a submodule, not in state_dict
+        self.layer_index = layer_index
+        self.opts = opts
+        q, v = self.positive_qv()
+        ref = q.weight
+        self.neg = NegativeBranch(q.in_features, self.num_heads, opts, bias=q.bias is not None)
+        self.neg.to(device=ref.device, dtype=ref.dtype)
+        self.neg.init_from(q, v)
+        self.capture: list | None = None  # set to a list to record attention maps (dna-vlm inspect)
+
+    @property
+    def original(self) -> nn.Module:
+        return self._dna_original
+
+    def positive_qv(self) -> tuple[nn.Linear, nn.Linear]:
+        """The positive (dim -> dim) query and value maps as Linear modules (views of fused weights are ok)."""
+        raise NotImplementedError
+
+    @property
+    def hf_module(self):
+        """The HF modeling module of the original class (its rotary helpers live there)."""
+        return sys.modules[type(self.original).__module__]
+
+    def attend(
+        self, q, q_neg, k, v, v_neg, attn_mask=None, cu_seqlens=None, dropout_p: float = 0.0, scale=None
+    ):
+        """(B, H, N, d) tensors -> (B, H, N, d). Packed sequences (B=1) with ``cu_seqlens`` run per segment."""
+        dropout_p = dropout_p if self.training else 0.0
+        if self.capture is not None:
+            self._record(q, q_neg, k, attn_mask, cu_seqlens, scale)
+        if cu_seqlens is not None:
+            return dna_attention_varlen(
+                q, q_neg, k, v, v_neg, self.neg.neg_scale, cu_seqlens, dropout_p, scale
+            )
+        return dna_attention(
+            q, q_neg, k, v, v_neg, self.neg.neg_scale, _sdpa_mask(attn_mask), dropout_p, scale
+        )
+
+    @torch.no_grad()
+    def _record(self, q, q_neg, k, attn_mask, cu_seqlens, scale) -> None:
+        """Store both branches' probability maps (materialised; only when inspecting)."""
+        s = q.shape[-1] ** -0.5 if scale is None else scale
+        kt = k.float().transpose(-2, -1)
+        bias = (
+            _additive(_sdpa_mask(attn_mask)) if cu_seqlens is None else _additive(_block_mask(cu_seqlens, q))
+        )
+        maps = []
+        for qq, sign in ((q, 1.0), (q_neg, -1.0)):
+            scores = sign * s * (qq.float() @ kt)
+            maps.append(torch.softmax(scores if bias is None else scores + bias, dim=-1).cpu())
+        self.capture.append(
+            {"layer": self.layer_index, "p_pos": maps[0], "p_neg": maps[1], "cu_seqlens": cu_seqlens}
+        )
+
+    def extra_repr(self) -> str:
+        o = self.opts
+        rank = f", neg_rank={o.neg_rank}" if o.neg_branch == "lowrank" else ""
+        return f"layer={self.layer_index}, DnA(neg_branch={o.neg_branch}{rank}, shared_values={o.shared_values}, init={o.init})"
+
+
+def _sdpa_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """HF hands towers 4-D masks (bool or additive) or, for flash-attention, a 2-D (B, N) padding mask."""
+    if mask is not None and mask.dim() == 2:
+        return mask.bool()[:, None, None, :]
+    return mask
+
+
+def _additive(mask):
+    if mask is None or mask.is_floating_point():
+        return None if mask is None else mask.float()
+    return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
+def _block_mask(cu_seqlens, q):
+    from dna_vlm.kernel import block_diagonal_mask
+
+    return block_diagonal_mask(cu_seqlens, device=q.device)
+
+
+class Adapter:
+    """One vision-tower family. Subclasses set the class attributes and a ``layer_cls``; most need no code."""
+
+    #: family name used in reports, checkpoints and errors
+    name: ClassVar[str] = ""
+    #: class names of the attention modules this family replaces
+    attention_classes: ClassVar[tuple[str, ...]] = ()
+    #: HF config.model_type values known to be built on this tower (documentation and supported_model_types)
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: dotted attribute paths tried, in order, to find the vision tower in a full model
+    tower_paths: ClassVar[tuple[str, ...]] = ()
+    #: dotted attribute paths tried, in order, to find the projector in a full model
+    projector_paths: ClassVar[tuple[str, ...]] = ()
+    #: the DnALayer subclass that replaces each attention module
+    layer_cls: ClassVar[type[DnALayer]] = DnALayer
+
+    @classmethod
+    def find_towers(cls, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """(path, tower) for each vision tower of ``model`` (Video-LLaVA has two); a bare tower is ("", model)."""
+        found, seen = [], set()
+        for path in cls.tower_paths:
+            obj = _getpath(model, path)
+            if isinstance(obj, nn.Module) and id(obj) not in seen:
+                found.append((path, obj))
+                seen.add(id(obj))
+        if not found and _is_bare_tower(model):
+            found.append(("", model))
+        return found
+
+    @classmethod
+    def find_projector(cls, model: nn.Module) -> nn.Module | None:
+        for path in cls.projector_paths:
+            obj = _getpath(model, path)
+            if isinstance(obj, nn.Module):
+                return obj
+        return None
+
+    @classmethod
+    def attention_modules(cls, tower: nn.Module) -> list[tuple[str, nn.Module]]:
+        """(qualified name inside the tower, module) of each replaceable attention, in layer order."""
+        return [(n, m) for n, m in tower.named_modules() if type(m).__name__ in cls.attention_classes]
+
+    @classmethod
+    def make_layer(cls, attn: nn.Module, opts: DnAOptions, layer_index: int) -> DnALayer:
+        return cls.layer_cls(attn, opts, layer_index)
+
+
+def _getpath(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _is_bare_tower(model: nn.Module) -> bool:
+    """A vision model passed on its own (e.g. SiglipVisionModel), not a VLM whose tower we failed to find."""
+    cfg = getattr(model, "config", None)
+    return cfg is None or not any(hasattr(cfg, a) for a in ("text_config", "vision_config"))

@@ -1,0 +1,45 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL towers: fused ``qkv``, 2-D rotary, ``cu_seqlens`` packing.
+
+Qwen2.5-VL's window-attention layers receive the window ``cu_seqlens`` from the tower itself, so the same
+layer body covers full and windowed layers."""
+
+import torch
+from torch import nn
+
+from .base import Adapter
+from .common import PackedRotaryLayer
+
+
+class QwenVisionLayer(PackedRotaryLayer):
+    positive_modules = ("qkv", "proj")
+
+    def positive_qv(self) -> tuple[nn.Linear, nn.Linear]:
+        """Temporary (dim -> dim) copies of the q and v rows of the fused qkv, for the warm start."""
+        dim = self.qkv.in_features
+        w, b = self.qkv.weight, self.qkv.bias
+        q, v = (nn.Linear(dim, dim, bias=b is not None, device=w.device, dtype=w.dtype) for _ in range(2))
+        with torch.no_grad():
+            q.weight.copy_(w[:dim]), v.weight.copy_(w[2 * dim :])
+            if b is not None:
+                q.bias.copy_(b[:dim]), v.bias.copy_(b[2 * dim :])
+        return q, v
+
+    def qkv_packed(self, x):
+        return self.qkv(x).chunk(3, dim=-1)
+
+    def output(self, o):
+        return self.proj(o)
+
+
+class QwenVLAdapter(Adapter):
+    name = "qwen_vl"
+    attention_classes = ("VisionAttention", "Qwen2_5_VLVisionAttention", "Qwen3VLVisionAttention")
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+    tower_paths = ("model.visual", "visual")
+    projector_paths = ("model.visual.merger", "visual.merger")
+    layer_cls = QwenVisionLayer
+
+    @classmethod
+    def attention_modules(cls, tower):
+        # "VisionAttention" is a generic name: only accept it from a Qwen modeling file.
+        return [(n, m) for n, m in super().attention_modules(tower) if "qwen" in type(m).__module__]

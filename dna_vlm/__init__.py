@@ -1,0 +1,42 @@
+"""dna-vlm: Denoising Attention (DnA) for the vision towers of Hugging Face video LLMs."""
+
+__version__ = "0.1.0"
+
+from .checkpoint import load_dna, save_dna
+from .errors import AlreadyPatchedError, CheckpointMismatchError, NotPatchedError, UnsupportedModelError
+from .kernel import block_diagonal_mask, dna_attention, dna_attention_varlen, use_impl
+from .module import DnAAttention, DnAOptions, NegativeBranch, SoftmaxAttention
+from .patching import (
+    PatchReport,
+    dna_layers,
+    dna_parameters,
+    is_patched,
+    patch,
+    supported_model_types,
+    unpatch,
+)
+
+__all__ = [
+    "AlreadyPatchedError",
+    "CheckpointMismatchError",
+    "DnAAttention",
+    "DnAOptions",
+    "NegativeBranch",
+    "NotPatchedError",
+    "PatchReport",
+    "SoftmaxAttention",
+    "UnsupportedModelError",
+    "__version__",
+    "block_diagonal_mask",
+    "dna_attention",
+    "dna_attention_varlen",
+    "dna_layers",
+    "dna_parameters",
+    "is_patched",
+    "load_dna",
+    "patch",
+    "save_dna",
+    "supported_model_types",
+    "unpatch",
+    "use_impl",
+]

@@ -1,0 +1,159 @@
+"""save_dna / load_dna: only what DnA added (and tuned), as safetensors + a small JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .errors import CheckpointMismatchError, NotPatchedError
+from .patching import STATE_ATTR, _model_type, dna_layers, find_adapter, patch, tensor_digest, unwrap
+
+__all__ = ["load_dna", "save_dna"]
+
+FORMAT = "dna-vlm/1"
+WEIGHTS, CONFIG = "dna_weights.safetensors", "dna_config.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
+) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _state_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The negative branches, plus every positive-branch tensor whose bytes changed since patch()."""
+    base = unwrap(model)
+    fingerprints = {
+        f"{r['tower']}.{r['name']}": r["fingerprint"] for r in getattr(base, STATE_ATTR)["layers"]
+    }
+    tensors, changed = {}, []
+    for key, layer in dna_layers(base):
+        for pname, p in layer.neg.named_parameters():
+            tensors[f"{key}.neg.{pname}"] = p
+        for pname, digest in fingerprints[key].items():
+            p = layer.get_parameter(_base_param_name(layer, pname))
+            if tensor_digest(p) != digest:
+                tensors[f"{key}.{pname}"] = p
+                changed.append(f"{key}.{pname}")
+    return tensors, changed
+
+
+def _base_param_name(layer: nn.Module, pname: str) -> str:
+    """'q_proj.weight' or, under a PEFT LoRA wrapper, 'q_proj.base_layer.weight'."""
+    mod_name, _, leaf = pname.rpartition(".")
+    mod = layer.get_submodule(mod_name)
+    return f"{mod_name}.base_layer.{leaf}" if hasattr(mod, "base_layer") else pname
+
+
+def save_dna(model: nn.Module, out_dir: str | os.PathLike) -> Path:
+    """Write ``dna_weights.safetensors`` + ``dna_config.json`` to ``out_dir`` (atomically); returns the dir."""
+    base = unwrap(model)
+    state = getattr(base, STATE_ATTR, None)
+    if state is None:
+        raise NotPatchedError("save_dna: the model is not DnA-patched; call dna_vlm.patch(model) first")
+    tensors, changed = _state_tensors(base)
+    shapes = {k: list(v.shape) for k, v in tensors.items()}
+    config = {
+        "format": FORMAT,
+        "dna_vlm_version": __version__,
+        "model_type": _model_type(base),
+        "family": state["family"],
+        "attention_class": state["attention_class"],
+        "options": state["options"],
+        "layers": [{"tower": r["tower"], "name": r["name"], "index": r["index"]} for r in state["layers"]],
+        "tuned_positive": changed,
+        "shapes": shapes,
+    }
+    out = Path(out_dir)
+    atomic_save_safetensors(tensors, out / WEIGHTS, metadata={"format": FORMAT})
+    atomic_write_json(out / CONFIG, config)
+    return out
+
+
+def read_dna_config(dna_dir: str | os.PathLike) -> dict:
+    path = Path(dna_dir) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: not a save_dna directory (expected {CONFIG} and {WEIGHTS})"
+        )
+    config = json.loads(path.read_text())
+    if config.get("format") != FORMAT:
+        raise CheckpointMismatchError(f"{path}: format {config.get('format')!r}, expected {FORMAT!r}")
+    return config
+
+
+def load_dna(model: nn.Module, dna_dir: str | os.PathLike) -> nn.Module:
+    """Patch an unpatched ``model`` as recorded in ``dna_dir``, then load the saved weights (strictly)."""
+    config = read_dna_config(dna_dir)
+    base = unwrap(model)
+    adapter, _ = find_adapter(base)
+    where = Path(dna_dir) / CONFIG
+    if adapter.name != config["family"] or _model_type(base) != config["model_type"]:
+        raise CheckpointMismatchError(
+            f"{where} was saved from a {config['model_type']} model ({config['family']} tower); "
+            f"this model is {_model_type(base)} ({adapter.name} tower)"
+        )
+    indices = sorted({r["index"] for r in config["layers"]})
+    patch(base, layers=indices, **config["options"])
+    tensors = load_file(str(Path(dna_dir) / WEIGHTS))
+    _load_into(base, tensors, where)
+    return model
+
+
+def _load_into(base: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    params = {}
+    for key, layer in dna_layers(base):
+        for pname, p in layer.named_parameters():
+            params[f"{key}.{pname}"] = p
+    missing = [k for k, _ in params.items() if ".neg." in k and k not in tensors]
+    unknown = [k for k in tensors if k not in params]
+    if missing or unknown:
+        raise CheckpointMismatchError(
+            f"{where}: checkpoint does not match this model's DnA layers "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected {unknown[:3]}"
+            f"{'...' if len(unknown) > 3 else ''}); was it saved from a different architecture?"
+        )
+    with torch.no_grad():
+        for k, t in tensors.items():
+            p = params[k]
+            if p.shape != t.shape:
+                raise CheckpointMismatchError(
+                    f"{where}: {k} has shape {tuple(t.shape)} in the checkpoint, {tuple(p.shape)} in the model"
+                )
+            p.copy_(t.to(p))

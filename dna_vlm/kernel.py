@@ -1,0 +1,256 @@
+"""The DnA attention kernel.
+
+    out = softmax(s * q_pos k^T + mask) v_pos  -  neg_scale[h] * softmax(-s * q_neg k^T + mask) v_neg
+
+Two implementations share one validated entry point, :func:`dna_attention`:
+
+* ``reference`` materialises both (Nq, Nk) probability matrices with an fp32 softmax. It is slow and
+  memory-hungry, and exists to be obviously right.
+* ``fused`` runs each branch through ``torch.nn.functional.scaled_dot_product_attention`` (the negative
+  branch is an ordinary softmax attention with a negated query), so flash / memory-efficient backends are
+  used and no (Nq, Nk) buffer is ever allocated by this module.
+
+The implementation is chosen per call: ``DNA_VLM_ATTENTION_IMPL`` (``auto`` | ``fused`` | ``reference``),
+overridden by the :func:`use_impl` context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "IMPLS",
+    "block_diagonal_mask",
+    "current_impl",
+    "dna_attention",
+    "dna_attention_fused",
+    "dna_attention_reference",
+    "dna_attention_varlen",
+    "use_impl",
+]
+
+IMPLS = ("auto", "fused", "reference")
+ENV_VAR = "DNA_VLM_ATTENTION_IMPL"
+_local = threading.local()
+
+
+def current_impl() -> str:
+    """The implementation the next call will use: the innermost :func:`use_impl`, else the env var."""
+    impl = getattr(_local, "impl", None) or os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if impl not in IMPLS:
+        raise ValueError(f"{ENV_VAR}={impl!r} is not one of {IMPLS}; unset it or pick one of those.")
+    return "fused" if impl == "auto" else impl
+
+
+@contextlib.contextmanager
+def use_impl(impl: str) -> Iterator[None]:
+    """Force ``"reference"`` or ``"fused"`` (or ``"auto"``) for calls inside the block (thread-local)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    prev = getattr(_local, "impl", None)
+    _local.impl = impl
+    try:
+        yield
+    finally:
+        _local.impl = prev
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def _validate(q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask) -> None:
+    named = {"q_pos": q_pos, "q_neg": q_neg, "k": k, "v_pos": v_pos, "v_neg": v_neg}
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"dna_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"dna_attention: {name} must be 4-D (B, H, N, d), got shape {_shape(t)}")
+        if not t.is_floating_point():
+            raise TypeError(f"dna_attention: {name} must be floating point, got dtype {t.dtype}")
+    if q_neg.shape != q_pos.shape:
+        raise ValueError(
+            f"dna_attention: q_neg has shape {_shape(q_neg)} but q_pos has shape {_shape(q_pos)}; "
+            "both queries must be (B, H, Nq, d)"
+        )
+    if v_neg.shape != v_pos.shape:
+        raise ValueError(
+            f"dna_attention: v_neg has shape {_shape(v_neg)} but v_pos has shape {_shape(v_pos)}; "
+            "both values must be (B, H, Nk, dv)"
+        )
+    B, H, _, d = q_pos.shape
+    if k.shape[0] != B or k.shape[1] != H or k.shape[3] != d:
+        raise ValueError(
+            f"dna_attention: k has shape {_shape(k)} but q_pos has shape {_shape(q_pos)}; "
+            f"k must be (B={B}, H={H}, Nk, d={d})"
+        )
+    if v_pos.shape[:3] != k.shape[:3]:
+        raise ValueError(
+            f"dna_attention: v_pos has shape {_shape(v_pos)} but k has shape {_shape(k)}; "
+            "values must be (B, H, Nk, dv) with the keys' B, H and Nk"
+        )
+    for name, t in named.items():
+        if t.dtype != q_pos.dtype:
+            raise TypeError(
+                f"dna_attention: {name} has dtype {t.dtype} but q_pos has {q_pos.dtype}; cast them alike"
+            )
+        if t.device != q_pos.device:
+            raise ValueError(f"dna_attention: {name} is on {t.device} but q_pos is on {q_pos.device}")
+    if not isinstance(neg_scale, torch.Tensor) or neg_scale.shape != (H,):
+        got = _shape(neg_scale) if isinstance(neg_scale, torch.Tensor) else type(neg_scale).__name__
+        raise ValueError(f"dna_attention: neg_scale must be a (H,) = ({H},) tensor, got {got}")
+    if neg_scale.device != q_pos.device:
+        raise ValueError(f"dna_attention: neg_scale is on {neg_scale.device} but q_pos is on {q_pos.device}")
+    if attn_mask is not None:
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            raise TypeError(
+                f"dna_attention: attn_mask must be bool or floating point, got dtype {attn_mask.dtype}"
+            )
+        target = (B, H, q_pos.shape[2], k.shape[2])
+        try:
+            torch.broadcast_shapes(attn_mask.shape, target)
+        except RuntimeError:
+            raise ValueError(
+                f"dna_attention: attn_mask has shape {_shape(attn_mask)}, not broadcastable to (B, H, Nq, Nk) = {target}"
+            ) from None
+
+
+def _combine(o_pos: torch.Tensor, o_neg: torch.Tensor, neg_scale: torch.Tensor) -> torch.Tensor:
+    """o_pos - neg_scale[h] * o_neg, accumulated in fp32 and returned in the inputs' dtype."""
+    lam = neg_scale.to(torch.float32).view(1, -1, 1, 1)
+    return (o_pos.float() - lam * o_neg.float()).to(o_pos.dtype)
+
+
+def dna_attention_reference(
+    q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask=None, dropout_p=0.0, scale=None
+) -> torch.Tensor:
+    """Plain path: materialised (B, H, Nq, Nk) scores, fp32 softmax. Same contract as :func:`dna_attention`."""
+    s = q_pos.shape[-1] ** -0.5 if scale is None else scale
+    kt = k.float().transpose(-2, -1)
+    bias = None
+    if attn_mask is not None:
+        bias = (
+            attn_mask.float()
+            if attn_mask.dtype != torch.bool
+            else torch.zeros_like(attn_mask, dtype=torch.float32)
+        )
+        if attn_mask.dtype == torch.bool:
+            bias = bias.masked_fill(~attn_mask, float("-inf"))
+
+    def branch(q, v, sign):
+        scores = sign * s * (q.float() @ kt)
+        if bias is not None:
+            scores = scores + bias
+        p = torch.softmax(scores, dim=-1)
+        if dropout_p > 0.0:
+            p = F.dropout(p, p=dropout_p)
+        return (p @ v.float()).to(q.dtype)
+
+    return _combine(branch(q_pos, v_pos, 1.0), branch(q_neg, v_neg, -1.0), neg_scale)
+
+
+def dna_attention_fused(
+    q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask=None, dropout_p=0.0, scale=None
+) -> torch.Tensor:
+    """Fused path: two SDPA calls (positive query; negated negative query), never an (Nq, Nk) buffer.
+
+    Two calls beat one call over 2H heads (``[q_pos, -q_neg]``, ``[k, k]``, ``[v_pos, v_neg]``) in
+    ``scripts/bench_attention.py --compare-forms``: the one-call form must copy k and both values into new
+    (B, 2H, N, d) tensors, which costs more than the second kernel launch saves.
+    """
+    o_pos = F.scaled_dot_product_attention(
+        q_pos, k, v_pos, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale
+    )
+    o_neg = F.scaled_dot_product_attention(
+        -q_neg, k, v_neg, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale
+    )
+    return _combine(o_pos, o_neg, neg_scale)
+
+
+def dna_attention_fused_onecall(
+    q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask=None, dropout_p=0.0, scale=None
+) -> torch.Tensor:
+    """The one-call form over 2H heads; kept for the benchmark that chose the two-call form."""
+    H = q_pos.shape[1]
+    q = torch.cat([q_pos, -q_neg], dim=1)
+    kk = torch.cat([k, k], dim=1)
+    v = torch.cat([v_pos, v_neg], dim=1)
+    if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[1] == H and H > 1:
+        attn_mask = torch.cat([attn_mask, attn_mask], dim=1)
+    o = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    return _combine(o[:, :H], o[:, H:], neg_scale)
+
+
+def dna_attention(
+    q_pos: torch.Tensor,
+    q_neg: torch.Tensor,
+    k: torch.Tensor,
+    v_pos: torch.Tensor,
+    v_neg: torch.Tensor,
+    neg_scale: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Denoising attention (DnA).
+
+    Args:
+        q_pos, q_neg: (B, H, Nq, d) positive and negative queries.
+        k: (B, H, Nk, d) keys, shared by both branches.
+        v_pos, v_neg: (B, H, Nk, dv) values of the two subspaces (pass ``v_neg=v_pos`` for shared values).
+        neg_scale: (H,) per-head lambda; receives gradients.
+        attn_mask: bool (True = may attend) or additive float, broadcastable to (B, H, Nq, Nk).
+        dropout_p: attention dropout on both branches; pass 0.0 in eval (the module does this for you).
+        scale: softmax scale s; default d ** -0.5.
+
+    Returns:
+        (B, H, Nq, dv) tensor in the inputs' dtype.
+    """
+    _validate(q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask)
+    fn = dna_attention_reference if current_impl() == "reference" else dna_attention_fused
+    return fn(q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask, dropout_p, scale)
+
+
+def block_diagonal_mask(cu_seqlens: torch.Tensor | Sequence[int], device=None) -> torch.Tensor:
+    """(1, 1, N, N) bool mask, True inside each packed segment ``[cu[i], cu[i+1])``.
+
+    ``cu_seqlens`` are cumulative lengths starting at 0, as Qwen-VL / VideoLLaMA3 towers build them.
+    This allocates N x N bools: prefer :func:`dna_attention_varlen` for long packed sequences.
+    """
+    cu = torch.as_tensor(cu_seqlens, device=device).long()
+    _check_cu(cu)
+    n = int(cu[-1])
+    seg = torch.repeat_interleave(torch.arange(len(cu) - 1, device=cu.device), cu[1:] - cu[:-1])
+    assert seg.numel() == n
+    return (seg[:, None] == seg[None, :])[None, None]
+
+
+def _check_cu(cu: torch.Tensor) -> None:
+    if cu.dim() != 1 or cu.numel() < 2 or int(cu[0]) != 0 or bool((cu[1:] < cu[:-1]).any()):
+        raise ValueError(f"cu_seqlens must be a 1-D non-decreasing sequence starting at 0, got {cu.tolist()}")
+
+
+def dna_attention_varlen(
+    q_pos, q_neg, k, v_pos, v_neg, neg_scale, cu_seqlens, dropout_p: float = 0.0, scale=None
+) -> torch.Tensor:
+    """DnA over packed sequences: tensors are (1, H, N, d); no attention across ``cu_seqlens`` segments.
+
+    Runs one :func:`dna_attention` per segment (what HF's vision towers do without flash-attention), so the
+    memory stays O(max segment^2) at most and O(N) on flash backends.
+    """
+    cu = torch.as_tensor(cu_seqlens).long().cpu()
+    _check_cu(cu)
+    if int(cu[-1]) != q_pos.shape[2]:
+        raise ValueError(
+            f"cu_seqlens ends at {int(cu[-1])} but the packed sequence has N={q_pos.shape[2]} tokens"
+        )
+    lengths = (cu[1:] - cu[:-1]).tolist()
+    parts = [torch.split(t, lengths, dim=2) for t in (q_pos, q_neg, k, v_pos, v_neg)]
+    outs = [dna_attention(*p, neg_scale, dropout_p=dropout_p, scale=scale) for p in zip(*parts)]
+    return torch.cat(outs, dim=2)

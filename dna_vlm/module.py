@@ -1,0 +1,316 @@
+"""DnA modules: the negative branch (shared by every adapter) and a standalone timm-style attention.
+
+The negative branch owns everything DnA adds to an attention layer: the negative query Q-, the negative
+value V- (unless values are shared) and the per-head ``neg_scale`` (lambda). Two parametrisations:
+
+* ``"full"``: own (dim -> dim) maps for Q- and V-, as in the paper;
+* ``"lowrank"`` (rank r): Q- = Q+ + B_q A_q and V- = B_v A_v with B zero-initialised, a parameter-efficient
+  DnA that still starts function-preserving.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .kernel import dna_attention
+
+__all__ = [
+    "INITS",
+    "NEG_BRANCHES",
+    "DnAAttention",
+    "DnAOptions",
+    "NegativeBranch",
+    "SoftmaxAttention",
+    "negative_branch_num_params",
+]
+
+INITS = ("preserve", "scaled", "random")
+NEG_BRANCHES = ("full", "lowrank")
+
+
+@dataclass(frozen=True)
+class DnAOptions:
+    """What a DnA layer looks like and how it starts; validated on construction.
+
+    Args:
+        init: ``"preserve"`` (Q- = Q+, V- = 0: output identical to the wrapped attention), ``"scaled"``
+            (Q- = a*Q+, V- = b*V+; the authors' TimeSformer conversion uses a=1e-4, b=-1e-4) or ``"random"``.
+        neg_branch: ``"full"`` or ``"lowrank"``.
+        neg_rank: rank r of the ``"lowrank"`` branch.
+        shared_values: the paper's ablation, V- = V+ (no V- parameters).
+        neg_scale_init: initial lambda for every head. With ``shared_values`` and ``"preserve"`` lambda starts
+            at 0 instead, because V- = V+ cannot be zero; that is the only exact start.
+        scaled_a, scaled_b: the factors of the ``"scaled"`` init.
+    """
+
+    init: str = "preserve"
+    neg_branch: str = "full"
+    neg_rank: int | None = None
+    shared_values: bool = False
+    neg_scale_init: float = 0.5
+    scaled_a: float = 1e-4
+    scaled_b: float = -1e-4
+
+    def __post_init__(self):
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r} is not one of {INITS}")
+        if self.neg_branch not in NEG_BRANCHES:
+            raise ValueError(f"neg_branch={self.neg_branch!r} is not one of {NEG_BRANCHES}")
+        if self.neg_branch == "lowrank":
+            if not isinstance(self.neg_rank, int) or self.neg_rank < 1:
+                raise ValueError(
+                    f"neg_branch='lowrank' needs an integer neg_rank >= 1, got neg_rank={self.neg_rank!r}"
+                )
+            if self.init == "scaled":
+                raise ValueError(
+                    "init='scaled' (Q- = a*Q+) cannot be expressed by neg_branch='lowrank' (Q- = Q+ + BA); "
+                    "use init='preserve' or 'random' with lowrank, or neg_branch='full' with 'scaled'"
+                )
+        elif self.neg_rank is not None:
+            raise ValueError(
+                f"neg_rank={self.neg_rank} only applies to neg_branch='lowrank'; drop it or set that branch"
+            )
+        if not math.isfinite(self.neg_scale_init):
+            raise ValueError(f"neg_scale_init must be finite, got {self.neg_scale_init}")
+
+    @property
+    def effective_neg_scale_init(self) -> float:
+        return 0.0 if (self.shared_values and self.init == "preserve") else float(self.neg_scale_init)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def negative_branch_num_params(dim: int, num_heads: int, opts: DnAOptions, bias: bool = True) -> int:
+    """Parameters a negative branch adds to one layer of width ``dim``."""
+    if opts.neg_branch == "full":
+        per_map = dim * dim + (dim if bias else 0)
+    else:
+        per_map = 2 * opts.neg_rank * dim
+    return per_map * (1 if opts.shared_values else 2) + num_heads
+
+
+class NegativeBranch(nn.Module):
+    """Q-, V- and lambda for one attention layer of width ``dim`` with ``num_heads`` heads.
+
+    ``forward(x, q_pos, v_pos)`` takes the layer input x (..., dim) and the positive projections
+    (..., dim) *before* head split / rotary / norms, and returns (q_neg, v_neg) in the same layout, so each
+    adapter applies its tower's own per-query transforms (rotary, qk-norm) to q_neg exactly as to q_pos.
+    """
+
+    def __init__(self, dim: int, num_heads: int, opts: DnAOptions, bias: bool = True):
+        super().__init__()
+        self.dim, self.num_heads, self.opts = dim, num_heads, opts
+        r = opts.neg_rank
+        if opts.neg_branch == "full":
+            self.q_neg = nn.Linear(dim, dim, bias=bias)
+            self.v_neg = None if opts.shared_values else nn.Linear(dim, dim, bias=bias)
+        else:
+            self.q_neg_a, self.q_neg_b = nn.Linear(dim, r, bias=False), nn.Linear(r, dim, bias=False)
+            if not opts.shared_values:
+                self.v_neg_a, self.v_neg_b = nn.Linear(dim, r, bias=False), nn.Linear(r, dim, bias=False)
+        self.neg_scale = nn.Parameter(torch.full((num_heads,), opts.effective_neg_scale_init))
+
+    @torch.no_grad()
+    def init_from(self, q: nn.Linear, v: nn.Linear) -> NegativeBranch:
+        """Warm-start from the layer's positive (dim -> dim) query and value maps, per ``opts.init``."""
+        o = self.opts
+        if o.neg_branch == "full":
+            if o.init == "random":
+                _trunc_normal(self.q_neg.weight), _zero(self.q_neg.bias)
+                if self.v_neg is not None:
+                    _trunc_normal(self.v_neg.weight), _zero(self.v_neg.bias)
+            else:
+                a = 1.0 if o.init == "preserve" else o.scaled_a
+                _copy_linear(self.q_neg, q, a)
+                if self.v_neg is not None:
+                    _copy_linear(self.v_neg, v, 0.0 if o.init == "preserve" else o.scaled_b)
+        else:
+            pairs = [(self.q_neg_a, self.q_neg_b)]
+            if not o.shared_values:
+                pairs.append((self.v_neg_a, self.v_neg_b))
+            for a_lin, b_lin in pairs:  # LoRA-style: A random, B zero => BA = 0 at "preserve"
+                nn.init.kaiming_uniform_(a_lin.weight, a=math.sqrt(5))
+                nn.init.zeros_(b_lin.weight) if o.init == "preserve" else _trunc_normal(b_lin.weight)
+        self.neg_scale.fill_(o.effective_neg_scale_init)
+        return self
+
+    def forward(
+        self, x: torch.Tensor, q_pos: torch.Tensor, v_pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.opts.neg_branch == "full":
+            q_neg = self.q_neg(x)
+            v_neg = v_pos if self.v_neg is None else self.v_neg(x)
+        else:
+            q_neg = q_pos + self.q_neg_b(self.q_neg_a(x))
+            v_neg = v_pos if self.opts.shared_values else self.v_neg_b(self.v_neg_a(x))
+        return q_neg, v_neg
+
+    def extra_repr(self) -> str:
+        o = self.opts
+        rank = f", rank={o.neg_rank}" if o.neg_branch == "lowrank" else ""
+        return f"{o.neg_branch}{rank}, heads={self.num_heads}, shared_values={o.shared_values}, init={o.init}"
+
+
+def _trunc_normal(w: torch.Tensor) -> None:
+    nn.init.trunc_normal_(w, std=0.02)
+
+
+def _zero(b: torch.Tensor | None) -> None:
+    if b is not None:
+        b.zero_()
+
+
+def _dropout_p(attn: nn.Module) -> float:
+    """Attention dropout of a timm (``attn_drop``: Dropout or float) or HF (``dropout``) attention."""
+    for name in ("attn_drop", "dropout", "attention_dropout"):
+        d = getattr(attn, name, None)
+        if d is not None:
+            return float(d.p if isinstance(d, nn.Dropout) else d)
+    return 0.0
+
+
+def _copy_linear(dst: nn.Linear, src: nn.Linear, factor: float) -> None:
+    dst.weight.copy_(src.weight.detach().to(dst.weight) * factor)
+    if dst.bias is not None:
+        dst.bias.copy_(src.bias.detach().to(dst.bias) * factor if src.bias is not None else 0.0)
+
+
+class SoftmaxAttention(nn.Module):
+    """Stock multi-head softmax attention (timm layout: fused ``qkv``, ``proj``); the benchmark's baseline."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, H, N, d)."""
+        B, N, _ = t.shape
+        return t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, o: torch.Tensor) -> torch.Tensor:
+        """(B, H, N, d) -> projected (B, N, C)."""
+        B, _, N, _ = o.shape
+        return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, N, -1)))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, C) -> (B, N, C)."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        drop = self.attn_drop if self.training else 0.0
+        o = nn.functional.scaled_dot_product_attention(
+            self._heads(q), self._heads(k), self._heads(v), attn_mask=attn_mask, dropout_p=drop
+        )
+        return self._merge(o)
+
+
+class DnAAttention(SoftmaxAttention):
+    """Denoising attention, a drop-in for :class:`SoftmaxAttention` / timm's ``Attention``.
+
+    ``qkv`` and ``proj`` are the positive branch and output projection (same names as timm, so pretrained
+    weights load as they are); ``neg`` is the :class:`NegativeBranch`. Build with
+    ``DnAAttention(dim, num_heads, ...)`` or warm-start with :meth:`from_attention`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        *,
+        neg_branch: str = "full",
+        neg_rank: int | None = None,
+        shared_values: bool = False,
+        neg_scale_init: float = 0.5,
+        init: str = "random",
+        scaled_a: float = 1e-4,
+        scaled_b: float = -1e-4,
+    ):
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+        self.opts = DnAOptions(init, neg_branch, neg_rank, shared_values, neg_scale_init, scaled_a, scaled_b)
+        self.neg = NegativeBranch(dim, num_heads, self.opts, bias=qkv_bias)
+        self.neg.init_from(*self._qv_linears())
+
+    def _qv_linears(self) -> tuple[nn.Linear, nn.Linear]:
+        """Views of the fused qkv as separate (dim -> dim) query / value maps, for warm starts."""
+        dim = self.qkv.in_features
+        w, b = self.qkv.weight, self.qkv.bias
+        q, v = nn.Linear(dim, dim, bias=b is not None), nn.Linear(dim, dim, bias=b is not None)
+        with torch.no_grad():
+            q.weight.copy_(w[:dim]), v.weight.copy_(w[2 * dim :])
+            if b is not None:
+                q.bias.copy_(b[:dim]), v.bias.copy_(b[2 * dim :])
+        return q, v
+
+    @classmethod
+    def from_attention(
+        cls, attn: nn.Module, num_heads: int | None = None, init: str = "preserve", **dna_kwargs
+    ) -> DnAAttention:
+        """Warm-start from a softmax attention: timm/``SoftmaxAttention`` (``qkv``, ``proj``) or HF-style
+        (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``). With ``init="preserve"`` the output is identical."""
+        if hasattr(attn, "qkv"):
+            w, b, proj = attn.qkv.weight, attn.qkv.bias, attn.proj
+        elif all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "out_proj")):
+            lins = (attn.q_proj, attn.k_proj, attn.v_proj)
+            w = torch.cat([lin.weight for lin in lins])
+            b = torch.cat([lin.bias for lin in lins]) if attn.q_proj.bias is not None else None
+            proj = attn.out_proj
+        else:
+            raise TypeError(
+                f"{type(attn).__name__} has neither a fused `qkv` nor `q_proj/k_proj/v_proj/out_proj`; "
+                "build DnAAttention directly and load its weights"
+            )
+        num_heads = num_heads or getattr(attn, "num_heads", None)
+        if num_heads is None:
+            raise ValueError(f"{type(attn).__name__} has no `num_heads`; pass num_heads=")
+        new = cls(
+            w.shape[1], num_heads, qkv_bias=b is not None, attn_drop=_dropout_p(attn), init=init, **dna_kwargs
+        )
+        new.to(device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            new.qkv.weight.copy_(w)
+            if b is not None:
+                new.qkv.bias.copy_(b)
+            new.proj.load_state_dict(proj.state_dict())
+        new.neg.init_from(*new._qv_linears())
+        return new
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, C) -> (B, N, C); attn_mask broadcastable to (B, H, N, N)."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q_neg, v_neg = self.neg(x, q, v)
+        drop = self.attn_drop if self.training else 0.0
+        o = dna_attention(
+            self._heads(q), self._heads(q_neg), self._heads(k), self._heads(v), self._heads(v_neg),
+            self.neg.neg_scale, attn_mask=attn_mask, dropout_p=drop,
+        )  # fmt: skip
+        return self._merge(o)
+
+    def num_dna_parameters(self) -> int:
+        return sum(p.numel() for p in self.neg.parameters())
+
+    def extra_repr(self) -> str:
+        o = self.opts
+        rank = f", neg_rank={o.neg_rank}" if o.neg_branch == "lowrank" else ""
+        return (
+            f"dim={self.qkv.in_features}, num_heads={self.num_heads}, neg_branch={o.neg_branch}{rank}, "
+            f"shared_values={o.shared_values}, init={o.init}, dna_params={self.num_dna_parameters():,}"
+        )

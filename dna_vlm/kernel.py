@@ -121,10 +121,16 @@ def _validate(q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask) -> None:
             ) from None
 
 
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: fp32 for half types, the input's own for fp32/fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _combine(o_pos: torch.Tensor, o_neg: torch.Tensor, neg_scale: torch.Tensor) -> torch.Tensor:
-    """o_pos - neg_scale[h] * o_neg, accumulated in fp32 and returned in the inputs' dtype."""
-    lam = neg_scale.to(torch.float32).view(1, -1, 1, 1)
-    return (o_pos.float() - lam * o_neg.float()).to(o_pos.dtype)
+    """o_pos - neg_scale[h] * o_neg, accumulated in (at least) fp32 and returned in the inputs' dtype."""
+    acc = _acc(o_pos.dtype)
+    lam = neg_scale.to(acc).view(1, -1, 1, 1)
+    return (o_pos.to(acc) - lam * o_neg.to(acc)).to(o_pos.dtype)
 
 
 def dna_attention_reference(
@@ -132,25 +138,26 @@ def dna_attention_reference(
 ) -> torch.Tensor:
     """Plain path: materialised (B, H, Nq, Nk) scores, fp32 softmax. Same contract as :func:`dna_attention`."""
     s = q_pos.shape[-1] ** -0.5 if scale is None else scale
-    kt = k.float().transpose(-2, -1)
+    acc = _acc(q_pos.dtype)
+    kt = k.to(acc).transpose(-2, -1)
     bias = None
     if attn_mask is not None:
         bias = (
-            attn_mask.float()
+            attn_mask.to(acc)
             if attn_mask.dtype != torch.bool
-            else torch.zeros_like(attn_mask, dtype=torch.float32)
+            else torch.zeros_like(attn_mask, dtype=acc)
         )
         if attn_mask.dtype == torch.bool:
             bias = bias.masked_fill(~attn_mask, float("-inf"))
 
     def branch(q, v, sign):
-        scores = sign * s * (q.float() @ kt)
+        scores = sign * s * (q.to(acc) @ kt)
         if bias is not None:
             scores = scores + bias
         p = torch.softmax(scores, dim=-1)
         if dropout_p > 0.0:
             p = F.dropout(p, p=dropout_p)
-        return (p @ v.float()).to(q.dtype)
+        return (p @ v.to(acc)).to(q.dtype)
 
     return _combine(branch(q_pos, v_pos, 1.0), branch(q_neg, v_neg, -1.0), neg_scale)
 

@@ -33,7 +33,9 @@ class QwenVisionLayer(PackedRotaryLayer):
 
 class QwenVLAdapter(Adapter):
     name = "qwen_vl"
-    attention_classes = ("VisionAttention", "Qwen2_5_VLVisionAttention", "Qwen3VLVisionAttention")
+    attention_classes = (
+        "VisionAttention", "Qwen2_5_VLVisionAttention", "Qwen3VLVisionAttention", "Qwen3VLMoeVisionAttention",
+    )  # fmt: skip
     model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
     tower_paths = ("model.visual", "visual")
     projector_paths = ("model.visual.merger", "visual.merger")

@@ -34,6 +34,7 @@ __all__ = [
     "dna_parameters",
     "is_patched",
     "load_dna",
+    "mark_dna_trainable",
     "patch",
     "save_dna",
     "supported_model_types",

@@ -12,8 +12,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
-from .errors import CheckpointMismatchError, NotPatchedError
-from .patching import STATE_ATTR, _model_type, dna_layers, find_adapter, patch, tensor_digest, unwrap
+from .errors import AlreadyPatchedError, CheckpointMismatchError, NotPatchedError
+from .patching import (
+    STATE_ATTR,
+    _join,
+    _model_type,
+    dna_layers,
+    find_adapter,
+    is_patched,
+    patch,
+    tensor_digest,
+    unpatch,
+    unwrap,
+)
 
 __all__ = ["load_dna", "save_dna"]
 
@@ -60,7 +71,7 @@ def _state_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]
     """The negative branches, plus every positive-branch tensor whose bytes changed since patch()."""
     base = unwrap(model)
     fingerprints = {
-        f"{r['tower']}.{r['name']}": r["fingerprint"] for r in getattr(base, STATE_ATTR)["layers"]
+        _join(r["tower"], r["name"]): r["fingerprint"] for r in getattr(base, STATE_ATTR)["layers"]
     }
     tensors, changed = {}, []
     for key, layer in dna_layers(base):
@@ -119,28 +130,52 @@ def read_dna_config(dna_dir: str | os.PathLike) -> dict:
 
 
 def load_dna(model: nn.Module, dna_dir: str | os.PathLike) -> nn.Module:
-    """Patch an unpatched ``model`` as recorded in ``dna_dir``, then load the saved weights (strictly)."""
+    """Patch an unpatched ``model`` as recorded in ``dna_dir``, then load the saved weights (strictly).
+
+    A checkpoint made for another architecture (family, model type, layer count or tensor shapes) is refused
+    with :class:`CheckpointMismatchError`, and the model is left as it was (unpatched).
+    """
     config = read_dna_config(dna_dir)
     base = unwrap(model)
-    adapter, _ = find_adapter(base)
+    if is_patched(base):
+        raise AlreadyPatchedError(
+            f"load_dna: this model already has DnA layers; load {dna_dir} into a freshly loaded model "
+            "(or call dna_vlm.unpatch(model) first)"
+        )
+    adapter, towers = find_adapter(base)
     where = Path(dna_dir) / CONFIG
     if adapter.name != config["family"] or _model_type(base) != config["model_type"]:
         raise CheckpointMismatchError(
             f"{where} was saved from a {config['model_type']} model ({config['family']} tower); "
             f"this model is {_model_type(base)} ({adapter.name} tower)"
         )
+    saved_towers = sorted({r["tower"] for r in config["layers"]})
+    here = {path: len(adapter.attention_modules(t)) for path, t in towers}
     indices = sorted({r["index"] for r in config["layers"]})
+    if saved_towers != sorted(here) or any(i >= n for n in here.values() for i in indices):
+        raise CheckpointMismatchError(
+            f"{where} patches layers {indices} of towers {saved_towers}; this model's towers have "
+            f"{here} attention layers: it was saved from a different architecture"
+        )
+    weights = Path(dna_dir) / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the save_dna directory is incomplete")
+    tensors = load_file(str(weights))
     patch(base, layers=indices, **config["options"])
-    tensors = load_file(str(Path(dna_dir) / WEIGHTS))
-    _load_into(base, tensors, where)
+    try:
+        _load_into(base, tensors, where)
+    except BaseException:
+        unpatch(base)  # leave the model as we found it
+        raise
     return model
 
 
 def _load_into(base: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Check every name and shape first, then copy: a mismatch never leaves half-loaded weights."""
     params = {}
     for key, layer in dna_layers(base):
         for pname, p in layer.named_parameters():
-            params[f"{key}.{pname}"] = p
+            params[_join(key, pname)] = p
     missing = [k for k, _ in params.items() if ".neg." in k and k not in tensors]
     unknown = [k for k in tensors if k not in params]
     if missing or unknown:
@@ -149,11 +184,16 @@ def _load_into(base: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -
             f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected {unknown[:3]}"
             f"{'...' if len(unknown) > 3 else ''}); was it saved from a different architecture?"
         )
+    bad = [
+        f"{k}: checkpoint {tuple(t.shape)}, model {tuple(params[k].shape)}"
+        for k, t in tensors.items()
+        if params[k].shape != t.shape
+    ]
+    if bad:
+        raise CheckpointMismatchError(
+            f"{where}: tensor shapes differ from this model's ({'; '.join(bad[:3])}"
+            f"{'...' if len(bad) > 3 else ''}); it was saved from a model of a different size"
+        )
     with torch.no_grad():
         for k, t in tensors.items():
-            p = params[k]
-            if p.shape != t.shape:
-                raise CheckpointMismatchError(
-                    f"{where}: {k} has shape {tuple(t.shape)} in the checkpoint, {tuple(p.shape)} in the model"
-                )
-            p.copy_(t.to(p))
+            params[k].copy_(t.to(params[k]))

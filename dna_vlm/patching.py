@@ -23,6 +23,7 @@ __all__ = [
     "dna_parameters",
     "find_adapter",
     "is_patched",
+    "mark_dna_trainable",
     "patch",
     "supported_model_types",
     "unpatch",
@@ -61,6 +62,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 def find_adapter(model: nn.Module):
     """(adapter, [(tower_path, tower), ...]) for ``model``; raises UnsupportedModelError naming what was found."""
     model = unwrap(model)
+    state = getattr(model, STATE_ATTR, None)
+    if state is not None:  # patched: its attention classes changed, the recorded family tells
+        adapter = next(a for a in _registry() if a.name == state["family"])
+        return adapter, adapter.find_towers(model)
     for adapter in _registry():
         towers = adapter.find_towers(model)
         if towers and any(adapter.attention_modules(t) for _, t in towers):
@@ -116,6 +121,7 @@ class PatchReport:
     params_added: int = 0
     trainable: list[str] = field(default_factory=list)  # names of the DnA-added parameters
     towers: list[str] = field(default_factory=list)
+    params_per_module: list[int] = field(default_factory=list)  # DnA parameters added by each module
 
     def __str__(self) -> str:
         o = self.options
@@ -126,8 +132,8 @@ class PatchReport:
             f"neg_scale_init={o['neg_scale_init']} towers={', '.join(self.towers)}",
             f"  {'#':>3}  {'module':<60} {'DnA params':>12}",
         ]
-        per = self.params_added // max(len(self.modules), 1)
-        rows = [f"  {i:>3}  {m:<60} {per:>12,}" for i, m in enumerate(self.modules)]
+        per = self.params_per_module or [self.params_added // max(len(self.modules), 1)] * len(self.modules)
+        rows = [f"  {i:>3}  {m:<60} {n:>12,}" for i, (m, n) in enumerate(zip(self.modules, per, strict=True))]
         foot = f"  {len(self.modules)} modules replaced, {self.params_added:,} parameters added ({len(self.trainable)} tensors)"
         return "\n".join(head + rows + [foot])
 
@@ -164,18 +170,25 @@ def patch(
             "this model already has DnA layers; call dna_vlm.unpatch(model) first, or load_dna into a fresh model"
         )
     adapter, towers = find_adapter(base)
-    records, names, added = [], [], 0
-    for tower_path, tower in towers:
-        mods = adapter.attention_modules(tower)
-        for idx in _parse_layers(layers, len(mods)):
-            name, attn = mods[idx]
-            layer = adapter.make_layer(attn, opts, idx)
-            _set_submodule(tower, name, layer)
-            records.append(
-                {"tower": tower_path, "name": name, "index": idx, "fingerprint": _fingerprint(layer)}
-            )
-            names.append(f"{tower_path}.{name}" if tower_path else name)
-            added += sum(p.numel() for p in layer.neg.parameters())
+    records, names, per_module, done = [], [], [], []
+    plan = [(path, tower, adapter.attention_modules(tower)) for path, tower in towers]
+    plan = [(path, tower, mods, _parse_layers(layers, len(mods))) for path, tower, mods in plan]
+    try:
+        for tower_path, tower, mods, indices in plan:
+            for idx in indices:
+                name, attn = mods[idx]
+                layer = adapter.make_layer(attn, opts, idx)
+                _set_submodule(tower, name, layer)
+                done.append((tower, name, attn))
+                records.append(
+                    {"tower": tower_path, "name": name, "index": idx, "fingerprint": _fingerprint(layer)}
+                )
+                names.append(_join(tower_path, name))
+                per_module.append(sum(p.numel() for p in layer.neg.parameters()))
+    except BaseException:
+        for tower, name, attn in done:  # never leave a half-patched model behind
+            _set_submodule(tower, name, attn)
+        raise
     state = {
         "family": adapter.name,
         "attention_class": type(
@@ -192,10 +205,15 @@ def patch(
         state["attention_class"],
         opts.to_dict(),
         names,
-        added,
+        sum(per_module),
         trainable,
-        [p for p, _ in towers],
+        [p or "<model>" for p, _ in towers],
+        per_module,
     )
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
 
 
 def _fingerprint(layer) -> dict[str, str]:
@@ -222,7 +240,7 @@ def dna_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     adapter = next(a for a in _registry() if a.name == state["family"])
     towers = dict(adapter.find_towers(base))
     for rec in state["layers"]:
-        yield f"{rec['tower']}.{rec['name']}", _get_submodule(towers[rec["tower"]], rec["name"])
+        yield _join(rec["tower"], rec["name"]), _get_submodule(towers[rec["tower"]], rec["name"])
 
 
 def dna_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
@@ -235,6 +253,23 @@ def dna_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """The parameters DnA added (negative queries/values, lambdas), e.g. for an optimizer group."""
     for _, p in dna_named_parameters(model):
         yield p
+
+
+def mark_dna_trainable(model: nn.Module, trainable: bool = True) -> int:
+    """Set ``requires_grad`` on every DnA-added parameter; returns how many tensors were marked.
+
+    The intended PEFT flow: ``patch(model)`` -> ``get_peft_model(model, cfg)`` (which freezes everything but
+    its adapters) -> ``mark_dna_trainable(peft_model)``. Works on the PEFT-wrapped or the bare model.
+    """
+    n = 0
+    for p in dna_parameters(model):
+        p.requires_grad_(trainable)
+        n += 1
+    if n == 0:
+        raise NotPatchedError(
+            "mark_dna_trainable: the model has no DnA layers; call dna_vlm.patch(model) first"
+        )
+    return n
 
 
 def unpatch(model: nn.Module) -> nn.Module:

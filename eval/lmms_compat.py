@@ -1,0 +1,139 @@
+"""Workarounds for lmms-eval 0.7.3 bugs that break a plugin model (applied when the plugin is imported).
+
+lmms-eval discovers the ``dna_vlm`` model through the ``lmms_eval.models`` entry-point group, which it loads
+while ``lmms_eval.models`` is being imported (``lmms_eval/models/__init__.py``: ``_initialize_model_registry``
+-> ``ModelRegistryV2.load_entrypoint_manifests``). ``lmms_eval/evaluator.py`` imports ``lmms_eval.models`` at
+line 31, before it binds ``unwrap_generation_output`` (line 32) and long before ``simple_evaluate`` calls
+``_enable_reentrant_filelocks`` (line 533). So importing :mod:`dna_vlm.eval.lmms_plugin` (which calls
+:func:`apply`) is early enough for every workaround below, with the stock ``lmms-eval`` / ``python -m
+lmms_eval`` CLI.
+
+Each workaround is minimal, idempotent and can be switched off for bug reports and tests with the environment
+variable ``DNA_VLM_LMMS_COMPAT``: ``0`` (or ``off``) disables all of them; a comma list of names
+(``-unwrap``, ``-filelock``) disables single ones.
+
+1. ``unwrap`` -- ``lmms_eval/api/instance.py:44-71`` ``unwrap_generation_output`` normalises every model
+   output, and its fallback ``return str(output), None`` (line 71) turns a ``loglikelihood`` result
+   ``(float, bool)`` into the string ``"(-1.2, False)"``. The evaluator stores that string in ``req.resps``
+   (``evaluator.py:1231-1233``), so ``ConfigurableTask.process_results`` for ``multiple_choice``
+   (``api/task.py:1606``: ``lls, is_greedy = zip(*results)``) fails for every model and every
+   ``multiple_choice`` task. Fix: a wrapper that returns ``(number, bool)`` tuples unchanged and defers to the
+   original for everything else; installed on ``lmms_eval.api.instance`` and, if already imported, on
+   ``lmms_eval.evaluator`` (which binds the name at import time).
+2. ``filelock`` -- ``lmms_eval/evaluator.py:134`` (``_enable_reentrant_filelocks``, called from
+   ``simple_evaluate`` at line 533) does ``import filelock._api``; filelock 4.x moved that module to
+   ``filelock._core`` (``FileLockMeta``/``BaseFileLock``, ``_core/_settings.py::UNSET_FILE_MODE``), so every
+   evaluation raises ``ModuleNotFoundError`` (installed here: filelock 4.3.1). Fix: when ``filelock._api`` is
+   missing, register a tiny alias module ``filelock._api`` exposing ``FileLockMeta``, ``BaseFileLock`` and
+   ``_UNSET_FILE_MODE`` from their 4.x homes. With filelock 3.x (which still has ``_api``) nothing is done.
+   (Pinning ``filelock>=3.24.2,<4`` is consistent with the installed metadata -- huggingface_hub needs
+   ``>=3.10``, virtualenv ``<5,>=3.24.2``, datasets/torch unpinned -- but the shim avoids downgrading a
+   user's environment.)
+3. The CLI exits 0 even when evaluation failed: ``lmms_eval/__main__.py:609-615`` catches every exception of
+   ``cli_evaluate_single``, prints the traceback and appends ``None`` to the results (unless
+   ``--verbosity DEBUG``). No code can fix that from a plugin; :mod:`dna_vlm.eval.run_lmms` runs the CLI and
+   raises (with the stderr tail) when the results file is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from typing import Any
+
+__all__ = ["ENV", "applied", "apply", "enabled", "loglikelihood_tuple", "patch_filelock_api", "patch_unwrap"]
+
+ENV = "DNA_VLM_LMMS_COMPAT"
+NAMES = ("unwrap", "filelock")
+_applied: dict[str, bool] = {}
+
+
+def enabled(name: str) -> bool:
+    """Whether workaround ``name`` is enabled by ``DNA_VLM_LMMS_COMPAT`` (default: all enabled)."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("0", "off", "false", "no", "none"):
+        return False
+    disabled = {v.strip().lstrip("-") for v in value.split(",") if v.strip().startswith("-")}
+    return name not in disabled
+
+
+def loglikelihood_tuple(output: Any) -> bool:
+    """True for a ``loglikelihood`` result: a 2-tuple ``(number, bool)``."""
+    if not (isinstance(output, tuple) and len(output) == 2):
+        return False
+    value, greedy = output
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number:
+        try:  # numpy / torch scalars
+            import numbers
+
+            is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        except Exception:  # pragma: no cover
+            is_number = False
+    return is_number and (isinstance(greedy, bool) or type(greedy).__name__ in ("bool_", "bool"))
+
+
+def patch_unwrap() -> bool:
+    """Workaround 1 (see the module docstring). Returns True when the patch is (now) installed."""
+    import lmms_eval.api.instance as instance
+
+    original = instance.unwrap_generation_output
+    if getattr(original, "_dna_vlm_patched", False):
+        return True
+
+    def unwrap_generation_output(output):
+        if loglikelihood_tuple(output):
+            return (float(output[0]), bool(output[1])), None
+        return original(output)
+
+    unwrap_generation_output._dna_vlm_patched = True  # type: ignore[attr-defined]
+    unwrap_generation_output.__wrapped__ = original  # type: ignore[attr-defined]
+    unwrap_generation_output.__doc__ = original.__doc__
+    instance.unwrap_generation_output = unwrap_generation_output
+    evaluator = sys.modules.get("lmms_eval.evaluator")
+    if evaluator is not None and getattr(evaluator, "unwrap_generation_output", None) is original:
+        evaluator.unwrap_generation_output = unwrap_generation_output
+    return True
+
+
+def patch_filelock_api() -> bool:
+    """Workaround 2 (see the module docstring). Returns True when an alias module was installed."""
+    try:
+        import filelock._api
+
+        return False
+    except ImportError:
+        pass
+    import filelock
+    from filelock._core import BaseFileLock, FileLockMeta
+
+    try:
+        from filelock._core._settings import UNSET_FILE_MODE
+    except ImportError:  # pragma: no cover - other 4.x layouts
+        UNSET_FILE_MODE = -1
+    mod = types.ModuleType("filelock._api")
+    mod.__doc__ = (
+        "Alias installed by dna_vlm.eval.lmms_compat: lmms-eval 0.7.3 imports filelock._api, "
+        "which filelock 4.x moved to filelock._core."
+    )
+    mod.FileLockMeta = FileLockMeta  # type: ignore[attr-defined]
+    mod.BaseFileLock = BaseFileLock  # type: ignore[attr-defined]
+    mod._UNSET_FILE_MODE = UNSET_FILE_MODE  # type: ignore[attr-defined]
+    sys.modules["filelock._api"] = mod
+    filelock._api = mod  # type: ignore[attr-defined]
+    return True
+
+
+def apply() -> dict[str, bool]:
+    """Apply every enabled workaround once; returns ``{name: installed}``."""
+    for name, fn in (("unwrap", patch_unwrap), ("filelock", patch_filelock_api)):
+        if name in _applied or not enabled(name):
+            continue
+        _applied[name] = bool(fn())
+    return dict(_applied)
+
+
+def applied() -> dict[str, bool]:
+    """What :func:`apply` installed in this process."""
+    return dict(_applied)

@@ -89,7 +89,9 @@ def _time(fn: Callable[[], object], device) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup: int, device) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int, device
+) -> dict[str, float]:
     """Median seconds of each fn, run round-robin so drift and load hit all of them alike."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -163,7 +165,9 @@ def _layer_fns(s: Shape, device, dtype, backward: bool):
     torch.manual_seed(0)
     hidden = round(s.C * s.mlp_ratio)
     stock_layer = EncoderLayer(SoftmaxAttention(s.C, s.H, qkv_bias=True), s.C, hidden).to(device, dtype)
-    dna_layer = EncoderLayer(DnAAttention(s.C, s.H, qkv_bias=True, init="random"), s.C, hidden).to(device, dtype)
+    dna_layer = EncoderLayer(DnAAttention(s.C, s.H, qkv_bias=True, init="random"), s.C, hidden).to(
+        device, dtype
+    )
     x = torch.randn(s.B, s.N, s.C, device=device, dtype=dtype, requires_grad=backward)
 
     def run(layer):
@@ -231,7 +235,11 @@ def format_table(rows: list[Row]) -> str:
 
 
 def machine() -> str:
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    dev = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or platform.machine()
+    )
     return f"torch {torch.__version__}, {dev}, {torch.get_num_threads()} threads, Python {platform.python_version()}"
 
 
@@ -244,9 +252,13 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) | bfloat16 (CUDA default) | float16")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
-    p.add_argument("--compare-forms", action="store_true", help="also time two SDPA calls vs one call over 2H heads")
+    p.add_argument(
+        "--compare-forms", action="store_true", help="also time two SDPA calls vs one call over 2H heads"
+    )
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    p.add_argument("--video", action="store_true", help="benchmark decord frame sampling vs PyAV decode-then-pick")
+    p.add_argument(
+        "--video", action="store_true", help="benchmark decord frame sampling vs PyAV decode-then-pick"
+    )
     p.set_defaults(func=main)
 
 
@@ -274,9 +286,14 @@ def main(args: argparse.Namespace) -> int:
         for s in shapes:
             forms[s.name] = compare_forms(s, device, dtype, reps, warmup)
             f = forms[s.name]
-            print(f"{s.name}: two-call {f['two-call']:.2f} ms, one-call (2H heads) {f['one-call']:.2f} ms (fwd+bwd)")
+            print(
+                f"{s.name}: two-call {f['two-call']:.2f} ms, one-call (2H heads) {f['one-call']:.2f} ms (fwd+bwd)"
+            )
     if args.json:
         from .checkpoint import atomic_write_json
 
-        atomic_write_json(args.json, {"machine": machine(), "dtype": str(dtype), "rows": [asdict(r) for r in rows], "forms": forms})
+        atomic_write_json(
+            args.json,
+            {"machine": machine(), "dtype": str(dtype), "rows": [asdict(r) for r in rows], "forms": forms},
+        )
     return 0

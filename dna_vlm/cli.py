@@ -16,7 +16,12 @@ from . import __version__
 
 # subcommand -> module holding its add_parser(); one line per subcommand.
 SUBCOMMANDS: dict[str, str] = {
+    "attribute": "dna_vlm.eval.attribute",
+    "inspect": "dna_vlm.eval.inspect_dna",
     "bench": "dna_vlm.bench",
+    "tiny-model": "dna_vlm.tiny",
+    "train": "dna_vlm.train",
+    "synth-data": "dna_vlm.synth",
 }
 
 
@@ -27,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dna-vlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in SUBCOMMANDS.items():
+    for module in SUBCOMMANDS.values():
         importlib.import_module(module).add_parser(sub)
     return parser
 

@@ -142,11 +142,7 @@ def dna_attention_reference(
     kt = k.to(acc).transpose(-2, -1)
     bias = None
     if attn_mask is not None:
-        bias = (
-            attn_mask.to(acc)
-            if attn_mask.dtype != torch.bool
-            else torch.zeros_like(attn_mask, dtype=acc)
-        )
+        bias = attn_mask.to(acc) if attn_mask.dtype != torch.bool else torch.zeros_like(attn_mask, dtype=acc)
         if attn_mask.dtype == torch.bool:
             bias = bias.masked_fill(~attn_mask, float("-inf"))
 
@@ -259,5 +255,5 @@ def dna_attention_varlen(
         )
     lengths = (cu[1:] - cu[:-1]).tolist()
     parts = [torch.split(t, lengths, dim=2) for t in (q_pos, q_neg, k, v_pos, v_neg)]
-    outs = [dna_attention(*p, neg_scale, dropout_p=dropout_p, scale=scale) for p in zip(*parts)]
+    outs = [dna_attention(*p, neg_scale, dropout_p=dropout_p, scale=scale) for p in zip(*parts, strict=True)]
     return torch.cat(outs, dim=2)

@@ -74,7 +74,11 @@ def test_scale_argument():
     torch.testing.assert_close(dna_vlm.dna_attention(*args, scale=0.3), naive_dna(*args, scale=0.3))
 
 
-TOL = {torch.float32: dict(atol=2e-5, rtol=2e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2), torch.float16: dict(atol=4e-3, rtol=4e-3)}
+TOL = {
+    torch.float32: dict(atol=2e-5, rtol=2e-4),
+    torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
+    torch.float16: dict(atol=4e-3, rtol=4e-3),
+}
 
 
 @settings(max_examples=25, deadline=None)
@@ -99,13 +103,19 @@ def test_fused_matches_reference_forward_and_grads(B, H, Nq, Nk, d, dv, mask, dt
     g = torch.randn_like(out_f)
     grads_f = torch.autograd.grad(out_f, ins, g)
     grads_r = torch.autograd.grad(out_r, ins, g)
-    for name, gf, gr in zip(["q_pos", "q_neg", "k", "v_pos", "v_neg", "neg_scale"], grads_f, grads_r, strict=True):
+    for name, gf, gr in zip(
+        ["q_pos", "q_neg", "k", "v_pos", "v_neg", "neg_scale"], grads_f, grads_r, strict=True
+    ):
         scale = gr.float().abs().max().clamp(min=1.0)
-        torch.testing.assert_close(gf.float() / scale, gr.float() / scale, **TOL[dtype], msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            gf.float() / scale, gr.float() / scale, **TOL[dtype], msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 @settings(max_examples=15, deadline=None)
-@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4), H=st.integers(1, 3), seed=st.integers(0, 100))
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4), H=st.integers(1, 3), seed=st.integers(0, 100)
+)
 def test_packed_varlen_equals_block_mask_and_per_segment(lengths, H, seed):
     N = sum(lengths)
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
@@ -141,7 +151,9 @@ def test_shared_values_is_the_same_call():
 def test_onecall_form_matches_twocall():
     ins = make_inputs(2, 3, 9, 9, 8, 8)
     m = make_mask("bool_keypad", 2, 3, 9, 9)
-    torch.testing.assert_close(dna_attention_fused_onecall(*ins, attn_mask=m), dna_attention_fused(*ins, attn_mask=m))
+    torch.testing.assert_close(
+        dna_attention_fused_onecall(*ins, attn_mask=m), dna_attention_fused(*ins, attn_mask=m)
+    )
 
 
 def test_dropout_only_changes_output_when_asked():
@@ -186,27 +198,51 @@ def test_fused_path_allocates_no_nq_by_nk_buffer():
     ins = make_inputs(B, H, N, N, d, d)
     mask = make_mask("bool_keypad", B, H, N, N)
     score_bytes = B * H * N * N * 4
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         dna_attention_fused(*ins, attn_mask=mask)
     biggest = max((e.cpu_memory_usage for e in prof.events()), default=0)
-    assert 0 < biggest < score_bytes / 8, f"largest allocation {biggest} B vs one score matrix {score_bytes} B"
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    assert 0 < biggest < score_bytes / 8, (
+        f"largest allocation {biggest} B vs one score matrix {score_bytes} B"
+    )
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         dna_attention_reference(*ins, attn_mask=mask)
     assert max(e.cpu_memory_usage for e in prof.events()) >= score_bytes  # the check can see such buffers
 
 
 ERRORS = [
-    (lambda a: {**a, "q_neg": a["q_neg"][:, :, :2]}, r"q_neg has shape \(2, 3, 2, 8\) but q_pos has shape \(2, 3, 5, 8\)"),
+    (
+        lambda a: {**a, "q_neg": a["q_neg"][:, :, :2]},
+        r"q_neg has shape \(2, 3, 2, 8\) but q_pos has shape \(2, 3, 5, 8\)",
+    ),
     (lambda a: {**a, "v_neg": a["v_neg"][..., :4]}, r"v_neg has shape .* but v_pos has shape"),
-    (lambda a: {**a, "k": a["k"][:, :2]}, r"k has shape \(2, 2, 7, 8\) but q_pos .*; k must be \(B=2, H=3, Nk, d=8\)"),
-    (lambda a: {**a, "v_pos": a["v_pos"][:, :, :6], "v_neg": a["v_neg"][:, :, :6]}, r"v_pos has shape .* but k has shape"),
+    (
+        lambda a: {**a, "k": a["k"][:, :2]},
+        r"k has shape \(2, 2, 7, 8\) but q_pos .*; k must be \(B=2, H=3, Nk, d=8\)",
+    ),
+    (
+        lambda a: {**a, "v_pos": a["v_pos"][:, :, :6], "v_neg": a["v_neg"][:, :, :6]},
+        r"v_pos has shape .* but k has shape",
+    ),
     (lambda a: {**a, "q_pos": a["q_pos"][0]}, r"q_pos must be 4-D \(B, H, N, d\), got shape \(3, 5, 8\)"),
     (lambda a: {**a, "k": a["k"].double()}, r"k has dtype torch.float64 but q_pos has torch.float32"),
     (lambda a: {**a, "neg_scale": torch.ones(2)}, r"neg_scale must be a \(H,\) = \(3,\) tensor, got \(2\)"),
     (lambda a: {**a, "neg_scale": 0.5}, r"neg_scale must be a \(H,\) = \(3,\) tensor, got float"),
-    (lambda a: {**a, "attn_mask": torch.ones(2, 3, 5, 6, dtype=torch.bool)}, r"attn_mask has shape \(2, 3, 5, 6\), not broadcastable"),
-    (lambda a: {**a, "attn_mask": torch.ones(5, 7, dtype=torch.int64)}, r"attn_mask must be bool or floating point"),
-    (lambda a: {**a, "v_pos": a["v_pos"].long(), "v_neg": a["v_neg"].long()}, r"v_pos must be floating point"),
+    (
+        lambda a: {**a, "attn_mask": torch.ones(2, 3, 5, 6, dtype=torch.bool)},
+        r"attn_mask has shape \(2, 3, 5, 6\), not broadcastable",
+    ),
+    (
+        lambda a: {**a, "attn_mask": torch.ones(5, 7, dtype=torch.int64)},
+        r"attn_mask must be bool or floating point",
+    ),
+    (
+        lambda a: {**a, "v_pos": a["v_pos"].long(), "v_neg": a["v_neg"].long()},
+        r"v_pos must be floating point",
+    ),
 ]
 
 
@@ -224,9 +260,13 @@ def test_varlen_rejects_wrong_total():
         dna_attention_varlen(*ins, cu_seqlens=[0, 4])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run scripts/gpu_check.sh on a GPU machine)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (run scripts/gpu_check.sh on a GPU machine)"
+)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape", [(2, 4, 197, 197, 64, 64), (1, 16, 1024, 1024, 80, 80), (2, 3, 33, 65, 72, 40)])
+@pytest.mark.parametrize(
+    "shape", [(2, 4, 197, 197, 64, 64), (1, 16, 1024, 1024, 80, 80), (2, 3, 33, 65, 72, 40)]
+)
 def test_cuda_fused_matches_reference(dtype, shape):
     ins = [t.cuda().detach().requires_grad_(True) for t in make_inputs(*shape, dtype=dtype)]
     m = make_mask("bool_keypad", shape[0], shape[1], shape[2], shape[3]).cuda()
@@ -235,6 +275,8 @@ def test_cuda_fused_matches_reference(dtype, shape):
         out_r = dna_attention_reference(*ins, attn_mask=mask)
         torch.testing.assert_close(out_f.float(), out_r.float(), **TOL[dtype])
         g = torch.randn_like(out_f)
-        for gf, gr in zip(torch.autograd.grad(out_f, ins, g), torch.autograd.grad(out_r, ins, g), strict=True):
+        for gf, gr in zip(
+            torch.autograd.grad(out_f, ins, g), torch.autograd.grad(out_r, ins, g), strict=True
+        ):
             scale = gr.float().abs().max().clamp(min=1.0)
             torch.testing.assert_close(gf.float() / scale, gr.float() / scale, **TOL[dtype])

@@ -23,7 +23,9 @@ def test_preserve_reproduces_wrapped_attention(neg_branch, rank, shared):
     x = torch.randn(2, 10, 32)
     mask = torch.rand(2, 1, 1, 10) > 0.2
     mask[..., 0] = True
-    dna = DnAAttention.from_attention(stock, neg_branch=neg_branch, neg_rank=rank, shared_values=shared).eval()
+    dna = DnAAttention.from_attention(
+        stock, neg_branch=neg_branch, neg_rank=rank, shared_values=shared
+    ).eval()
     torch.testing.assert_close(dna(x), stock(x), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(dna(x, attn_mask=mask), stock(x, attn_mask=mask), atol=1e-6, rtol=1e-6)
 
@@ -84,7 +86,10 @@ C, H = 32, 4
     [
         (dict(), 2 * (C * C + C) + H),  # full: own Q- and V- (weights + biases) + lambda
         (dict(shared_values=True), (C * C + C) + H),  # only Q-
-        (dict(neg_branch="lowrank", neg_rank=4), 2 * (2 * 4 * C) + H),  # A (r x C) and B (C x r) for Q- and V-
+        (
+            dict(neg_branch="lowrank", neg_rank=4),
+            2 * (2 * 4 * C) + H,
+        ),  # A (r x C) and B (C x r) for Q- and V-
         (dict(neg_branch="lowrank", neg_rank=2, shared_values=True), 2 * 2 * C + H),
     ],
 )
@@ -118,7 +123,14 @@ def test_dropout_only_in_training():
 
 def test_extra_repr_tells_the_settings():
     text = repr(DnAAttention(32, 4, neg_branch="lowrank", neg_rank=2, init="preserve"))
-    for part in ("num_heads=4", "neg_branch=lowrank", "neg_rank=2", "shared_values=False", "init=preserve", "dna_params="):
+    for part in (
+        "num_heads=4",
+        "neg_branch=lowrank",
+        "neg_rank=2",
+        "shared_values=False",
+        "init=preserve",
+        "dna_params=",
+    ):
         assert part in text
 
 
@@ -128,7 +140,10 @@ def test_extra_repr_tells_the_settings():
         (dict(init="zeros"), "init='zeros' is not one of"),
         (dict(neg_branch="diag"), "neg_branch='diag' is not one of"),
         (dict(neg_branch="lowrank"), "needs an integer neg_rank >= 1"),
-        (dict(neg_branch="lowrank", neg_rank=2, init="scaled"), "cannot be expressed by neg_branch='lowrank'"),
+        (
+            dict(neg_branch="lowrank", neg_rank=2, init="scaled"),
+            "cannot be expressed by neg_branch='lowrank'",
+        ),
         (dict(neg_rank=2), "only applies to neg_branch='lowrank'"),
     ],
 )

@@ -1,0 +1,310 @@
+"""The embedded default video LLM: a tiny LLaVA-OneVision built from a config (project contract 4).
+
+No download: real HF classes (``LlavaOnevisionForConditionalGeneration`` with a SigLIP tower, the
+projector and a Qwen2 LM) at tiny sizes, random weights from ``seed``, a byte-level BPE tokenizer trained
+in code on the synthetic data's vocabulary (any text still tokenizes, via the byte alphabet), and a
+``LlavaOnevisionProcessor`` whose image/video processors resize to the tower's input size, so the
+processor expands ``<video>`` to exactly the number of features the model produces.
+
+CLI: ``dna-vlm tiny-model OUT_DIR [--seed S] [--size small|medium]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["CHAT_TEMPLATE", "SIZES", "SPECIAL_TOKENS", "build_tiny_model", "build_tokenizer"]
+
+IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+IMAGE, VIDEO = "<image>", "<video>"
+SPECIAL_TOKENS = [PAD, IM_START, IM_END, IMAGE, VIDEO]
+
+# Qwen2-style chat: a video item renders as "<video>\n" before the text (as in LLaVA-OneVision's own template).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'video' %}{{ '<video>\n' }}"
+    "{% elif item['type'] == 'image' %}{{ '<image>\n' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+HEAD_SCALE = 12.0  # lm_head std 0.02 -> 0.24: logits a frozen random LM can move far enough to answer
+
+SIZES = {
+    # vision: hidden, layers, heads, image px, patch; text: hidden, layers, heads, kv heads
+    "small": dict(
+        v_hidden=64, v_layers=4, v_heads=4, image=32, patch=8, t_hidden=64, t_layers=2, t_heads=4, t_kv=2
+    ),
+    "medium": dict(
+        v_hidden=96, v_layers=6, v_heads=6, image=48, patch=8, t_hidden=128, t_layers=2, t_heads=4, t_kv=2
+    ),
+}
+
+# The words the synthetic data and prompts use (a generous list; unseen words fall back to bytes).
+_WORDS = """
+a an the of in on at to from with and or is are was were be been which what where when who how many much
+does do did there this that these those it its one two three four five six seven eight nine ten zero
+0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20
+A B C D E F G H A. B. C. D. E. F. yes no true false none all some
+red green blue yellow orange purple pink brown black white gray grey cyan magenta
+circle circles square squares triangle triangles star stars disk disks ball balls box boxes shape shapes
+diamond diamonds ring rings cross crosses dot dots object objects target targets distractor distractors
+left right up down top bottom middle center centre still static moving moves moved move stays
+direction color colour count number size big small large tiny bigger smaller larger first last
+frame frames video clip scene appears appear visible shown show shows time times before after
+question answer option options choice choices letter given directly Answer Answer with the
+option's letter from the given choices directly
+outline outlined colour colors colours In Which What How Is Are Does white object's
+horizontal vertical diagonal clockwise counterclockwise faster slower fast slow same different
+most least more less than only each every other
+"""
+
+
+def _corpus() -> list[str]:
+    words = sorted(set(_WORDS.split()))
+    lines = [" ".join(words)]
+    for w in words:
+        lines += [w, f" {w}", f"{w}?", f"{w}.", w.capitalize(), f" {w.capitalize()}"]
+    lines += [
+        "What color is the moving object?",
+        "How many circles are in the video?",
+        "Which direction does the red square move?",
+        "Answer with the option's letter from the given choices directly.",
+        "A. red\nB. green\nC. blue\nD. yellow",
+    ]
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 1024):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` with Qwen2-style special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD,
+        bos_token=None,
+        unk_token=None,
+        additional_special_tokens=[IM_START, IMAGE, VIDEO],
+        model_max_length=4096,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(
+    out_dir: str | os.PathLike, seed: int = 0, size: str = "small", pretrain_steps: int = 0
+) -> Path:
+    """Write a tiny LLaVA-OneVision (model + tokenizer + processor) to ``out_dir``; returns the path.
+
+    Loads offline with ``AutoProcessor.from_pretrained(out_dir)`` and
+    ``LlavaOnevisionForConditionalGeneration.from_pretrained(out_dir)``.
+
+    Weights are random, except that the output head is scaled up (std ~0.25) so a frozen LM can still express
+    confident answers. ``pretrain_steps > 0`` first teaches the LM (alone) the answer *format* on text-only
+    questions with noise videos: an option letter (uniform) then end-of-turn, or a word of the asked kind.
+    Such an LM is at chance on video questions, so anything a tuned vision path gains shows in the loss.
+    """
+    import torch
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    if size not in SIZES:
+        raise ValueError(f"size={size!r}: expected one of {sorted(SIZES)}")
+    s = SIZES[size]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = build_tokenizer()
+    image_id, video_id = tokenizer.convert_tokens_to_ids(IMAGE), tokenizer.convert_tokens_to_ids(VIDEO)
+    px, patch = s["image"], s["patch"]
+    pinpoints = [[px, px], [px, 2 * px], [2 * px, px], [2 * px, 2 * px]]
+    vision = SiglipVisionConfig(
+        hidden_size=s["v_hidden"],
+        intermediate_size=2 * s["v_hidden"],
+        num_hidden_layers=s["v_layers"],
+        num_attention_heads=s["v_heads"],
+        image_size=px,
+        patch_size=patch,
+        vision_use_head=False,
+    )
+    text = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=s["t_hidden"],
+        intermediate_size=2 * s["t_hidden"],
+        num_hidden_layers=s["t_layers"],
+        num_attention_heads=s["t_heads"],
+        num_key_value_heads=s["t_kv"],
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_id,
+        video_token_index=video_id,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(HEAD_SCALE)
+    gen = model.generation_config
+    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = (
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        None,
+    )
+    gen.do_sample = False
+
+    common = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_convert_rgb=True)
+    image_processor = LlavaOnevisionImageProcessor(
+        size={"height": px, "width": px}, image_grid_pinpoints=pinpoints, **common
+    )
+    video_processor = LlavaOnevisionVideoProcessor(size={"height": px, "width": px}, **common)
+    processor = LlavaOnevisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        num_image_tokens=(px // patch) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE,
+    )
+    stats = pretrain_text(model, processor, pretrain_steps, seed) if pretrain_steps else None
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    meta = {"seed": seed, "size": size, "pretrain_steps": pretrain_steps, "pretrain": stats, **s}
+    (out / "dna_vlm_tiny.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+_KINDS = {
+    "colour": (
+        "What colour is the object?",
+        ["red", "green", "blue", "yellow", "orange", "purple", "pink", "brown"],
+    ),
+    "shape": (
+        "What shape is the object?",
+        ["circle", "square", "triangle", "cross", "star", "diamond", "ring", "disk"],
+    ),
+    "direction": ("In which direction does the object move?", ["left", "right", "up", "down"]),
+    "count": ("How many objects are there?", ["one", "two", "three", "four", "five", "six"]),
+}
+
+
+def _text_example(rng) -> tuple[str, str]:
+    from .prompting import format_question
+
+    kind = list(_KINDS)[int(rng.integers(len(_KINDS)))]
+    question, values = _KINDS[kind]
+    if rng.random() < 0.75:  # MCQ: 2-4 distinct options, the answer letter uniform
+        k = int(rng.integers(2, min(4, len(values)) + 1))
+        opts = [values[i] for i in rng.choice(len(values), size=k, replace=False)]
+        return format_question(question, opts), "ABCD"[int(rng.integers(k))]
+    return question, values[int(rng.integers(len(values)))]
+
+
+def pretrain_text(
+    model, processor, steps: int, seed: int = 0, batch_size: int = 16, lr: float = 3e-3
+) -> dict:
+    """Teach the LM (embeddings, layers, head; not the vision path) the answer format, in place."""
+    import numpy as np
+    import torch
+
+    from .prompting import build_inputs
+
+    rng = np.random.default_rng(seed)
+    side = model.config.vision_config.image_size
+    lm = [p for n, p in model.named_parameters() if "language_model" in n or n.startswith("lm_head")]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in lm:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(lm, lr=lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for step in range(steps):
+        pairs = [_text_example(rng) for _ in range(batch_size)]
+        videos = [rng.integers(0, 256, (2, side, side, 3), dtype=np.uint8) for _ in pairs]
+        batch = build_inputs(processor, videos, [q for q, _ in pairs], [a for _, a in pairs])
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, 0.5 * (1 + np.cos(np.pi * step / steps)) + 0.05)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    tail = losses[-max(1, steps // 10) :]
+    return {"steps": steps, "first_loss": losses[0], "final_loss": sum(tail) / len(tail)}
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "tiny-model",
+        help="write the embedded tiny LLaVA-OneVision video LLM (no download)",
+        description="Build a tiny LLaVA-OneVision (SigLIP tower + projector + Qwen2 LM, random weights) "
+        "with a locally built tokenizer and processor, and save it to OUT_DIR.",
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=sorted(SIZES), default="small")
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=0,
+        help="teach the LM the answer format first (text-only, noise videos; ~300 steps take seconds on CPU)",
+    )
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.pretrain_steps < 0:
+        print("dna-vlm tiny-model: error: --pretrain-steps must be >= 0", file=sys.stderr)
+        return 2
+    path = build_tiny_model(args.out_dir, seed=args.seed, size=args.size, pretrain_steps=args.pretrain_steps)
+    print(f"tiny model ({args.size}, seed {args.seed}) written to {path}")
+    return 0

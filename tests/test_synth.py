@@ -1,0 +1,215 @@
+"""dna_vlm.synth: the synthetic dense-scene video QA set."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dna_vlm import synth
+from dna_vlm.cli import main as cli_main
+from dna_vlm.data import LETTERS, load_dataset
+from dna_vlm.synth import CATEGORIES, COLORS, DIRECTIONS, SHAPES, VALUES, generate_dataset, render_clip
+from dna_vlm.video import sample_frames, video_info
+
+SMALL = dict(n_train=96, n_val=12, n_test=24, seed=0, max_density=3, frames=8, size=64)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "set"
+    return generate_dataset(out, **SMALL)
+
+
+def _rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_layout_and_loader(dataset):
+    out = Path(dataset["out_dir"])
+    for split, n in (("train", 96), ("val", 12), ("test", 24)):
+        exs = load_dataset(dataset[split], check_videos=True)  # contract-1 rows, videos present
+        assert len(exs) == n
+        for e in exs:
+            assert len(e.options) == 4 and e.answer in "ABCD"
+            assert e.extra["category"] in CATEGORIES and 0 <= e.extra["density"] <= 3
+            assert e.options[e.answer_index] == e.extra["answer_value"]
+            assert sorted(e.options) == sorted(VALUES[e.extra["category"]])
+            assert e.extra["target"][e.extra["category"]] == e.extra["answer_value"]
+            assert len(e.extra["distractors"]) == e.extra["density"]
+            assert "white outline" in e.question
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta == dataset["meta"]
+    assert meta["args"]["seed"] == 0 and meta["splits"]["train"]["n"] == 96
+    assert len(list((out / "videos").glob("*.mp4"))) == 132
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_balanced_priors(dataset):
+    rows = _rows(dataset["train"])
+    n = len(rows)
+    for key, k in (("answer", 4), ("category", 3), ("density", 4)):
+        counts = Counter(r[key] for r in rows)
+        assert len(counts) == k
+        assert max(counts.values()) - min(counts.values()) <= 1, (key, counts)
+    assert set(Counter(r["density"] for r in rows)) == {0, 1, 2, 3}
+    for c in CATEGORIES:
+        vals = Counter(r["answer_value"] for r in rows if r["category"] == c)
+        assert set(vals) == set(VALUES[c]) and max(vals.values()) - min(vals.values()) <= 1
+    # a blind model that always answers the most frequent letter (or value) per question is at chance
+    by_q = {}
+    for r in rows:
+        by_q.setdefault(r["question"], Counter())[r["answer"]] += 1
+    blind = sum(max(c.values()) for c in by_q.values()) / n
+    assert blind <= 0.25 + 3 * 3 / n
+    # the answer letter does not leak the answer value: each value shows up under several letters
+    for c in CATEGORIES:
+        for v in VALUES[c]:
+            letters = {r["answer"] for r in rows if r["answer_value"] == v}
+            assert len(letters) >= 2
+    hist = dataset["meta"]["splits"]["train"]
+    assert hist["answers"] == {x: n // 4 for x in LETTERS[:4]}
+    assert hist["densities"] == {str(d): n // 4 for d in range(4)}
+
+
+def test_distractors_show_other_option_values(dataset):
+    for r in _rows(dataset["train"]):
+        c = r["category"]
+        vals = [d[c] for d in r["distractors"]]
+        assert r["answer_value"] not in vals and len(set(vals)) == len(vals)
+
+
+def test_every_video_decodes_with_expected_frames(dataset):
+    for split in ("train", "val", "test"):
+        for e in load_dataset(dataset[split]):
+            info = video_info(e.video)
+            assert (info.num_frames, info.height, info.width) == (8, 64, 64)
+            assert info.fps == pytest.approx(8.0)
+    f = sample_frames(load_dataset(dataset["val"])[0].video, 8)
+    assert f.frames.shape == (8, 64, 64, 3)
+
+
+def _near(pixel, rgb, tol=45):
+    return np.abs(pixel.astype(int) - np.asarray(rgb)).max() <= tol
+
+
+def test_rendered_target_matches_answer(dataset):
+    """Decode clips and check the answer against the pixels: colour at the target's centre, its white
+    outline, its motion from start to end, and (on uncluttered clips) its shape."""
+    rows = _rows(dataset["train"])
+    out = Path(dataset["out_dir"])
+    r_px = synth.OBJECT_RADIUS * 64
+    checked = Counter()
+    for row in rows:
+        f = sample_frames(out / row["video"], 8).frames
+        t = row["target"]
+        (x0, y0), (x1, y1) = t["start"], t["end"]
+        # colour: the target's centre (it is drawn on top) in the first and last frame
+        assert _near(f[0, int(y0), int(x0)], COLORS[t["color"]]), row["id"]
+        assert _near(f[-1, int(y1), int(x1)], COLORS[t["color"]]), row["id"]
+        # the white outline: some nearly-white pixels around the centre in the first frame
+        yy, xx = np.mgrid[0:64, 0:64]
+        ring = np.abs(np.hypot(xx + 0.5 - x0, yy + 0.5 - y0) - r_px) < 3.5
+        assert (f[0][ring].min(axis=1) > 200).sum() >= 6, row["id"]
+        # motion: start and end centres (whose pixels were checked above) differ along the stated direction
+        ux, uy = DIRECTIONS[t["motion"]]
+        assert (x1 - x0) * ux + (y1 - y0) * uy > 10 and abs((x1 - x0) * uy) + abs((y1 - y0) * ux) < 0.02
+        if row["category"] == "color":
+            assert row["options"][LETTERS.index(row["answer"])] == t["color"]
+        if row["category"] == "motion":
+            assert row["options"][LETTERS.index(row["answer"])] == t["motion"]
+        if row["density"] == 0:
+            # shape: the target-coloured pixels match the stated shape better than any other shape's mask
+            near = np.abs(f[0].astype(int) - np.asarray(COLORS[t["color"]])).max(axis=2) <= 60
+            from dna_vlm.synth import _shape_mask
+
+            dx, dy = xx + 0.5 - x0, yy + 0.5 - y0
+            iou = {
+                s: (near & _shape_mask(s, dx, dy, r_px)).sum() / (near | _shape_mask(s, dx, dy, r_px)).sum()
+                for s in SHAPES
+            }
+            assert max(iou, key=iou.get) == t["shape"], (row["id"], iou)
+            checked["shape"] += 1
+        checked[row["category"]] += 1
+    assert checked["shape"] >= 10
+
+
+def test_decoded_clip_equals_rerender(dataset):
+    out = Path(dataset["out_dir"])
+    for row in _rows(dataset["test"])[:6]:
+        ref = render_clip(row, 8, 64)
+        got = sample_frames(out / row["video"], 8).frames
+        diff = np.abs(got.astype(int) - ref.astype(int))
+        assert diff.mean() < 6.0  # lossy codec (chroma subsampling blurs colour edges), same picture
+        blocks = lambda v: v.reshape(8, 16, 4, 16, 4, 3).mean(axis=(2, 4))  # noqa: E731
+        assert np.abs(blocks(got.astype(float)) - blocks(ref.astype(float))).mean() < 3.0
+
+
+def test_density_brings_distractors_closer(dataset):
+    dist = {d: [] for d in range(1, 4)}
+    for row in _rows(dataset["train"]):
+        for d in row["distractors"]:
+            dist[row["density"]].append(np.hypot(*(np.subtract(d["start"], row["target"]["start"]))))
+    means = [np.mean(dist[d]) for d in (1, 2, 3)]
+    assert means[0] > means[1] > means[2]
+
+
+def test_deterministic_and_idempotent(dataset, tmp_path):
+    again = generate_dataset(tmp_path / "again", **SMALL)
+    for split in ("train", "val", "test"):
+        assert _rows(again[split]) == _rows(dataset[split])
+    assert (tmp_path / "again" / "meta.json").read_bytes() == (
+        Path(dataset["out_dir"]) / "meta.json"
+    ).read_bytes()
+    for split in ("train", "val", "test"):  # the videos too, byte for byte
+        for row in _rows(dataset[split]):
+            a = (Path(dataset["out_dir"]) / row["video"]).read_bytes()
+            assert a == (tmp_path / "again" / row["video"]).read_bytes(), row["id"]
+    # same args: nothing rewritten
+    meta = tmp_path / "again" / "meta.json"
+    mtime = meta.stat().st_mtime_ns
+    res = generate_dataset(tmp_path / "again", **SMALL)
+    assert meta.stat().st_mtime_ns == mtime and res["meta"] == json.loads(meta.read_text())
+    # another seed: another data set
+    other = generate_dataset(tmp_path / "again", **{**SMALL, "seed": 1})
+    assert meta.stat().st_mtime_ns != mtime and other["meta"]["args"]["seed"] == 1
+    assert _rows(other["train"]) != _rows(dataset["train"])
+    # a missing video forces regeneration
+    vid = next((tmp_path / "again" / "videos").glob("*.mp4"))
+    vid.unlink()
+    generate_dataset(tmp_path / "again", **{**SMALL, "seed": 1})
+    assert vid.exists()
+
+
+def test_options(tmp_path):
+    res = generate_dataset(tmp_path / "s", n_train=8, n_val=0, n_test=4, max_density=1, frames=12, size=48)
+    rows = _rows(res["train"])
+    assert {r["density"] for r in rows} == {0, 1}
+    assert _rows(res["val"]) == []
+    info = video_info(tmp_path / "s" / rows[0]["video"])
+    assert (info.num_frames, info.height, info.width) == (12, 48, 48)
+    for bad in (dict(max_density=4), dict(frames=1), dict(size=33), dict(n_train=-1)):
+        with pytest.raises(ValueError):
+            generate_dataset(tmp_path / "bad", **bad)
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = cli_main(["synth-data", str(out), "--n-train", "8", "--n-val", "4", "--n-test", "4", "--seed", "3"])
+    assert rc == 0
+    assert len(load_dataset(out / "train.jsonl")) == 8
+    assert json.loads((out / "meta.json").read_text())["args"]["seed"] == 3
+    assert "meta.json" in capsys.readouterr().out
+    assert cli_main(["synth-data", str(out), "--max-density", "9"]) == 2
+    assert "max_density" in capsys.readouterr().err
+
+
+def test_changed_rendering_regenerates(tmp_path, monkeypatch):
+    small = dict(n_train=4, n_val=0, n_test=4)
+    generate_dataset(tmp_path / "s", **small)
+    meta = tmp_path / "s" / "meta.json"
+    mtime = meta.stat().st_mtime_ns
+    monkeypatch.setattr(synth, "OBJECT_RADIUS", 0.12)
+    res = generate_dataset(tmp_path / "s", **small)
+    assert meta.stat().st_mtime_ns != mtime and res["meta"]["render"]["object_radius"] == 0.12

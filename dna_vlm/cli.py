@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "attribute": "dna_vlm.eval.attribute",
     "inspect": "dna_vlm.eval.inspect_dna",
     "bench": "dna_vlm.bench",
+    "demo": "dna_vlm.demo",
     "tiny-model": "dna_vlm.tiny",
     "train": "dna_vlm.train",
     "synth-data": "dna_vlm.synth",

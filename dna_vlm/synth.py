@@ -81,6 +81,7 @@ QUESTIONS = {
     "motion": "In which direction does the object with the white outline move?",
 }
 SPLITS = ("train", "val", "test")
+OPTION_ORDERS = ("canonical", "shuffled")
 
 DEFAULTS = {
     "n_train": 600,
@@ -193,11 +194,13 @@ def make_example(
     max_density: int,
     frames: int,
     size: int,
+    option_order: str = "canonical",
 ) -> tuple[dict, dict]:
     """Sample one scene and its question. Returns ``(scene, row_fields)``.
 
     ``answer_value`` is the target's value for ``category``; ``letter`` (0..3) the position of the answer
-    among the options.
+    among the options when ``option_order="shuffled"``. With ``"canonical"`` the options are the category's
+    values in their fixed order, so the letter follows from the (balanced) answer value.
     """
     r, travel, margin = _geometry(size, frames)
     values = VALUES[category]
@@ -232,8 +235,11 @@ def make_example(
     bg = int(rng.integers(10, 60))
     scene = {"target": target, "distractors": distractors, "background": [bg, bg, bg]}
 
-    opts = list(others)  # the 3 other values in random order, the answer inserted at `letter`
-    opts.insert(letter, answer_value)
+    if option_order == "canonical":
+        opts, letter = list(values), values.index(answer_value)
+    else:
+        opts = list(others)  # the 3 other values in random order, the answer inserted at `letter`
+        opts.insert(letter, answer_value)
     fields = {
         "question": QUESTIONS[category],
         "options": opts,
@@ -251,7 +257,15 @@ def _end_position(obj: dict, frames: int, size: int) -> list[float]:
 
 
 def _generate_split(
-    split: str, n: int, out_dir: Path, seed: int, max_density: int, frames: int, size: int, fps: float
+    split: str,
+    n: int,
+    out_dir: Path,
+    seed: int,
+    max_density: int,
+    frames: int,
+    size: int,
+    fps: float,
+    option_order: str = "canonical",
 ) -> tuple[list[dict], dict]:
     ss = np.random.SeedSequence([seed, SPLITS.index(split)])
     plan_rng = np.random.default_rng(ss.spawn(1)[0])
@@ -277,6 +291,7 @@ def _generate_split(
             max_density,
             frames,
             size,
+            option_order,
         )
         video = render_clip(scene, frames, size)
         rid = f"{split}-{i:05d}"
@@ -327,10 +342,17 @@ def generate_dataset(
     frames: int = DEFAULTS["frames"],
     size: int = DEFAULTS["size"],
     fps: float = DEFAULTS["fps"],
+    option_order: str = "canonical",
     force: bool = False,
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Write the synthetic set to ``out_dir``; returns ``{"out_dir", "train", "val", "test", "meta"}``.
+
+    ``option_order``: ``"canonical"`` (default) lists each category's four values in a fixed order, so the
+    answer letter names the value; ``"shuffled"`` shuffles them per question. Both keep the answer letters
+    and values balanced (a blind model is at chance). Canonical is the default because a tiny LLM trained
+    from scratch does not learn to match a shuffled option list within a CPU-minutes budget (measured:
+    chance after 900 steps, against ~40% validation accuracy with canonical order after 600).
 
     Idempotent: when ``out_dir/meta.json`` records the same arguments and every file is present, nothing is
     regenerated (``force=True`` regenerates). Deterministic for a seed.
@@ -345,7 +367,10 @@ def generate_dataset(
         "frames": int(frames),
         "size": int(size),
         "fps": float(fps),
+        "option_order": str(option_order),
     }
+    if option_order not in OPTION_ORDERS:
+        raise ValueError(f"option_order={option_order!r}: choose one of {OPTION_ORDERS}")
     for k in ("n_train", "n_val", "n_test"):
         if args[k] < 0:
             raise ValueError(f"{k} must be >= 0, got {args[k]}")
@@ -397,7 +422,15 @@ def generate_dataset(
     for split in SPLITS:
         n = args[f"n_{split}"]
         rows, hist = _generate_split(
-            split, n, out_dir, args["seed"], args["max_density"], args["frames"], args["size"], args["fps"]
+            split,
+            n,
+            out_dir,
+            args["seed"],
+            args["max_density"],
+            args["frames"],
+            args["size"],
+            args["fps"],
+            args["option_order"],
         )
         write_jsonl(paths[split], rows)
         meta["splits"][split] = hist
@@ -433,6 +466,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=DEFAULTS["frames"], help="frames per clip")
     p.add_argument("--size", type=int, default=DEFAULTS["size"], help="clip width = height in pixels (even)")
     p.add_argument("--fps", type=float, default=DEFAULTS["fps"], help="clip frame rate")
+    p.add_argument(
+        "--option-order",
+        choices=OPTION_ORDERS,
+        default="canonical",
+        help="canonical: each category's values in a fixed order (learnable by the tiny model); shuffled: per question",
+    )
     p.add_argument("--force", action="store_true", help="regenerate even if OUT_DIR matches")
     p.set_defaults(func=_main)
     return p
@@ -450,6 +489,7 @@ def _main(args: argparse.Namespace) -> int:
             frames=args.frames,
             size=args.size,
             fps=args.fps,
+            option_order=args.option_order,
             force=args.force,
             verbose=True,
         )

@@ -48,6 +48,7 @@ from .runs import RUN_FORMAT, RunError
 __all__ = ["TrainConfig", "TrainError", "TrainInterrupted", "lora_target_modules", "train"]
 
 CHOICES = {
+    "tune": ("lora", "full"),
     "attention": ("dna", "softmax"),
     "projector": ("full", "lora", "frozen"),
     "neg_branch": ("full", "lowrank"),
@@ -81,6 +82,7 @@ class TrainConfig:
     data: str
     output: str
     attention: str = "dna"
+    tune: str = "lora"  # "full": every weight of a stock model (makes a stand-in pretrained checkpoint)
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -154,6 +156,11 @@ class TrainConfig:
             raise ValueError("TrainConfig: neg_branch / shared_values apply only to attention='dna'")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"TrainConfig.stop_after must be >= 1 or None, got {self.stop_after!r}")
+        if self.tune == "full" and (self.attention != "softmax" or self.load_in_4bit):
+            raise ValueError(
+                "TrainConfig.tune='full' trains every weight of a stock model into a new checkpoint: "
+                "use attention='softmax' without load_in_4bit (then patch / LoRA-tune that checkpoint)"
+            )
         if self.resume and self.overwrite:
             raise ValueError("TrainConfig: resume and overwrite exclude each other")
 
@@ -193,8 +200,27 @@ def lora_target_modules(model: nn.Module, projector: str = "full") -> str:
     return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
 
 
+def _enable_checkpointing(base: nn.Module, towers: list[str], cfg: TrainConfig) -> None:
+    """Gradient checkpointing on the vision tower(s) only (the frozen LLM stores no activations anyway)."""
+    if not cfg.gradient_checkpointing:
+        return
+    for path in towers:
+        tower = base.get_submodule(path)
+        kwargs = {"use_reentrant": False}
+        if hasattr(tower, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            tower.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        elif hasattr(tower, "gradient_checkpointing_enable"):
+            tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            raise TrainError(
+                f"the vision tower {path} ({type(tower).__name__}) has no gradient checkpointing"
+            )
+
+
 def _build_model(cfg: TrainConfig, device: torch.device):
-    """(peft model, processor, groups: {"lora","dna","projector"} -> [(name, param)], patch report)."""
+    """(model, processor, groups -> [(name, param)], patch report, projector path).
+
+    LoRA: a PEFT model with groups "lora", "dna", "projector". Full: the plain model, one group "full"."""
     from peft import LoraConfig, get_peft_model
 
     from .patching import dna_parameters, patch
@@ -216,6 +242,11 @@ def _build_model(cfg: TrainConfig, device: torch.device):
             model, neg_branch=cfg.neg_branch, neg_rank=cfg.neg_rank, shared_values=cfg.shared_values
         )
     towers, proj_path = _tower_paths(model)
+    if cfg.tune == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        _enable_checkpointing(model, towers, cfg)
+        return model, processor, {"full": list(model.named_parameters())}, report, proj_path
     lora = LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
@@ -238,18 +269,7 @@ def _build_model(cfg: TrainConfig, device: torch.device):
                 p.requires_grad_(True)
             if p.requires_grad:
                 proj_ids.add(id(p))
-    if cfg.gradient_checkpointing:
-        for path in towers:
-            tower = base.get_submodule(path)
-            kwargs = {"use_reentrant": False}
-            if hasattr(tower, "activation_checkpointing_enable"):  # transformers >= 5.x name
-                tower.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            elif hasattr(tower, "gradient_checkpointing_enable"):
-                tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-            else:
-                raise TrainError(
-                    f"the vision tower {path} ({type(tower).__name__}) has no gradient checkpointing"
-                )
+    _enable_checkpointing(base, towers, cfg)
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {"lora": [], "dna": [], "projector": []}
     for n, p in model.named_parameters():
         if not p.requires_grad:
@@ -276,7 +296,8 @@ def _param_summary(groups, model) -> dict:
 def _format_summary(s: dict) -> str:
     rows = [
         f"  {g:<10} {s[g]['params']:>12,} params in {s[g]['tensors']:>4} tensors"
-        for g in ("lora", "dna", "projector")
+        for g in ("lora", "dna", "projector", "full")
+        if g in s
     ]
     pct = 100.0 * s["trainable"] / max(s["total"], 1)
     return "\n".join(
@@ -655,6 +676,8 @@ class _Trainer:
 
     def train_mode(self):
         self.model.train()
+        if self.cfg.tune == "full":
+            return
         lm = getattr(self.acc.unwrap_model(self.model).get_base_model(), "model", None)
         lm = getattr(lm, "language_model", None)
         if lm is not None:
@@ -695,10 +718,15 @@ class _Trainer:
         if report is not None:
             self.log(f"DnA: {len(report.modules)} attention modules patched ({report.family}), "
                      f"{report.params_added:,} parameters added")  # fmt: skip
-        lrs = {"lora": cfg.lr, "dna": cfg.dna_lr or cfg.lr, "projector": cfg.projector_lr or cfg.lr}
+        lrs = {
+            "lora": cfg.lr,
+            "dna": cfg.dna_lr or cfg.lr,
+            "projector": cfg.projector_lr or cfg.lr,
+            "full": cfg.lr,
+        }
         param_groups = []
-        for g in ("lora", "dna", "projector"):
-            if not groups[g]:
+        for g in ("lora", "dna", "projector", "full"):
+            if not groups.get(g):
                 continue
             decay = [p for n, p in groups[g] if not n.endswith("neg_scale") and p.ndim > 1]
             no_decay = [p for n, p in groups[g] if n.endswith("neg_scale") or p.ndim <= 1]
@@ -894,18 +922,21 @@ class _Trainer:
             if cfg.attention == "dna":
                 save_dna(m, self.out / "dna")
                 dna_dir = "dna"
-            tmp = self.out / f".adapter.tmp-{os.getpid()}"
+            sub = "model" if cfg.tune == "full" else "adapter"
+            tmp = self.out / f".{sub}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            m.save_pretrained(str(tmp), safe_serialization=True)
-            if (self.out / "adapter").exists():
-                shutil.rmtree(self.out / "adapter")
-            os.replace(tmp, self.out / "adapter")
-            adapter_dir = "adapter"
-            if cfg.projector == "full" and self.proj_path is not None:
+            m.save_pretrained(str(tmp), safe_serialization=True)  # full: a normal HF checkpoint
+            if cfg.tune == "full":
+                self.processor.save_pretrained(str(tmp))
+            if (self.out / sub).exists():
+                shutil.rmtree(self.out / sub)
+            os.replace(tmp, self.out / sub)
+            adapter_dir = "adapter" if cfg.tune == "lora" else None
+            if cfg.tune == "lora" and cfg.projector == "full" and self.proj_path is not None:
                 proj = m.get_base_model().get_submodule(self.proj_path)
                 atomic_save_safetensors(proj.state_dict(), self.out / "projector.safetensors")
                 projector = "projector.safetensors"
-            base = cfg.model
+            base = cfg.model if cfg.tune == "lora" else str((self.out / "model").resolve())
             if Path(base).exists():
                 base = str(Path(base).resolve())
             from . import __version__
@@ -915,6 +946,8 @@ class _Trainer:
                 "dna_vlm_version": __version__,
                 "base_model": base,
                 "attention": cfg.attention,
+                "tune": cfg.tune,
+                "trained_from": str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
                 "dna_dir": dna_dir,
                 "adapter_dir": adapter_dir,
                 "projector": projector,
@@ -981,6 +1014,12 @@ def add_parser(subparsers) -> None:
     a("--data", required=True, help="training JSONL (id, video, question, options?, answer)")
     a("--output", required=True, help="run dir to write")
     a("--attention", choices=CHOICES["attention"], default="dna")
+    a(
+        "--tune",
+        choices=CHOICES["tune"],
+        default="lora",
+        help="lora (default): LoRA on the tower, LLM frozen; full: every weight of a stock model -> OUT/model",
+    )
     a("--lora-rank", type=int, default=d["lora_rank"].default)
     a("--lora-alpha", type=float, default=d["lora_alpha"].default)
     a("--lora-dropout", type=float, default=d["lora_dropout"].default)
@@ -1044,7 +1083,7 @@ def _main(args: argparse.Namespace) -> int:
         mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     try:
         cfg = TrainConfig(
-            model=args.model, data=args.data, output=args.output, attention=args.attention,
+            model=args.model, data=args.data, output=args.output, attention=args.attention, tune=args.tune,
             lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
             projector=args.projector, neg_branch=args.neg_branch, neg_rank=args.neg_rank,
             shared_values=args.shared_values, max_steps=args.max_steps, batch_size=args.batch_size,

@@ -46,6 +46,18 @@ def test_layout_and_loader(dataset):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_shuffled_option_order(tmp_path):
+    res = generate_dataset(tmp_path / "shuf", **{**SMALL, "n_val": 0, "n_test": 0}, option_order="shuffled")
+    rows = _rows(res["train"])
+    assert max(Counter(r["answer"] for r in rows).values()) - min(Counter(r["answer"] for r in rows).values()) <= 1
+    # the answer letter does not leak the answer value: each value shows up under several letters
+    for c in CATEGORIES:
+        for v in VALUES[c]:
+            assert len({r["answer"] for r in rows if r["answer_value"] == v}) >= 2
+    with pytest.raises(ValueError, match="option_order='sorted'"):
+        generate_dataset(tmp_path / "bad", **SMALL, option_order="sorted")
+
+
 def test_balanced_priors(dataset):
     rows = _rows(dataset["train"])
     n = len(rows)
@@ -63,11 +75,10 @@ def test_balanced_priors(dataset):
         by_q.setdefault(r["question"], Counter())[r["answer"]] += 1
     blind = sum(max(c.values()) for c in by_q.values()) / n
     assert blind <= 0.25 + 3 * 3 / n
-    # the answer letter does not leak the answer value: each value shows up under several letters
-    for c in CATEGORIES:
-        for v in VALUES[c]:
-            letters = {r["answer"] for r in rows if r["answer_value"] == v}
-            assert len(letters) >= 2
+    # canonical order (default): the options are the category's values in their fixed order
+    for r in rows:
+        assert r["options"] == list(VALUES[r["category"]])
+        assert r["options"][LETTERS.index(r["answer"])] == r["answer_value"]
     hist = dataset["meta"]["splits"]["train"]
     assert hist["answers"] == {x: n // 4 for x in LETTERS[:4]}
     assert hist["densities"] == {str(d): n // 4 for d in range(4)}

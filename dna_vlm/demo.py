@@ -48,7 +48,7 @@ SIZES = {
     # CI-sized: proves every stage runs end to end; the numbers mean nothing at this size.
     "ci": DemoSize(48, 8, 24, "small", 4, 20, 1e-3, 6, 1e-3, 4, 8),
     # default: <= 10 min on 2 CPU cores. The baseline reaches ~45% val accuracy (chance 25%) at 600 steps.
-    "small": DemoSize(960, 64, 240, "small", 8, 600, 1e-3, 200, 1e-3, 8, 32),
+    "small": DemoSize(960, 64, 240, "small", 8, 600, 1e-3, 500, 1e-3, 8, 32),
     # a stronger answer when there is more time or a GPU
     "medium": DemoSize(2400, 200, 600, "medium", 8, 2000, 1e-3, 500, 1e-3, 16, 32),
 }
@@ -174,10 +174,7 @@ def run_demo(
         "inspect",
         lambda: _inspect(out / "inspect", baseline["path"], arms["dna"][seed], data, cfg, device, dtype),
     )
-    stages.times["report"] = (0.0, False)
-    wall = time.perf_counter() - t_start
-    report = _final_report(out, settings, data, baseline, evals, reports, inspect, stages, wall)
-    return report
+    return _final_report(out, settings, data, baseline, evals, reports, inspect, stages, time.perf_counter() - t_start)
 
 
 def _strs(obj):
@@ -293,7 +290,23 @@ def _inspect(dest: Path, base: str, dna_run: str, data: dict, cfg: DemoSize, dev
     videos = list(dict.fromkeys(e.video for e in rows))[:3]
     model, processor = load_model(pretrained=base, run_dir=dna_run, device=device, dtype=dtype)
     rep = inspect_model(model, processor, videos, out_dir=dest, num_frames=cfg.num_frames)
-    return {"dir": str(dest), "summary": rep["summary"]}
+    return {"dir": str(dest), "summary": rep["summary"], "neg_branch": _neg_branch_movement(model)}
+
+
+def _neg_branch_movement(model) -> dict:
+    """How far training moved DnA's negative branch from its start (V- = 0, lambda = 0.5)."""
+    from .patching import dna_layers
+
+    rel, lam = [], []
+    for _, layer in dna_layers(model):
+        _, v_pos = layer.positive_qv()
+        if layer.neg.v_neg is not None:
+            rel.append(float(layer.neg.v_neg.weight.norm() / v_pos.weight.norm()))
+        lam.append(float(layer.neg.neg_scale.abs().mean()))
+    return {
+        "v_neg_rel_norm": sum(rel) / len(rel) if rel else None,  # mean ||W_v-|| / ||W_v+|| over layers
+        "lambda_mean_abs": sum(lam) / len(lam) if lam else None,
+    }
 
 
 BUDGET_NOTE = (
@@ -318,6 +331,10 @@ def _accuracy(samples: str) -> dict:
         "n": n,
         "failed": sum(r.failed for r in recs),
     }
+
+
+def _num(x, fmt: str = ".1f") -> str:
+    return "-" if x is None else format(x, fmt)
 
 
 def _pct(x) -> str:
@@ -348,7 +365,7 @@ def _final_report(
         "stage_seconds": {k: v[0] for k, v in stages.times.items()},
         "accuracy": acc, "effect_dna_minus_softmax": effects,
         "mean_delta_over_seeds": sum(deltas) / len(deltas), "verdict": verdict,
-        "inspect": inspect["summary"], "budget": BUDGET_NOTE, "baseline_final_train_loss": baseline["final_loss"],
+        "inspect": inspect["summary"], "neg_branch": inspect["neg_branch"], "budget": BUDGET_NOTE, "baseline_final_train_loss": baseline["final_loss"],
     }  # fmt: skip
     atomic_write_json(out / "report.json", report)
     md = _markdown(report, out, reports, inspect, stages)
@@ -426,12 +443,15 @@ def _markdown(report: dict, out: Path, reports, inspect, stages: Stages) -> str:
         for png in sorted(Path(d).glob("*.png")):
             lines.append(f"![{png.stem}]({rel(png)})")
         lines.append("")
-    s = report["inspect"]
+    s, nb = report["inspect"], report["neg_branch"]
     lines += [
         "## DnA diagnostics (inspect, DnA arm)", "",
-        f"Mean principal angle between V+ and V- subspaces: {s.get('mean_angle_deg')} deg "
-        f"(random subspaces of the same rank: {s.get('random_mean_angle_deg')} deg); mean lambda {s.get('mean_lambda')}; "
-        f"mean attention entropy P+ {s.get('mean_entropy_positive')}, P- {s.get('mean_entropy_negative')} nats. "
+        f"The negative branch moved off its zero start: mean ||W_v-|| / ||W_v+|| = {_num(nb['v_neg_rel_norm'], '.3f')}, "
+        f"mean |lambda| = {_num(nb['lambda_mean_abs'], '.3f')} (started at 0 and 0.5). "
+        f"Mean principal angle between the V+ and V- subspaces: {_num(s.get('mean_angle_deg'))} deg "
+        f"(random subspaces of the same rank: {_num(s.get('random_mean_angle_deg'))} deg). "
+        f"Mean attention entropy: P+ {_num(s.get('mean_entropy_positive'), '.2f')}, "
+        f"P- {_num(s.get('mean_entropy_negative'), '.2f')} nats. "
         f"Details: [{rel(inspect['dir'])}/inspect.md]({rel(inspect['dir'])}/inspect.md)", "",
     ]  # fmt: skip
     for png in sorted(Path(inspect["dir"]).glob("*.png"))[:4]:

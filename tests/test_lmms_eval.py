@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import pytest
@@ -112,8 +111,7 @@ def _entry_point_installed() -> bool:
 
 
 def _subprocess_env(root: Path, **extra) -> dict[str, str]:
-    """Offline env for the CLI. When the installed metadata predates the entry point (the package was
-    installed before pyproject.toml declared it), a throw-away dist-info on PYTHONPATH declares the same one."""
+    """Offline env for the lmms-eval CLI; the installed package must declare the entry point."""
     env = dict(os.environ)
     env.update(
         HF_HUB_OFFLINE="1",
@@ -127,19 +125,9 @@ def _subprocess_env(root: Path, **extra) -> dict[str, str]:
         WANDB_MODE="disabled",
     )
     env.pop(lmms_compat.ENV, None)
-    if not _entry_point_installed():
-        warnings.warn(
-            "the installed dna-vlm metadata has no lmms_eval.models entry point (reinstall: pip install -e .); "
-            "using a stand-in dist-info for this test",
-            stacklevel=2,
-        )
-        ep = root / "entry_point" / "dna_vlm_lmms_entrypoint-0.0.dist-info"
-        ep.mkdir(parents=True, exist_ok=True)
-        (ep / "METADATA").write_text("Metadata-Version: 2.1\nName: dna-vlm-lmms-entrypoint\nVersion: 0.0\n")
-        (ep / "entry_points.txt").write_text(
-            "[lmms_eval.models]\ndna_vlm = dna_vlm.eval.lmms_plugin:manifests\n"
-        )
-        env["PYTHONPATH"] = os.pathsep.join([str(ep.parent), *filter(None, [env.get("PYTHONPATH")])])
+    assert _entry_point_installed(), (
+        "the installed dna-vlm metadata has no lmms_eval.models entry point: reinstall (pip install -e .)"
+    )
     env.update(extra)
     return env
 

@@ -1,0 +1,54 @@
+"""`dna-vlm demo` end to end at the CI size (real training, real lmms-eval CLI), then resume."""
+
+import json
+
+import pytest
+
+from dna_vlm.cli import main
+from dna_vlm.demo import SIZES, run_demo
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--size", "ci", "--out", str(out)]) == 0
+    return out
+
+
+def test_demo_writes_report_with_every_stage(demo_dir):
+    report = json.loads((demo_dir / "report.json").read_text())
+    assert set(report["accuracy"]) == {"baseline", "blind", "softmax-s0", "dna-s0"}
+    for acc in report["accuracy"].values():
+        assert acc["n"] == SIZES["ci"].n_test and 0.0 <= acc["acc"] <= 1.0
+        lo, hi = acc["ci95"]
+        assert lo <= acc["acc"] <= hi
+    effect = report["effect_dna_minus_softmax"]["0"]
+    assert {"delta", "delta_ci95", "mcnemar_p", "by_density"} <= set(effect)
+    assert set(effect["by_density"]) == {"0", "1", "2", "3"}
+    assert "distinguishable from zero" in report["verdict"]
+    assert report["neg_branch"]["v_neg_rel_norm"] > 0  # DnA's negative branch moved off its zero start
+    stages = set(report["stage_seconds"])
+    assert {"data", "model", "baseline", "arm-softmax-s0", "arm-dna-s0", "eval-baseline", "eval-blind"} <= stages
+    assert {"eval-softmax-s0", "eval-dna-s0", "attribute-s0", "inspect"} <= stages
+    md = (demo_dir / "report.md").read_text()
+    assert "95% CI" in md and "by density" in md
+    for link in ("attribution/s0/report.md", "inspect/inspect.md"):
+        assert (demo_dir / link).is_file() and link in md
+    assert list((demo_dir / "inspect").glob("overlay_*.png"))
+    # the arms differ only in the attention
+    arms = {a: json.loads((demo_dir / "runs" / f"{a}-s0" / "train_config.json").read_text()) for a in ("softmax", "dna")}
+    diff = {k for k in arms["dna"] if arms["dna"][k] != arms["softmax"][k]}
+    assert diff <= {"attention", "output"}, diff
+
+
+def test_demo_resumes_finished_stages(demo_dir, capsys):
+    before = json.loads((demo_dir / "report.json").read_text())
+    (demo_dir / "stages" / "attribute-s0.json").unlink()  # as if killed after the evaluations
+    report = run_demo(demo_dir, size="ci")
+    out = capsys.readouterr().out
+    assert out.count("resuming past it") == len(before["stage_seconds"]) - 1
+    assert "[demo] attribute-s0 ..." in out and "[demo] baseline ..." not in out
+    assert report["accuracy"] == before["accuracy"]
+    assert report["effect_dna_minus_softmax"] == before["effect_dna_minus_softmax"]

@@ -3,8 +3,9 @@
 Qwen2.5-VL's window-attention layers receive the window ``cu_seqlens`` from the tower itself, so the same
 layer body covers full and windowed layers."""
 
-import torch
 from torch import nn
+
+from dna_vlm.module import split_fused_qv
 
 from .base import Adapter
 from .common import PackedRotaryLayer
@@ -14,15 +15,7 @@ class QwenVisionLayer(PackedRotaryLayer):
     positive_modules = ("qkv", "proj")
 
     def positive_qv(self) -> tuple[nn.Linear, nn.Linear]:
-        """Temporary (dim -> dim) copies of the q and v rows of the fused qkv, for the warm start."""
-        dim = self.qkv.in_features
-        w, b = self.qkv.weight, self.qkv.bias
-        q, v = (nn.Linear(dim, dim, bias=b is not None, device=w.device, dtype=w.dtype) for _ in range(2))
-        with torch.no_grad():
-            q.weight.copy_(w[:dim]), v.weight.copy_(w[2 * dim :])
-            if b is not None:
-                q.bias.copy_(b[:dim]), v.bias.copy_(b[2 * dim :])
-        return q, v
+        return split_fused_qv(self.qkv)
 
     def qkv_packed(self, x):
         return self.qkv(x).chunk(3, dim=-1)

@@ -36,7 +36,6 @@ __all__ = [
     "is_patched",
     "load_dna",
     "mark_dna_trainable",
-    "mark_dna_trainable",
     "patch",
     "save_dna",
     "supported_model_types",

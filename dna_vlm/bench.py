@@ -235,12 +235,18 @@ def format_table(rows: list[Row]) -> str:
 
 
 def machine() -> str:
-    dev = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else platform.processor() or platform.machine()
-    )
-    return f"torch {torch.__version__}, {dev}, {torch.get_num_threads()} threads, Python {platform.python_version()}"
+    """The card, or the CPU model and core count, plus torch and Python versions."""
+    if torch.cuda.is_available():
+        dev = torch.cuda.get_device_name()
+    else:
+        dev = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                dev = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        dev = f"{dev} ({os.cpu_count()} cores)"
+    return f"{dev}, torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}"
 
 
 def add_parser(sub) -> None:

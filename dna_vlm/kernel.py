@@ -127,10 +127,19 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 
 def _combine(o_pos: torch.Tensor, o_neg: torch.Tensor, neg_scale: torch.Tensor) -> torch.Tensor:
-    """o_pos - neg_scale[h] * o_neg, accumulated in (at least) fp32 and returned in the inputs' dtype."""
+    """o_pos - neg_scale[h] * o_neg in the inputs' dtype.
+
+    fp32/fp64: one fused ``addcmul`` (one pass; in place when nothing needs gradients). Half types: accumulated
+    in fp32 and rounded once, so lambda keeps its fp32 precision.
+    """
+    lam = neg_scale.view(1, -1, 1, 1)
+    if o_pos.dtype in (torch.float32, torch.float64):
+        lam = lam.to(o_pos.dtype)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (o_pos, o_neg, lam)):
+            return torch.addcmul(o_pos, o_neg, lam, value=-1.0)
+        return o_pos.addcmul_(o_neg, lam, value=-1.0)  # inference: in place, no third (B, H, N, dv) buffer
     acc = _acc(o_pos.dtype)
-    lam = neg_scale.to(acc).view(1, -1, 1, 1)
-    return (o_pos.to(acc) - lam * o_neg.to(acc)).to(o_pos.dtype)
+    return (o_pos.to(acc) - lam.to(acc) * o_neg.to(acc)).to(o_pos.dtype)
 
 
 def dna_attention_reference(
@@ -167,11 +176,11 @@ def dna_attention_fused(
     ``scripts/bench_attention.py --compare-forms``: the one-call form must copy k and both values into new
     (B, 2H, N, d) tensors, which costs more than the second kernel launch saves.
     """
-    o_pos = F.scaled_dot_product_attention(
-        q_pos, k, v_pos, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale
-    )
+    s = q_pos.shape[-1] ** -0.5 if scale is None else scale
+    o_pos = F.scaled_dot_product_attention(q_pos, k, v_pos, attn_mask=attn_mask, dropout_p=dropout_p, scale=s)
+    # softmax(-s q k^T): a negative scale instead of negating q_neg saves a (B, H, Nq, d) copy each way
     o_neg = F.scaled_dot_product_attention(
-        -q_neg, k, v_neg, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale
+        q_neg, k, v_neg, attn_mask=attn_mask, dropout_p=dropout_p, scale=-s
     )
     return _combine(o_pos, o_neg, neg_scale)
 

@@ -156,6 +156,18 @@ class NegativeBranch(nn.Module):
         return f"{o.neg_branch}{rank}, heads={self.num_heads}, shared_values={o.shared_values}, init={o.init}"
 
 
+def split_fused_qv(qkv: nn.Linear) -> tuple[nn.Linear, nn.Linear]:
+    """Temporary (dim -> dim) copies of the q and v rows of a fused (dim -> 3 dim) ``qkv``, for warm starts."""
+    dim = qkv.in_features
+    w, b = qkv.weight, qkv.bias
+    q, v = (nn.Linear(dim, dim, bias=b is not None, device=w.device, dtype=w.dtype) for _ in range(2))
+    with torch.no_grad():
+        q.weight.copy_(w[:dim]), v.weight.copy_(w[2 * dim :])
+        if b is not None:
+            q.bias.copy_(b[:dim]), v.bias.copy_(b[2 * dim :])
+    return q, v
+
+
 def _trunc_normal(w: torch.Tensor) -> None:
     nn.init.trunc_normal_(w, std=0.02)
 
@@ -250,15 +262,7 @@ class DnAAttention(SoftmaxAttention):
         self.neg.init_from(*self._qv_linears())
 
     def _qv_linears(self) -> tuple[nn.Linear, nn.Linear]:
-        """Views of the fused qkv as separate (dim -> dim) query / value maps, for warm starts."""
-        dim = self.qkv.in_features
-        w, b = self.qkv.weight, self.qkv.bias
-        q, v = nn.Linear(dim, dim, bias=b is not None), nn.Linear(dim, dim, bias=b is not None)
-        with torch.no_grad():
-            q.weight.copy_(w[:dim]), v.weight.copy_(w[2 * dim :])
-            if b is not None:
-                q.bias.copy_(b[:dim]), v.bias.copy_(b[2 * dim :])
-        return q, v
+        return split_fused_qv(self.qkv)
 
     @classmethod
     def from_attention(

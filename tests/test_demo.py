@@ -30,7 +30,15 @@ def test_demo_writes_report_with_every_stage(demo_dir):
     assert "distinguishable from zero" in report["verdict"]
     assert report["neg_branch"]["v_neg_rel_norm"] > 0  # DnA's negative branch moved off its zero start
     stages = set(report["stage_seconds"])
-    assert {"data", "model", "baseline", "arm-softmax-s0", "arm-dna-s0", "eval-baseline", "eval-blind"} <= stages
+    assert {
+        "data",
+        "model",
+        "baseline",
+        "arm-softmax-s0",
+        "arm-dna-s0",
+        "eval-baseline",
+        "eval-blind",
+    } <= stages
     assert {"eval-softmax-s0", "eval-dna-s0", "attribute-s0", "inspect"} <= stages
     md = (demo_dir / "report.md").read_text()
     assert "95% CI" in md and "by density" in md
@@ -38,7 +46,10 @@ def test_demo_writes_report_with_every_stage(demo_dir):
         assert (demo_dir / link).is_file() and link in md
     assert list((demo_dir / "inspect").glob("overlay_*.png"))
     # the arms differ only in the attention
-    arms = {a: json.loads((demo_dir / "runs" / f"{a}-s0" / "train_config.json").read_text()) for a in ("softmax", "dna")}
+    arms = {
+        a: json.loads((demo_dir / "runs" / f"{a}-s0" / "train_config.json").read_text())
+        for a in ("softmax", "dna")
+    }
     diff = {k for k in arms["dna"] if arms["dna"][k] != arms["softmax"][k]}
     assert diff <= {"attention", "output"}, diff
 

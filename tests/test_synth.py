@@ -49,7 +49,10 @@ def test_layout_and_loader(dataset):
 def test_shuffled_option_order(tmp_path):
     res = generate_dataset(tmp_path / "shuf", **{**SMALL, "n_val": 0, "n_test": 0}, option_order="shuffled")
     rows = _rows(res["train"])
-    assert max(Counter(r["answer"] for r in rows).values()) - min(Counter(r["answer"] for r in rows).values()) <= 1
+    assert (
+        max(Counter(r["answer"] for r in rows).values()) - min(Counter(r["answer"] for r in rows).values())
+        <= 1
+    )
     # the answer letter does not leak the answer value: each value shows up under several letters
     for c in CATEGORIES:
         for v in VALUES[c]:

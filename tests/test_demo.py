@@ -57,8 +57,9 @@ def test_demo_writes_report_with_every_stage(demo_dir):
 def test_demo_resumes_finished_stages(demo_dir, capsys):
     before = json.loads((demo_dir / "report.json").read_text())
     (demo_dir / "stages" / "attribute-s0.json").unlink()  # as if killed after the evaluations
-    report = run_demo(demo_dir, size="ci")
+    run_demo(demo_dir, size="ci")
     out = capsys.readouterr().out
+    report = json.loads((demo_dir / "report.json").read_text())
     assert out.count("resuming past it") == len(before["stage_seconds"]) - 1
     assert "[demo] attribute-s0 ..." in out and "[demo] baseline ..." not in out
     assert report["accuracy"] == before["accuracy"]

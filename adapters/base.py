@@ -39,36 +39,33 @@ class DnALayer(nn.Module):
 
     def __init__(self, original: nn.Module, opts: DnAOptions, layer_index: int):
         super().__init__()
-        for name, child in original.named_children():  # adopt, do not copy
+        _require_float(original)
+        self._adopt(original)
+        self.layer_index = layer_index
+        self.opts = opts
+        q, v = self.positive_qv()
+        self.neg = NegativeBranch(q.in_features, self.num_heads, opts, bias=q.bias is not None)
+        self.neg.to(device=q.weight.device, dtype=q.weight.dtype)
+        self.neg.init_from(q, v)
+        self.capture: list | None = None  # set to a list to record attention maps (dna-vlm inspect)
+
+    def _adopt(self, original: nn.Module) -> None:
+        """Take over the original's children, direct tensors and plain attributes (the same objects)."""
+        for name, child in original.named_children():
             self.add_module(name, child)
-        for name, param in original._parameters.items():  # direct tensors too (same objects)
+        for name, param in original._parameters.items():
             if param is not None:
                 self.register_parameter(name, param)
         for name, buf in original._buffers.items():
             if buf is not None:
                 self.register_buffer(name, buf, persistent=name not in original._non_persistent_buffers_set)
-        for name, value in vars(original).items():  # plain attributes: num_heads, head_dim, scale, config ...
+        for name, value in vars(original).items():  # num_heads, head_dim, scale, config ...
             # not `forward`: accelerate's hooks (device_map / offload) set it on the instance, and copying it
             # would run the ORIGINAL attention inside the DnA layer
             if not name.startswith("_") and name not in ("training", "forward"):
                 setattr(self, name, value)
         self.train(original.training)
         object.__setattr__(self, "_dna_original", original)  # hidden: not a submodule, not in state_dict
-        self.layer_index = layer_index
-        self.opts = opts
-        for pname, p in original.named_parameters():
-            if not p.is_floating_point() or "4bit" in type(p).__name__.lower():
-                raise TypeError(
-                    f"{type(original).__name__}.{pname} is quantized ({type(p).__name__}, {p.dtype}); DnA needs "
-                    "the vision tower in floating point. Load the model with the vision tower excluded from "
-                    "quantization (e.g. BitsAndBytesConfig(llm_int8_skip_modules=[<tower>, <projector>]))"
-                )
-        q, v = self.positive_qv()
-        ref = q.weight
-        self.neg = NegativeBranch(q.in_features, self.num_heads, opts, bias=q.bias is not None)
-        self.neg.to(device=ref.device, dtype=ref.dtype)
-        self.neg.init_from(q, v)
-        self.capture: list | None = None  # set to a list to record attention maps (dna-vlm inspect)
 
     @property
     def original(self) -> nn.Module:
@@ -118,6 +115,16 @@ class DnALayer(nn.Module):
         o = self.opts
         rank = f", neg_rank={o.neg_rank}" if o.neg_branch == "lowrank" else ""
         return f"layer={self.layer_index}, DnA(neg_branch={o.neg_branch}{rank}, shared_values={o.shared_values}, init={o.init})"
+
+
+def _require_float(original: nn.Module) -> None:
+    for pname, p in original.named_parameters():
+        if not p.is_floating_point() or "4bit" in type(p).__name__.lower():
+            raise TypeError(
+                f"{type(original).__name__}.{pname} is quantized ({type(p).__name__}, {p.dtype}); DnA needs "
+                "the vision tower in floating point. Load the model with the vision tower excluded from "
+                "quantization (e.g. BitsAndBytesConfig(llm_int8_skip_modules=[<tower>, <projector>]))"
+            )
 
 
 def _sdpa_mask(mask: torch.Tensor | None) -> torch.Tensor | None:

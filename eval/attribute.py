@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import math
-import re
 import sys
 import zlib
 from collections.abc import Sequence
@@ -27,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ._report_io import json_safe, pyplot, safe_name, save_png
 
 __all__ = ["DEFINITIONS", "AttributionError", "SampleLog", "attribute", "load_samples", "summary_table"]
 
@@ -616,18 +616,6 @@ def _group_value(logs: dict[str, SampleLog], doc_id: str, fld: str):
     return MISSING
 
 
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj
-
-
 def write_report(report: dict, out_dir: str | Path, plots: bool = True) -> Path:
     """Write ``report.json``, ``report.md`` and (``plots``) PNGs into ``out_dir`` atomically; returns out_dir."""
     from dna_vlm.checkpoint import atomic_write_bytes, atomic_write_json
@@ -636,7 +624,7 @@ def write_report(report: dict, out_dir: str | Path, plots: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     pngs = _plots(report, out) if plots else []
     report["plots"] = [p.name for p in pngs]
-    atomic_write_json(out / "report.json", _json_safe(report))
+    atomic_write_json(out / "report.json", json_safe(report))
     atomic_write_bytes(out / "report.md", render_markdown(report).encode())
     return out
 
@@ -890,19 +878,6 @@ def render_markdown(report: dict) -> str:
 # plots
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "field"
-
-
-def _save_png(fig, path: Path) -> Path:
-    from dna_vlm.checkpoint import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
 def _err(acc, ci):
     if not ci or ci[0] is None or not math.isfinite(ci[0]):
         return [[0], [0]]
@@ -910,11 +885,7 @@ def _err(acc, ci):
 
 
 def _plots(r: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     paths = []
     colors = {"baseline": "#7f7f7f", "candidate": "#1f77b4", "blind": "#d62728"}
     # 1. accuracies
@@ -931,7 +902,7 @@ def _plots(r: dict, out: Path) -> list[Path]:
     ax.set_ylabel("accuracy % (95% Wilson CI)")
     ax.set_ylim(0, 100)
     ax.set_title(f"delta {_spct(r['delta'])} pts {_sci(r['delta_ci95'])}, n={r['n']}", fontsize=9)
-    paths.append(_save_png(fig, out / "accuracy.png"))
+    paths.append(save_png(fig, out / "accuracy.png", dpi=110))
     plt.close(fig)
     # 2. flips / error decomposition
     fig, ax = plt.subplots(figsize=(6.5, 2.2 if "blind" not in r else 2.8))
@@ -959,7 +930,7 @@ def _plots(r: dict, out: Path) -> list[Path]:
     ax.set_xlabel("docs")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, fontsize=8, frameon=False)
     ax.set_title(f"McNemar p = {_p(r['mcnemar_p'])}", fontsize=9)
-    paths.append(_save_png(fig, out / "flips.png"))
+    paths.append(save_png(fig, out / "flips.png", dpi=110))
     plt.close(fig)
     # 3. per group
     for fld, groups in r.get("by_group", {}).items():
@@ -1020,7 +991,7 @@ def _plots(r: dict, out: Path) -> list[Path]:
         t = r.get("trends", {}).get(fld)
         title = f"by {fld}" + (f": trend {_spct(t['slope'])} pts/unit {_sci(t['slope_ci95'])}" if t else "")
         a1.set_title(title, fontsize=9)
-        paths.append(_save_png(fig, out / f"by_{_safe(fld)}.png"))
+        paths.append(save_png(fig, out / f"by_{safe_name(fld, 'field')}.png", dpi=110))
         plt.close(fig)
     return paths
 

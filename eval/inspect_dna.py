@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import inspect as _pyinspect
-import io
 import math
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ._report_io import json_safe, pyplot, safe_name, save_png
 
 __all__ = [
     "DEFINITIONS",
@@ -362,7 +362,7 @@ def inspect_model(
             png = _overlay_png(
                 frames,
                 recs[overlay_pos].maps,
-                out / f"overlay_{vi:02d}_{_safe(name)}.png",
+                out / f"overlay_{vi:02d}_{safe_name(name, 'video')}.png",
                 max_overlay_frames,
                 name,
                 report["overlay_layer"],
@@ -403,7 +403,7 @@ def inspect_model(
         if plots:
             pngs = [*_weight_pngs(report, out), *pngs]
         report["plots"] = [p.name for p in pngs]
-        atomic_write_json(out / "inspect.json", _json_safe(report))
+        atomic_write_json(out / "inspect.json", json_safe(report))
         atomic_write_bytes(out / "inspect.md", render_markdown(report).encode())
     return report
 
@@ -428,18 +428,6 @@ def _summary(r: dict) -> dict:
         s["mean_entropy_positive"] = _nanmean(x for e in L for x in e["entropy"]["positive"])
         s["mean_entropy_negative"] = _nanmean(x for e in L for x in e["entropy"]["negative"])
     return s
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -500,30 +488,8 @@ def render_markdown(r: dict) -> str:
     return "\n".join(L)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "video"
-
-
-def _save_png(fig, path: Path) -> Path:
-    from dna_vlm.checkpoint import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _weight_pngs(r: dict, out: Path) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     paths = []
     L = r["layers"]
     H = max(e["num_heads"] for e in L)
@@ -544,7 +510,7 @@ def _weight_pngs(r: dict, out: Path) -> list[Path]:
         ax.set_yticks(range(len(L)), [str(e["index"]) for e in L])
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax)
-    paths.append(_save_png(fig, out / "weights.png"))
+    paths.append(save_png(fig, out / "weights.png", dpi=100))
     plt.close(fig)
     if "entropy" in L[0]:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -556,7 +522,7 @@ def _weight_pngs(r: dict, out: Path) -> list[Path]:
         ax.set_xlabel("layer")
         ax.set_ylabel("mean entropy (nats)")
         ax.legend(fontsize=8)
-        paths.append(_save_png(fig, out / "entropy.png"))
+        paths.append(save_png(fig, out / "entropy.png", dpi=100))
         plt.close(fig)
     return paths
 
@@ -572,7 +538,7 @@ def _overlay_png(frames, maps, path: Path, max_frames: int, name: str, layer_key
         return None
     prefix, rows, cols = g
     B = min(len(frames), pos.shape[0], max_frames)
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(B, 3, figsize=(7.5, 2.4 * B + 0.4), squeeze=False)
     for t in range(B):
         fr = frames[t]
@@ -589,7 +555,7 @@ def _overlay_png(frames, maps, path: Path, max_frames: int, name: str, layer_key
             if t == 0:
                 ax.set_title(title, fontsize=9)
     fig.suptitle(f"{name}: layer {layer_key}, query={query}", fontsize=9)
-    p = _save_png(fig, path)
+    p = save_png(fig, path, dpi=100)
     plt.close(fig)
     return p
 

@@ -54,6 +54,11 @@ SIZES = {
 }
 
 
+# Part of every stage fingerprint: bump it when a stage's result gains or changes fields, so markers written
+# by an older dna-vlm are redone instead of read.
+STAGES_FORMAT = 2
+
+
 class Stages:
     """Run named stages once; a stage's JSON marker (written last, atomically) records its result and time."""
 
@@ -102,9 +107,6 @@ def run_demo(
     seed: int = 0,
 ) -> dict:
     """Run (or resume) the demo in ``out``; returns the report dict also written to ``out/report.json``."""
-    from .synth import generate_dataset
-    from .tiny import build_tiny_model
-
     if size not in SIZES:
         raise ValueError(f"size={size!r}: choose one of {sorted(SIZES)}")
     if seeds < 1:
@@ -112,71 +114,115 @@ def run_demo(
     cfg = SIZES[size]
     if device == "cuda":
         cfg = replace(cfg, batch_size=cfg.batch_size * 2)
-    dtype = "bfloat16" if device == "cuda" else "float32"
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"size": size, "cfg": asdict(cfg), "device": device, "seed": seed}
-    stages = Stages(out, force, _fingerprint(settings))
-    t_start = time.perf_counter()
-
-    data = stages.run(
-        "data",
-        lambda: _strs(
-            generate_dataset(
-                out / "data", n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, seed=seed, force=force
-            )
-        ),
-    )
-    model_dir = stages.run(
-        "model", lambda: {"path": str(build_tiny_model(out / "tiny_model", seed=seed, size=cfg.model_size))}
-    )["path"]
-    baseline = stages.run(
-        "baseline", lambda: _train_baseline(cfg, model_dir, data, out / "baseline", device, dtype, seed)
-    )
-
-    arms: dict[str, dict[int, str]] = {"softmax": {}, "dna": {}}
-    for s in range(seed, seed + seeds):
-        for attention in ("softmax", "dna"):
-            arms[attention][s] = stages.run(
-                f"arm-{attention}-s{s}",
-                lambda a=attention, s=s: _train_arm(
-                    cfg, baseline["path"], data, out / "runs" / f"{a}-s{s}", a, device, dtype, s
-                ),
-            )["path"]
-
-    evals = {
-        "baseline": stages.run(
-            "eval-baseline",
-            lambda: _evaluate(out, "baseline", baseline["path"], None, data, cfg, device, dtype),
-        )
+    settings = {
+        "size": size,
+        "cfg": asdict(cfg),
+        "device": device,
+        "seed": seed,
+        "stages_format": STAGES_FORMAT,
     }
-    evals["blind"] = stages.run(
-        "eval-blind",
-        lambda: _evaluate(out, "blind", baseline["path"], None, data, cfg, device, dtype, blind=True),
-    )
-    for attention in ("softmax", "dna"):
-        for s, run_dir in arms[attention].items():
-            name = f"{attention}-s{s}"
-            evals[name] = stages.run(
-                f"eval-{name}",
-                lambda n=name, r=run_dir: _evaluate(out, n, baseline["path"], r, data, cfg, device, dtype),
-            )
+    run = _DemoRun(out, cfg, device, seed, force, Stages(out, force, _fingerprint(settings)))
+    t_start = time.perf_counter()
+    run.prepare()
+    seed_list = list(range(seed, seed + seeds))
+    arms = {(a, s): run.arm(a, s) for s in seed_list for a in ("softmax", "dna")}
+    evals = run.evaluate_all(arms)
+    reports = {s: run.attribute(s, evals) for s in seed_list}
+    inspect = run.inspect(arms["dna", seed])
+    wall = time.perf_counter() - t_start
+    return _final_report(out, settings, run.data, run.baseline, evals, reports, inspect, run.stages, wall)
 
-    reports = {}
-    for s in range(seed, seed + seeds):
-        reports[s] = stages.run(
-            f"attribute-s{s}",
-            lambda s=s: _attribute(
-                out / "attribution" / f"s{s}", evals[f"softmax-s{s}"], evals[f"dna-s{s}"], evals["blind"]
+
+@dataclass
+class _DemoRun:
+    """One demo output folder: each method is one or more resumable stages."""
+
+    out: Path
+    cfg: DemoSize
+    device: str
+    seed: int
+    force: bool
+    stages: Stages
+
+    @property
+    def dtype(self) -> str:
+        return "bfloat16" if self.device == "cuda" else "float32"
+
+    def prepare(self) -> None:
+        """Data, tiny model and the stand-in pretrained baseline."""
+        from .synth import generate_dataset
+        from .tiny import build_tiny_model
+
+        c, out = self.cfg, self.out
+        self.data = self.stages.run(
+            "data",
+            lambda: _strs(
+                generate_dataset(
+                    out / "data",
+                    n_train=c.n_train,
+                    n_val=c.n_val,
+                    n_test=c.n_test,
+                    seed=self.seed,
+                    force=self.force,
+                )
             ),
         )
-    inspect = stages.run(
-        "inspect",
-        lambda: _inspect(out / "inspect", baseline["path"], arms["dna"][seed], data, cfg, device, dtype),
-    )
-    return _final_report(
-        out, settings, data, baseline, evals, reports, inspect, stages, time.perf_counter() - t_start
-    )
+        model_dir = self.stages.run(
+            "model",
+            lambda: {"path": str(build_tiny_model(out / "tiny_model", seed=self.seed, size=c.model_size))},
+        )["path"]
+        self.baseline = self.stages.run(
+            "baseline",
+            lambda: _train_baseline(
+                c, model_dir, self.data, out / "baseline", self.device, self.dtype, self.seed
+            ),
+        )
+
+    def arm(self, attention: str, s: int) -> str:
+        dest = self.out / "runs" / f"{attention}-s{s}"
+        args = (self.cfg, self.baseline["path"], self.data, dest, attention, self.device, self.dtype, s)
+        return self.stages.run(f"arm-{attention}-s{s}", lambda: _train_arm(*args))["path"]
+
+    def evaluate_all(self, arms: dict[tuple[str, int], str]) -> dict[str, dict]:
+        """Baseline, blind and every arm through lmms-eval; keys 'baseline', 'blind', '<attention>-s<seed>'."""
+        base, common = self.baseline["path"], (self.data, self.cfg, self.device, self.dtype)
+        evals = {
+            "baseline": self.stages.run(
+                "eval-baseline", lambda: _evaluate(self.out, "baseline", base, None, *common)
+            )
+        }
+        evals["blind"] = self.stages.run(
+            "eval-blind", lambda: _evaluate(self.out, "blind", base, None, *common, blind=True)
+        )
+        for attention in ("softmax", "dna"):
+            for (a, s), run_dir in arms.items():
+                if a == attention:
+                    name = f"{a}-s{s}"
+                    evals[name] = self.stages.run(
+                        f"eval-{name}", lambda n=name, r=run_dir: _evaluate(self.out, n, base, r, *common)
+                    )
+        return evals
+
+    def attribute(self, s: int, evals: dict) -> dict:
+        dest = self.out / "attribution" / f"s{s}"
+        return self.stages.run(
+            f"attribute-s{s}",
+            lambda: _attribute(dest, evals[f"softmax-s{s}"], evals[f"dna-s{s}"], evals["blind"]),
+        )
+
+    def inspect(self, dna_run: str) -> dict:
+        args = (
+            self.out / "inspect",
+            self.baseline["path"],
+            dna_run,
+            self.data,
+            self.cfg,
+            self.device,
+            self.dtype,
+        )
+        return self.stages.run("inspect", lambda: _inspect(*args))
 
 
 def _strs(obj):
@@ -403,74 +449,70 @@ def _summary_text(report: dict, stages: Stages) -> str:
 
 
 def _markdown(report: dict, out: Path, reports, inspect, stages: Stages) -> str:
-    acc = report["accuracy"]
-    rel = lambda p: str(Path(p).resolve().relative_to(out))  # noqa: E731
+    def rel(p) -> str:
+        return str(Path(p).resolve().relative_to(out))
+
+    st = report["settings"]
     lines = [
         "# dna-vlm demo report", "",
-        f"Machine: {report['machine']}. Wall time: {report['wall_time_s']:.0f} s. Settings: `{json.dumps(report['settings']['cfg'])}` "
-        f"(size `{report['settings']['size']}`, device `{report['settings']['device']}`).", "",
+        f"Machine: {report['machine']}. Wall time: {report['wall_time_s']:.0f} s. Settings: "
+        f"`{json.dumps(st['cfg'])}` (size `{st['size']}`, device `{st['device']}`).", "",
+        *_md_accuracy(report["accuracy"]),
+        "## Effect of DnA (DnA + LoRA arm minus softmax + LoRA arm, paired on the same test docs)", "",
+        report["verdict"], "",
+    ]  # fmt: skip
+    for s, e in report["effect_dna_minus_softmax"].items():
+        lines += _md_effect(s, e, rel)
+    lines += _md_inspect(report["inspect"], report["neg_branch"], inspect["dir"], rel)
+    lines += ["", "## How the budget was chosen", "", report["budget"], ""]
+    lines += ["## Stage times", "", "```", stages.table(), "```", ""]
+    return "\n".join(lines)
+
+
+def _md_accuracy(acc: dict) -> list[str]:
+    lines = [
         "## Test accuracy (lmms-eval `dna_vlm_synth`, 95% Wilson intervals)", "",
         "| model | accuracy % | 95% CI | n | failed |", "|---|---:|---:|---:|---:|",
     ]  # fmt: skip
     for name, a in acc.items():
+        ci = f"[{_pct(a['ci95'][0])}, {_pct(a['ci95'][1])}]"
+        lines.append(f"| {name} | {_pct(a['acc'])} | {ci} | {a['n']} | {a['failed']} |")
+    return [*lines, ""]
+
+
+def _md_effect(s, e: dict, rel) -> list[str]:
+    lines = [
+        f"### seed {s}: by density (number of distractors)", "",
+        "| density | n | softmax % | DnA % | delta (points) [95% CI] | McNemar p |", "|---|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for v, g in e["by_density"].items():
+        lo, hi = g["delta_ci95"]
+        delta = f"{100 * g['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
         lines.append(
-            f"| {name} | {_pct(a['acc'])} | [{_pct(a['ci95'][0])}, {_pct(a['ci95'][1])}] | {a['n']} | {a['failed']} |"
+            f"| {v} | {g['n']} | {_pct(g['baseline_acc'])} | {_pct(g['candidate_acc'])} | {delta} | {g['mcnemar_p']:.3g} |"
         )
+    d = e["report_dir"]
     lines += [
         "",
-        "## Effect of DnA (DnA + LoRA arm minus softmax + LoRA arm, paired on the same test docs)",
-        "",
-        report["verdict"],
+        f"Full attribution (flip table, blind decomposition, per-category): [{rel(d)}/report.md]({rel(d)}/report.md)",
         "",
     ]
-    for s, e in report["effect_dna_minus_softmax"].items():
-        lines += [
-            f"### seed {s}: by density (number of distractors)",
-            "",
-            "| density | n | softmax % | DnA % | delta (points) [95% CI] | McNemar p |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for v, g in e["by_density"].items():
-            lo, hi = g["delta_ci95"]
-            lines.append(
-                f"| {v} | {g['n']} | {_pct(g['baseline_acc'])} | {_pct(g['candidate_acc'])} | {100 * g['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {g['mcnemar_p']:.3g} |"
-            )
-        d = e["report_dir"]
-        lines += [
-            "",
-            f"Full attribution (flip table, blind decomposition, per-category): [{rel(d)}/report.md]({rel(d)}/report.md)",
-            "",
-        ]
-        for png in sorted(Path(d).glob("*.png")):
-            lines.append(f"![{png.stem}]({rel(png)})")
-        lines.append("")
-    s, nb = report["inspect"], report["neg_branch"]
-    lines += [
-        "## DnA diagnostics (inspect, DnA arm)", "",
+    lines += [f"![{png.stem}]({rel(png)})" for png in sorted(Path(d).glob("*.png"))]
+    return [*lines, ""]
+
+
+def _md_inspect(s: dict, nb: dict, inspect_dir: str, rel) -> list[str]:
+    text = (
         f"The negative branch moved off its zero start: mean ||W_v-|| / ||W_v+|| = {_num(nb['v_neg_rel_norm'], '.3f')}, "
         f"mean |lambda| = {_num(nb['lambda_mean_abs'], '.3f')} (started at 0 and 0.5). "
         f"Mean principal angle between the V+ and V- subspaces: {_num(s.get('mean_angle_deg'))} deg "
         f"(random subspaces of the same rank: {_num(s.get('random_mean_angle_deg'))} deg). "
         f"Mean attention entropy: P+ {_num(s.get('mean_entropy_positive'), '.2f')}, "
         f"P- {_num(s.get('mean_entropy_negative'), '.2f')} nats. "
-        f"Details: [{rel(inspect['dir'])}/inspect.md]({rel(inspect['dir'])}/inspect.md)", "",
-    ]  # fmt: skip
-    for png in sorted(Path(inspect["dir"]).glob("*.png"))[:4]:
-        lines.append(f"![{png.stem}]({rel(png)})")
-    lines += [
-        "",
-        "## How the budget was chosen",
-        "",
-        report["budget"],
-        "",
-        "## Stage times",
-        "",
-        "```",
-        stages.table(),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+        f"Details: [{rel(inspect_dir)}/inspect.md]({rel(inspect_dir)}/inspect.md)"
+    )
+    pngs = [f"![{png.stem}]({rel(png)})" for png in sorted(Path(inspect_dir).glob("*.png"))[:4]]
+    return ["## DnA diagnostics (inspect, DnA arm)", "", text, "", *pngs]
 
 
 def add_parser(sub) -> None:

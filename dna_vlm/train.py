@@ -217,13 +217,10 @@ def _enable_checkpointing(base: nn.Module, towers: list[str], cfg: TrainConfig) 
             )
 
 
-def _build_model(cfg: TrainConfig, device: torch.device):
-    """(model, processor, groups -> [(name, param)], patch report, projector path).
-
-    LoRA: a PEFT model with groups "lora", "dna", "projector". Full: the plain model, one group "full"."""
-    from peft import LoraConfig, get_peft_model
-
-    from .patching import dna_parameters, patch
+def _load_frozen(cfg: TrainConfig, device: torch.device):
+    """(model, processor, patch report or None): the base model with every weight frozen, then DnA-patched
+    when ``attention="dna"``; :func:`_build_model` decides what trains."""
+    from .patching import patch
     from .runs import load_base_model
 
     model, processor = load_base_model(
@@ -241,6 +238,55 @@ def _build_model(cfg: TrainConfig, device: torch.device):
         report = patch(
             model, neg_branch=cfg.neg_branch, neg_rank=cfg.neg_rank, shared_values=cfg.shared_values
         )
+    return model, processor, report
+
+
+def _unfreeze_dna_and_projector(
+    base: nn.Module, cfg: TrainConfig, proj_path: str | None
+) -> tuple[set[int], set[int]]:
+    """Unfreeze DnA's negative branches and (``projector="full"``) the projector; returns the ids of the
+    DnA parameters and of the projector's trainable ones (which include its LoRA under ``projector="lora"``)."""
+    from .patching import dna_parameters
+
+    dna_ids = set()
+    if cfg.attention == "dna":
+        for p in dna_parameters(base):
+            p.requires_grad_(True)
+            dna_ids.add(id(p))
+    proj_ids = set()
+    if proj_path is not None:
+        for p in base.get_submodule(proj_path).parameters():
+            if cfg.projector == "full":
+                p.requires_grad_(True)
+            if p.requires_grad:
+                proj_ids.add(id(p))
+    return dna_ids, proj_ids
+
+
+def _group_trainable(model: nn.Module, dna_ids: set[int], proj_ids: set[int]) -> dict:
+    """Trainable parameters by optimiser group ("lora", "dna", "projector"); anything else is a bug."""
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {"lora": [], "dna": [], "projector": []}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in dna_ids:
+            groups["dna"].append((n, p))
+        elif id(p) in proj_ids and "lora_" not in n:  # the projector's own LoRA counts as "lora"
+            groups["projector"].append((n, p))
+        elif "lora_" in n:
+            groups["lora"].append((n, p))
+        else:
+            raise TrainError(f"unexpected trainable parameter {n}")
+    return groups
+
+
+def _build_model(cfg: TrainConfig, device: torch.device):
+    """(model, processor, groups -> [(name, param)], patch report, projector path).
+
+    LoRA: a PEFT model with groups "lora", "dna", "projector". Full: the plain model, one group "full"."""
+    from peft import LoraConfig, get_peft_model
+
+    model, processor, report = _load_frozen(cfg, device)
     towers, proj_path = _tower_paths(model)
     if cfg.tune == "full":
         for p in model.parameters():
@@ -256,33 +302,9 @@ def _build_model(cfg: TrainConfig, device: torch.device):
     )
     model = get_peft_model(model, lora)
     base = model.get_base_model()
-    dna_ids = set()
-    if cfg.attention == "dna":
-        for p in dna_parameters(base):
-            p.requires_grad_(True)
-            dna_ids.add(id(p))
-    proj_ids = set()
-    if proj_path is not None:
-        proj = base.get_submodule(proj_path)
-        for p in proj.parameters():
-            if cfg.projector == "full":
-                p.requires_grad_(True)
-            if p.requires_grad:
-                proj_ids.add(id(p))
+    dna_ids, proj_ids = _unfreeze_dna_and_projector(base, cfg, proj_path)
     _enable_checkpointing(base, towers, cfg)
-    groups: dict[str, list[tuple[str, nn.Parameter]]] = {"lora": [], "dna": [], "projector": []}
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if id(p) in dna_ids:
-            groups["dna"].append((n, p))
-        elif id(p) in proj_ids and "lora_" not in n:
-            groups["projector"].append((n, p))
-        elif "lora_" in n:
-            groups["lora"].append((n, p))
-        else:
-            raise TrainError(f"unexpected trainable parameter {n}")
-    return model, processor, groups, report, proj_path
+    return model, processor, _group_trainable(model, dna_ids, proj_ids), report, proj_path
 
 
 def _param_summary(groups, model) -> dict:
@@ -478,6 +500,29 @@ _RESUMABLE_CHANGES = {
 # ---------------------------------------------------------------------------------------------- train
 
 
+def _optimizer_groups(groups: dict, cfg: TrainConfig) -> list[dict]:
+    """AdamW parameter groups: one learning rate per trainable group, and no weight decay on DnA's
+    ``neg_scale`` (the lambdas) nor on biases / norms (``ndim <= 1``)."""
+    lrs = {
+        "lora": cfg.lr,
+        "dna": cfg.dna_lr or cfg.lr,
+        "projector": cfg.projector_lr or cfg.lr,
+        "full": cfg.lr,
+    }
+    param_groups = []
+    for g in ("lora", "dna", "projector", "full"):
+        if not groups.get(g):
+            continue
+        decay = [p for n, p in groups[g] if not n.endswith("neg_scale") and p.ndim > 1]
+        no_decay = [p for n, p in groups[g] if n.endswith("neg_scale") or p.ndim <= 1]
+        for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
+            if ps:
+                param_groups.append({"params": ps, "lr": lrs[g], "weight_decay": wd, "name": g})
+    if not param_groups:
+        raise TrainError("nothing to train: no LoRA, DnA or projector parameters are trainable")
+    return param_groups
+
+
 class _Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -616,7 +661,6 @@ class _Trainer:
                 if rec.get("step", 0) <= resume_step:
                     keep.append(line)
             self.metrics_path.write_text("".join(x + "\n" for x in keep))
-        self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -685,63 +729,14 @@ class _Trainer:
 
     # -- main ---------------------------------------------------------------------------------------
     def run(self) -> Path:
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-
-        from .data import load_dataset
-
         cfg = self.cfg
-        use_cpu = cfg.device == "cpu" or not torch.cuda.is_available()  # torchrun on CPU: gloo, MULTI_CPU
-        self.acc = Accelerator(
-            cpu=use_cpu,
-            mixed_precision=cfg.mixed_precision,
-            gradient_accumulation_steps=cfg.grad_accum,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        )
-        self.t0, self.elapsed_before = time.time(), 0.0
-        self.skipped: list[dict] = []
-        self.skip_events = 0
-        self.losses: list[float] = []
-
-        examples = load_dataset(cfg.data)  # malformed rows fail here with file:line
-        if not examples:
-            raise TrainError(f"{cfg.data}: the dataset is empty")
-        self.eval_examples = load_dataset(cfg.eval_data) if cfg.eval_data else []
-
+        self.start_accelerator()
+        examples = self.load_examples()
         ckpt = self.prepare_output()
         if ckpt == "done":
             return self.out
-        _seed_all(cfg.seed)
-        model, self.processor, groups, report, self.proj_path = _build_model(cfg, self.acc.device)
-        self.summary = _param_summary(groups, model)
-        self.log(_format_summary(self.summary))
-        if report is not None:
-            self.log(f"DnA: {len(report.modules)} attention modules patched ({report.family}), "
-                     f"{report.params_added:,} parameters added")  # fmt: skip
-        lrs = {
-            "lora": cfg.lr,
-            "dna": cfg.dna_lr or cfg.lr,
-            "projector": cfg.projector_lr or cfg.lr,
-            "full": cfg.lr,
-        }
-        param_groups = []
-        for g in ("lora", "dna", "projector", "full"):
-            if not groups.get(g):
-                continue
-            decay = [p for n, p in groups[g] if not n.endswith("neg_scale") and p.ndim > 1]
-            no_decay = [p for n, p in groups[g] if n.endswith("neg_scale") or p.ndim <= 1]
-            for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
-                if ps:
-                    param_groups.append({"params": ps, "lr": lrs[g], "weight_decay": wd, "name": f"{g}"})
-        if not param_groups:
-            raise TrainError("nothing to train: no LoRA, DnA or projector parameters are trainable")
-        optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self.lr_factor(s))
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.float_dtype = next(p.dtype for p in self.trainable)
-        self.ds = _MicroBatches(examples, self.processor, cfg, self.acc.process_index, self.acc.num_processes)
-
+        _seed_all(cfg.seed)  # before building: DnA / LoRA initialisation draws from it
+        self.setup_model(examples)
         step = 0
         if isinstance(ckpt, Path):
             step = self.load_checkpoint(ckpt)
@@ -763,6 +758,53 @@ class _Trainer:
         self.save_checkpoint(step, "final")
         self.finalize(step, eval_loss)
         return self.out
+
+    def start_accelerator(self) -> None:
+        """The accelerator, the clock and the empty run record (a resume overwrites the record)."""
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        cfg = self.cfg
+        use_cpu = cfg.device == "cpu" or not torch.cuda.is_available()  # torchrun on CPU: gloo, MULTI_CPU
+        self.acc = Accelerator(
+            cpu=use_cpu,
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        self.t0, self.elapsed_before = time.time(), 0.0
+        self.skipped: list[dict] = []
+        self.skip_events = 0
+        self.losses: list[float] = []
+
+    def load_examples(self) -> list:
+        """The training rows (and sets ``eval_examples``); read before touching OUT so bad data fails early."""
+        from .data import load_dataset
+
+        cfg = self.cfg
+        examples = load_dataset(cfg.data)  # malformed rows fail here with file:line
+        if not examples:
+            raise TrainError(f"{cfg.data}: the dataset is empty")
+        self.eval_examples = load_dataset(cfg.eval_data) if cfg.eval_data else []
+        return examples
+
+    def setup_model(self, examples: list) -> None:
+        """Build the model and optimiser, hand them to accelerate, and set up this process's data."""
+        cfg = self.cfg
+        model, self.processor, groups, report, self.proj_path = _build_model(cfg, self.acc.device)
+        self.summary = _param_summary(groups, model)
+        self.log(_format_summary(self.summary))
+        if report is not None:
+            self.log(f"DnA: {len(report.modules)} attention modules patched ({report.family}), "
+                     f"{report.params_added:,} parameters added")  # fmt: skip
+        optimizer = torch.optim.AdamW(
+            _optimizer_groups(groups, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self.lr_factor(s))
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.float_dtype = next(p.dtype for p in self.trainable)
+        self.ds = _MicroBatches(examples, self.processor, cfg, self.acc.process_index, self.acc.num_processes)
 
     def prepare_output(self):
         cfg = self.cfg
@@ -796,6 +838,7 @@ class _Trainer:
         return None
 
     def loop(self, step: int) -> int:
+        """Train from ``step`` to ``max_steps`` (or ``stop_after`` steps); returns the step reached."""
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.acc
@@ -808,65 +851,12 @@ class _Trainer:
         self.train_mode()
         try:
             while step < stop:
-                _seed_all(_mix(cfg.seed, step, acc.process_index))
-                t_step = time.time()
-                micro_losses, skipped_now, grad_norm = [], 0, None
-                for _ in range(cfg.grad_accum):
-                    item = next(items)
-                    skipped_now += self.handle_bad(item, step)
-                    batch = _to_device(item["batch"], acc.device, self.float_dtype)
-                    with acc.accumulate(self.model):
-                        loss = self.model(**batch).loss
-                        if self.any_process_flag(not bool(torch.isfinite(loss))):
-                            self.save_checkpoint(step, "non-finite loss")
-                            raise TrainError(
-                                f"non-finite loss ({loss.item()}) at step {step + 1} (rows {item['rows']}); "
-                                f"checkpoint at step {step} saved. Lower --lr or use --mixed-precision no"
-                            )
-                        acc.backward(loss)
-                        if acc.sync_gradients:
-                            if cfg.max_grad_norm > 0:
-                                grad_norm = acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
-                            else:
-                                grad_norm = torch.norm(
-                                    torch.stack([p.grad.norm() for p in self.trainable if p.grad is not None])
-                                )
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    micro_losses.append(loss.detach().float())
-                lr = self.scheduler.get_last_lr()[0]
-                self.scheduler.step()
-                step += 1
-                mean_loss = float(acc.reduce(torch.stack(micro_losses).mean(), "mean"))
-                self.losses.append(mean_loss)
-                rec = {
-                    "step": step,
-                    "loss": mean_loss,
-                    "lr": lr,
-                    "grad_norm": None if grad_norm is None else float(grad_norm),
-                    "lambda_mean_abs": self.lambda_mean(),
-                    "skipped": skipped_now,
-                    "skipped_total": self.skip_events,
-                    "epoch": (step * cfg.grad_accum - 1) // self.ds.per_epoch,
-                    "step_time_s": time.time() - t_step,
-                    "elapsed_s": self.elapsed(),
-                }
+                rec = self.train_step(items, step)
+                step = rec["step"]
                 self.write_metrics(rec)
                 bar.update(1)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", skipped=self.skip_events)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                    ev = self.evaluate()
-                    if ev is not None:
-                        self.write_metrics({"step": step, "eval_loss": ev})
-                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-                    self.save_checkpoint(step, "periodic")
-                stop_sig = self.any_process_flag(self.stop_signal is not None)
-                if stop_sig and step < cfg.max_steps:
-                    self.save_checkpoint(step, f"signal {self.stop_signal}")
-                    raise TrainInterrupted(
-                        f"interrupted ({self.stop_signal}) after step {step}; checkpoint saved in "
-                        f"{self.out / CKPT_DIR}: rerun with --resume to continue"
-                    )
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", skipped=self.skip_events)
+                self.after_step(step)
         finally:
             bar.close()
         if step < cfg.max_steps:  # stop_after
@@ -876,6 +866,76 @@ class _Trainer:
                 f"checkpoint saved in {self.out / CKPT_DIR}: rerun with --resume to continue"
             )
         return step
+
+    def train_step(self, items, step: int) -> dict:
+        """One optimiser step over ``grad_accum`` micro-batches; returns its metrics record."""
+        cfg, acc = self.cfg, self.acc
+        _seed_all(_mix(cfg.seed, step, acc.process_index))  # per-step reseed: resumed runs match exactly
+        t_step = time.time()
+        micro_losses, skipped_now, grad_norm = [], 0, None
+        for _ in range(cfg.grad_accum):
+            item = next(items)
+            skipped_now += self.handle_bad(item, step)
+            batch = _to_device(item["batch"], acc.device, self.float_dtype)
+            with acc.accumulate(self.model):
+                loss = self.finite_loss(batch, item, step)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    grad_norm = self.clip_gradients()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            micro_losses.append(loss.detach().float())
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        step += 1
+        mean_loss = float(acc.reduce(torch.stack(micro_losses).mean(), "mean"))
+        self.losses.append(mean_loss)
+        return {
+            "step": step,
+            "loss": mean_loss,
+            "lr": lr,
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "lambda_mean_abs": self.lambda_mean(),
+            "skipped": skipped_now,
+            "skipped_total": self.skip_events,
+            "epoch": (step * cfg.grad_accum - 1) // self.ds.per_epoch,
+            "step_time_s": time.time() - t_step,
+            "elapsed_s": self.elapsed(),
+        }
+
+    def finite_loss(self, batch: dict, item: dict, step: int) -> torch.Tensor:
+        """The forward pass's loss; a non-finite one on any process saves a checkpoint and stops the run."""
+        loss = self.model(**batch).loss
+        if self.any_process_flag(not bool(torch.isfinite(loss))):
+            self.save_checkpoint(step, "non-finite loss")
+            raise TrainError(
+                f"non-finite loss ({loss.item()}) at step {step + 1} (rows {item['rows']}); "
+                f"checkpoint at step {step} saved. Lower --lr or use --mixed-precision no"
+            )
+        return loss
+
+    def clip_gradients(self):
+        """Clip to ``max_grad_norm`` (0: no clipping); returns the total gradient norm either way."""
+        if self.cfg.max_grad_norm > 0:
+            return self.acc.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
+        return torch.norm(torch.stack([p.grad.norm() for p in self.trainable if p.grad is not None]))
+
+    def after_step(self, step: int) -> None:
+        """Periodic eval and checkpoint; on a signal (seen by any process) checkpoint and stop."""
+        cfg = self.cfg
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+            ev = self.evaluate()
+            if ev is not None:
+                self.write_metrics({"step": step, "eval_loss": ev})
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+            self.save_checkpoint(step, "periodic")
+        stop_sig = self.any_process_flag(self.stop_signal is not None)
+        if stop_sig and step < cfg.max_steps:
+            self.save_checkpoint(step, f"signal {self.stop_signal}")
+            raise TrainInterrupted(
+                f"interrupted ({self.stop_signal}) after step {step}; checkpoint saved in "
+                f"{self.out / CKPT_DIR}: rerun with --resume to continue"
+            )
 
     def any_process_flag(self, flag: bool) -> bool:
         if self.acc.num_processes == 1:
@@ -912,71 +972,13 @@ class _Trainer:
         return len(bad)
 
     def finalize(self, step: int, eval_loss: float | None) -> None:
-        from .checkpoint import save_dna
-
-        cfg, acc = self.cfg, self.acc
+        """Write the run dir's weights, summary.json and (last, marking it complete) run_config.json."""
+        acc = self.acc
         acc.wait_for_everyone()
         if acc.is_main_process:
-            m = acc.unwrap_model(self.model)
-            dna_dir = adapter_dir = projector = None
-            if cfg.attention == "dna":
-                save_dna(m, self.out / "dna")
-                dna_dir = "dna"
-            sub = "model" if cfg.tune == "full" else "adapter"
-            tmp = self.out / f".{sub}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            m.save_pretrained(str(tmp), safe_serialization=True)  # full: a normal HF checkpoint
-            if cfg.tune == "full":
-                self.processor.save_pretrained(str(tmp))
-            if (self.out / sub).exists():
-                shutil.rmtree(self.out / sub)
-            os.replace(tmp, self.out / sub)
-            adapter_dir = "adapter" if cfg.tune == "lora" else None
-            if cfg.tune == "lora" and cfg.projector == "full" and self.proj_path is not None:
-                proj = m.get_base_model().get_submodule(self.proj_path)
-                atomic_save_safetensors(proj.state_dict(), self.out / "projector.safetensors")
-                projector = "projector.safetensors"
-            base = cfg.model if cfg.tune == "lora" else str((self.out / "model").resolve())
-            if Path(base).exists():
-                base = str(Path(base).resolve())
-            from . import __version__
-
-            run_config = {
-                "format": RUN_FORMAT,
-                "dna_vlm_version": __version__,
-                "base_model": base,
-                "attention": cfg.attention,
-                "tune": cfg.tune,
-                "trained_from": str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
-                "dna_dir": dna_dir,
-                "adapter_dir": adapter_dir,
-                "projector": projector,
-                "projector_mode": cfg.projector,
-                "projector_path": self.proj_path,
-                "num_frames": cfg.num_frames,
-                "frame_strategy": {"train": "segments", "eval": "uniform"},
-                "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout},
-                "dna": None if cfg.attention != "dna" else {
-                    "neg_branch": cfg.neg_branch, "neg_rank": cfg.neg_rank, "shared_values": cfg.shared_values},
-                "load_in_4bit": cfg.load_in_4bit,
-                "dtype": cfg.dtype,
-                "steps": step,
-                "seed": cfg.seed,
-                "train_data": str(Path(cfg.data).resolve()),
-                "extra": cfg.extra,
-            }  # fmt: skip
-            summary = {
-                "steps": step,
-                "trainable": self.summary,
-                "first_loss": self.losses[0] if self.losses else None,
-                "final_loss": self.losses[-1] if self.losses else None,
-                "eval_loss": eval_loss,
-                "skipped_videos": self.skipped,
-                "skip_events": self.skip_events,
-                "lambda_mean_abs": self.lambda_mean(),
-                "elapsed_s": self.elapsed(),
-                "num_processes": acc.num_processes,
-            }
+            dirs = self.save_weights(acc.unwrap_model(self.model))
+            run_config = self.run_config(step, *dirs)
+            summary = self.run_summary(step, eval_loss)
             atomic_write_json(self.out / "summary.json", summary)
             atomic_write_json(self.out / "run_config.json", run_config)  # last: marks the run complete
             self.log(
@@ -984,6 +986,82 @@ class _Trainer:
                 f"{len(self.skipped)} unreadable videos skipped; run dir {self.out}"
             )
         acc.wait_for_everyone()
+
+    def save_weights(self, m: nn.Module) -> tuple[str | None, str | None, str | None]:
+        """Save the DnA branches, the adapter (or full model) and the projector; their names in OUT
+        (dna_dir, adapter_dir, projector), None for what this run has not."""
+        from .checkpoint import save_dna
+
+        cfg = self.cfg
+        dna_dir = projector = None
+        if cfg.attention == "dna":
+            save_dna(m, self.out / "dna")
+            dna_dir = "dna"
+        sub = "model" if cfg.tune == "full" else "adapter"
+        tmp = self.out / f".{sub}.tmp-{os.getpid()}"  # written aside, then swapped in whole
+        shutil.rmtree(tmp, ignore_errors=True)
+        m.save_pretrained(str(tmp), safe_serialization=True)  # full: a normal HF checkpoint
+        if cfg.tune == "full":
+            self.processor.save_pretrained(str(tmp))
+        if (self.out / sub).exists():
+            shutil.rmtree(self.out / sub)
+        os.replace(tmp, self.out / sub)
+        adapter_dir = "adapter" if cfg.tune == "lora" else None
+        if cfg.tune == "lora" and cfg.projector == "full" and self.proj_path is not None:
+            proj = m.get_base_model().get_submodule(self.proj_path)
+            atomic_save_safetensors(proj.state_dict(), self.out / "projector.safetensors")
+            projector = "projector.safetensors"
+        return dna_dir, adapter_dir, projector
+
+    def run_config(
+        self, step: int, dna_dir: str | None, adapter_dir: str | None, projector: str | None
+    ) -> dict:
+        """run_config.json: what evaluation needs to rebuild the trained model (contract 5)."""
+        from . import __version__
+
+        cfg = self.cfg
+        base = cfg.model if cfg.tune == "lora" else str((self.out / "model").resolve())
+        if Path(base).exists():
+            base = str(Path(base).resolve())
+        return {
+            "format": RUN_FORMAT,
+            "dna_vlm_version": __version__,
+            "base_model": base,
+            "attention": cfg.attention,
+            "tune": cfg.tune,
+            "trained_from": str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
+            "dna_dir": dna_dir,
+            "adapter_dir": adapter_dir,
+            "projector": projector,
+            "projector_mode": cfg.projector,
+            "projector_path": self.proj_path,
+            "num_frames": cfg.num_frames,
+            "frame_strategy": {"train": "segments", "eval": "uniform"},
+            "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout},
+            "dna": None if cfg.attention != "dna" else {
+                "neg_branch": cfg.neg_branch, "neg_rank": cfg.neg_rank, "shared_values": cfg.shared_values},
+            "load_in_4bit": cfg.load_in_4bit,
+            "dtype": cfg.dtype,
+            "steps": step,
+            "seed": cfg.seed,
+            "train_data": str(Path(cfg.data).resolve()),
+            "extra": cfg.extra,
+        }  # fmt: skip
+
+    def run_summary(self, step: int, eval_loss: float | None) -> dict:
+        """summary.json: trainable parameters, losses, skipped videos and time."""
+        return {
+            "steps": step,
+            "trainable": self.summary,
+            "first_loss": self.losses[0] if self.losses else None,
+            "final_loss": self.losses[-1] if self.losses else None,
+            "eval_loss": eval_loss,
+            "skipped_videos": self.skipped,
+            "skip_events": self.skip_events,
+            "lambda_mean_abs": self.lambda_mean(),
+            "elapsed_s": self.elapsed(),
+            "num_processes": self.acc.num_processes,
+        }
 
 
 def train(config: TrainConfig | dict) -> Path:
@@ -1008,11 +1086,24 @@ def add_parser(subparsers) -> None:
         "LoRA budget), LoRA-tune the tower, train DnA's negative branch and the projector, LLM frozen. "
         "Works under `accelerate launch` for multi-GPU. Writes a run dir that `dna-vlm eval` loads.",
     )
-    d = TrainConfig.__dataclass_fields__
-    a = p.add_argument
+    # in this order: it is the order --help lists them in
+    for add in (_add_path_args, _add_arm_args, _add_optim_args, _add_model_args, _add_run_args):
+        add(p.add_argument)
+    p.set_defaults(func=_main)
+
+
+_DEFAULTS = TrainConfig.__dataclass_fields__
+
+
+def _add_path_args(a) -> None:
+    """Inputs and output."""
     a("--model", required=True, help="local model dir or hub id (e.g. the output of `dna-vlm tiny-model`)")
     a("--data", required=True, help="training JSONL (id, video, question, options?, answer)")
     a("--output", required=True, help="run dir to write")
+
+
+def _add_arm_args(a) -> None:
+    """The arm (DnA or softmax, LoRA or full tuning), LoRA, projector and DnA branch."""
     a("--attention", choices=CHOICES["attention"], default="dna")
     a(
         "--tune",
@@ -1020,24 +1111,32 @@ def add_parser(subparsers) -> None:
         default="lora",
         help="lora (default): LoRA on the tower, LLM frozen; full: every weight of a stock model -> OUT/model",
     )
-    a("--lora-rank", type=int, default=d["lora_rank"].default)
-    a("--lora-alpha", type=float, default=d["lora_alpha"].default)
-    a("--lora-dropout", type=float, default=d["lora_dropout"].default)
+    a("--lora-rank", type=int, default=_DEFAULTS["lora_rank"].default)
+    a("--lora-alpha", type=float, default=_DEFAULTS["lora_alpha"].default)
+    a("--lora-dropout", type=float, default=_DEFAULTS["lora_dropout"].default)
     a("--projector", choices=CHOICES["projector"], default="full")
     a("--neg-branch", choices=CHOICES["neg_branch"], default="full")
     a("--neg-rank", type=int, default=None)
     a("--shared-values", action="store_true", help="DnA ablation: V- = V+")
-    a("--max-steps", type=int, default=d["max_steps"].default)
-    a("--batch-size", type=int, default=d["batch_size"].default, help="per process")
+
+
+def _add_optim_args(a) -> None:
+    """Steps, batch and optimiser."""
+    a("--max-steps", type=int, default=_DEFAULTS["max_steps"].default)
+    a("--batch-size", type=int, default=_DEFAULTS["batch_size"].default, help="per process")
     a("--grad-accum", type=int, default=1)
-    a("--lr", type=float, default=d["lr"].default)
+    a("--lr", type=float, default=_DEFAULTS["lr"].default)
     a("--dna-lr", type=float, default=None, help="learning rate of the DnA branch (default: --lr)")
     a("--projector-lr", type=float, default=None, help="learning rate of the projector (default: --lr)")
     a("--weight-decay", type=float, default=0.0)
     a("--lr-schedule", choices=CHOICES["lr_schedule"], default="cosine")
     a("--warmup-steps", type=int, default=0)
     a("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
-    a("--num-frames", type=int, default=d["num_frames"].default)
+
+
+def _add_model_args(a) -> None:
+    """Inputs to the model, and how it is loaded and run."""
+    a("--num-frames", type=int, default=_DEFAULTS["num_frames"].default)
     a("--dtype", choices=CHOICES["dtype"], default="float32", help="dtype the model is loaded in")
     a(
         "--device",
@@ -1055,6 +1154,10 @@ def add_parser(subparsers) -> None:
     a("--gradient-checkpointing", action="store_true", help="on the vision tower")
     a("--attn-implementation", default=None, help="passed to from_pretrained (e.g. sdpa, eager)")
     a("--trust-remote-code", action="store_true", help="allow the model repo's own code (off by default)")
+
+
+def _add_run_args(a) -> None:
+    """Checkpoints, resuming, bad videos, seed, evaluation and data loading."""
     a("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     a("--keep-checkpoints", type=int, default=1)
     a("--resume", action="store_true", help="continue from OUT's latest checkpoint")
@@ -1071,7 +1174,6 @@ def add_parser(subparsers) -> None:
     a("--eval-every", type=int, default=0)
     a("--num-workers", type=int, default=0, help="data loader processes decoding videos")
     a("--no-progress", action="store_true")
-    p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:

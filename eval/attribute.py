@@ -387,41 +387,63 @@ def _ratio(a: int, b: int) -> float | None:
 
 
 def _blind_stats(b, c, k, n_boot: int, seed: int, name: str) -> dict:
+    """Blind accuracy, each video model's reliance on / overlap with the blind model, and the error split."""
     n = len(b)
     kk = int(k.sum())
     out: dict = {"n": n, "correct": kk, "acc": kk / n if n else math.nan, "ci95": wilson_ci(kk, n)}
     out["video_reliance"], out["blind_overlap"] = {}, {}
     for arm, m in (("baseline", b), ("candidate", c)):
-        helps = int(np.sum((m == 1) & (k == 0)))
-        hurts = int(np.sum((m == 0) & (k == 1)))
-        ci = paired_bootstrap_ci(k, m, n_boot, seed, f"{name}/reliance/{arm}")
-        out["video_reliance"][arm] = {
-            "delta": (helps - hurts) / n if n else math.nan,
-            "delta_ci95": ci,
-            "significant": bool(ci is not None and (ci[0] > 0 or ci[1] < 0)),
-            "mcnemar_p": mcnemar_exact(helps, hurts),
-            "video_helps": helps,
-            "video_hurts": hurts,
-        }
-        right = int(m.sum())
-        both = int(np.sum((m == 1) & (k == 1)))
-        out["blind_overlap"][arm] = {
-            "fraction": _ratio(both, right),
-            "ci95": wilson_ci(both, right) if right else None,
-            "blind_also_right": both,
-            "model_right": right,
-        }
+        out["video_reliance"][arm] = _video_reliance(m, k, n_boot, seed, f"{name}/reliance/{arm}")
+        out["blind_overlap"][arm] = _blind_overlap(m, k)
+    out["cells"] = _cells(b, c, k)
+    out["decomposition"] = _decomposition(out["cells"], n - int(b.sum()), n - int(c.sum()))
+    return out
+
+
+def _video_reliance(m, k, n_boot: int, seed: int, name: str) -> dict:
+    """acc(m) - acc(blind) as a paired comparison of model ``m`` against the blind model ``k``."""
+    n = len(m)
+    helps = int(np.sum((m == 1) & (k == 0)))
+    hurts = int(np.sum((m == 0) & (k == 1)))
+    ci = paired_bootstrap_ci(k, m, n_boot, seed, name)
+    return {
+        "delta": (helps - hurts) / n if n else math.nan,
+        "delta_ci95": ci,
+        "significant": bool(ci is not None and (ci[0] > 0 or ci[1] < 0)),
+        "mcnemar_p": mcnemar_exact(helps, hurts),
+        "video_helps": helps,
+        "video_hurts": hurts,
+    }
+
+
+def _blind_overlap(m, k) -> dict:
+    """The fraction of ``m``'s correct answers that the blind model also gets (they need no video)."""
+    right = int(m.sum())
+    both = int(np.sum((m == 1) & (k == 1)))
+    return {
+        "fraction": _ratio(both, right),
+        "ci95": wilson_ci(both, right) if right else None,
+        "blind_also_right": both,
+        "model_right": right,
+    }
+
+
+def _cells(b, c, k) -> dict[str, int]:
+    """The eight counts #(b, c, k), keyed "RRR" ... "WWW" in (baseline, candidate, blind) order."""
     cells = {}
     for bb in (1, 0):
         for cc in (1, 0):
             for kv in (1, 0):
                 key = "".join("R" if x else "W" for x in (bb, cc, kv))
                 cells[key] = int(np.sum((b == bb) & (c == cc) & (k == kv)))
+    return cells
+
+
+def _decomposition(cells: dict[str, int], err_b: int, err_c: int) -> dict:
+    """Partition each video model's errors into encoder-attributable, shared and video-hurts parts."""
     fixed, broken = cells["WRR"] + cells["WRW"], cells["RWR"] + cells["RWW"]
     shared, hurts_both = cells["WWW"], cells["WWR"]
-    err_b, err_c = n - int(b.sum()), n - int(c.sum())
-    out["cells"] = cells
-    out["decomposition"] = {
+    return {
         "baseline_errors": err_b,
         "candidate_errors": err_c,
         "encoder_fixed": fixed,
@@ -443,7 +465,6 @@ def _blind_stats(b, c, k, n_boot: int, seed: int, name: str) -> dict:
             "video_hurts_both": _ratio(hurts_both, err_c),
         },
     }
-    return out
 
 
 def _numeric(values) -> bool:
@@ -530,23 +551,10 @@ def attribute(
     if isinstance(by, str):
         by = [f.strip() for f in by.split(",") if f.strip()]
     by = list(dict.fromkeys(by))
-    logs = {"baseline": load_samples(baseline, metric), "candidate": load_samples(candidate, metric)}
-    if blind is not None:
-        logs["blind"] = load_samples(blind, metric)
-    for arm in list(logs)[1:]:
-        _check_same_ids(logs["baseline"], logs[arm], "baseline", arm)
-    if logs["baseline"].path.resolve() == logs["candidate"].path.resolve():
-        print("dna-vlm attribute: warning: baseline and candidate are the same file", file=sys.stderr)
-
+    logs = _load_logs(baseline, candidate, blind, metric)
     all_ids = logs["baseline"].ids
     failures = {arm: [r for r in log.records.values() if r.failed] for arm, log in logs.items()}
-    bad = {r.id for recs in failures.values() for r in recs}
-    ids = [i for i in all_ids if i not in bad] if failed == "exclude" else all_ids
-    if not ids:
-        raise AttributionError(
-            f"all {len(all_ids)} docs failed in at least one log (see the 'reason' fields); nothing to compare. "
-            "Fix the videos or use --failed wrong"
-        )
+    ids = _compared_ids(all_ids, failures, failed)
     arrays = {
         arm: np.array([log.records[i].correct for i in ids], dtype=np.int8) for arm, log in logs.items()
     }
@@ -554,58 +562,99 @@ def attribute(
 
     report: dict = {"format": "dna-vlm-attribution/1"}
     report.update(_compare(b, c, bootstrap, seed, "all"))
-    report.update(
-        {
-            "n_total": len(all_ids),
-            "metric": {arm: log.metric for arm, log in logs.items()},
-            "bootstrap": bootstrap,
-            "seed": seed,
-            "inputs": {
-                arm: {"path": str(log.path), "sha256": log.sha256, "rows": len(log.records)}
-                for arm, log in logs.items()
-            },
-            "failed": {
-                "policy": failed,
-                "excluded_docs": len(all_ids) - len(ids),
-                "counts": {arm: len(v) for arm, v in failures.items()},
-                **{arm: [{"id": r.id, "reason": r.reason} for r in v] for arm, v in failures.items()},
-            },
-        }
-    )
+    report.update(_provenance(logs, failures, failed, len(all_ids) - len(ids), bootstrap, seed))
     if k is not None:
         report["blind"] = _blind_stats(b, c, k, bootstrap, seed, "all")
 
-    # groups
     report["by_group"], report["group_order"], report["trends"] = {}, {}, {}
     for fld in by:
         vals = [_group_value(logs, i, fld) for i in ids]
-        if all(v is MISSING for v in vals):
-            avail = sorted({f for log in logs.values() for r in log.records.values() for f in r.fields})
-            raise AttributionError(
-                f"--by {fld}: no sample has a field {fld!r} (in the metric dict or doc); available: {avail}"
-            )
-        groups: dict = {}
-        for v in sorted(set(vals), key=_sort_key):
-            mask = np.array([x == v and type(x) is type(v) for x in vals])
-            g = _compare(b[mask], c[mask], bootstrap, seed, f"{fld}={v}")
-            g["value"] = v
-            if k is not None:
-                g["blind"] = _blind_stats(b[mask], c[mask], k[mask], bootstrap, seed, f"{fld}={v}")
-            groups[str(v)] = g
-        for g, p in zip(groups.values(), holm([g["mcnemar_p"] for g in groups.values()]), strict=True):
-            g["mcnemar_p_holm"] = p
+        _require_field(fld, vals, logs)
+        groups, trend = _field_stats(fld, vals, b, c, k, bootstrap, seed)
         report["by_group"][fld] = groups
         report["group_order"][fld] = list(groups)  # report.json sorts keys; this keeps the natural order
-        present = [v for v in vals if v is not MISSING]
-        if _numeric(present) and len(set(present)) >= 3:
-            mask = np.array([v is not MISSING for v in vals])
-            x = np.array(present, dtype=float)
-            report["trends"][fld] = _trend(x, b[mask], c[mask], bootstrap, seed, f"trend/{fld}")
+        if trend is not None:
+            report["trends"][fld] = trend
     report["definitions"] = DEFINITIONS
 
     if out_dir is not None:
         write_report(report, out_dir, plots=plots)
     return report
+
+
+def _provenance(logs: dict, failures: dict, failed: str, excluded: int, bootstrap: int, seed: int) -> dict:
+    """What was compared and how: inputs with hashes, metrics, bootstrap settings, failed samples."""
+    return {
+        "n_total": len(logs["baseline"].records),
+        "metric": {arm: log.metric for arm, log in logs.items()},
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "inputs": {
+            arm: {"path": str(log.path), "sha256": log.sha256, "rows": len(log.records)}
+            for arm, log in logs.items()
+        },
+        "failed": {
+            "policy": failed,
+            "excluded_docs": excluded,
+            "counts": {arm: len(v) for arm, v in failures.items()},
+            **{arm: [{"id": r.id, "reason": r.reason} for r in v] for arm, v in failures.items()},
+        },
+    }
+
+
+def _load_logs(baseline, candidate, blind, metric: str | None) -> dict[str, SampleLog]:
+    """Read every supplied log (keyed by arm) and check they hold the same questions."""
+    logs = {"baseline": load_samples(baseline, metric), "candidate": load_samples(candidate, metric)}
+    if blind is not None:
+        logs["blind"] = load_samples(blind, metric)
+    for arm in list(logs)[1:]:
+        _check_same_ids(logs["baseline"], logs[arm], "baseline", arm)
+    if logs["baseline"].path.resolve() == logs["candidate"].path.resolve():
+        print("dna-vlm attribute: warning: baseline and candidate are the same file", file=sys.stderr)
+    return logs
+
+
+def _compared_ids(all_ids: list[str], failures: dict[str, list[Record]], failed: str) -> list[str]:
+    """The doc ids every arm is scored on: under ``exclude``, a doc failed in any log is dropped from all."""
+    bad = {r.id for recs in failures.values() for r in recs}
+    ids = [i for i in all_ids if i not in bad] if failed == "exclude" else all_ids
+    if not ids:
+        raise AttributionError(
+            f"all {len(all_ids)} docs failed in at least one log (see the 'reason' fields); nothing to compare. "
+            "Fix the videos or use --failed wrong"
+        )
+    return ids
+
+
+def _require_field(fld: str, vals: list, logs: dict[str, SampleLog]) -> None:
+    """Fail with the available field names when no compared doc has ``fld``."""
+    if all(v is MISSING for v in vals):
+        avail = sorted({f for log in logs.values() for r in log.records.values() for f in r.fields})
+        raise AttributionError(
+            f"--by {fld}: no sample has a field {fld!r} (in the metric dict or doc); available: {avail}"
+        )
+
+
+def _field_stats(fld: str, vals: list, b, c, k, n_boot: int, seed: int) -> tuple[dict, dict | None]:
+    """Per-value group statistics for one ``--by`` field (``vals``: its value per compared doc), and the
+    trend over it when it is numeric with >= 3 distinct values (else None)."""
+    groups: dict = {}
+    for v in sorted(set(vals), key=_sort_key):
+        # the type check keeps e.g. 1 and True (equal in Python) in separate groups
+        mask = np.array([x == v and type(x) is type(v) for x in vals])
+        g = _compare(b[mask], c[mask], n_boot, seed, f"{fld}={v}")
+        g["value"] = v
+        if k is not None:
+            g["blind"] = _blind_stats(b[mask], c[mask], k[mask], n_boot, seed, f"{fld}={v}")
+        groups[str(v)] = g
+    for g, p in zip(groups.values(), holm([g["mcnemar_p"] for g in groups.values()]), strict=True):
+        g["mcnemar_p_holm"] = p
+    present = [v for v in vals if v is not MISSING]
+    if not (_numeric(present) and len(set(present)) >= 3):
+        return groups, None
+    mask = np.array([v is not MISSING for v in vals])
+    x = np.array(present, dtype=float)
+    return groups, _trend(x, b[mask], c[mask], n_boot, seed, f"trend/{fld}")
 
 
 def _group_value(logs: dict[str, SampleLog], doc_id: str, fld: str):
@@ -774,14 +823,37 @@ def _blind_md(bl: dict) -> list[str]:
 
 
 def render_markdown(report: dict) -> str:
+    """``report.md``: inputs, headline, failed samples, blind analysis, per-group sections, plots, definitions."""
     r = report
     L = ["# dna-vlm attribution report", ""]
-    L += ["| log | path | sha256 | rows | metric |", "|---|---|---|---:|---|"]
+    L += _inputs_md(r)
+    L += _headline_md(r)
+    L += _failed_md(r["failed"])
+    if "blind" in r:
+        L += ["## How much each model uses the video", "", *_blind_md(r["blind"]), ""]
+    for fld, groups in r.get("by_group", {}).items():
+        L += _group_md(fld, groups, r.get("trends", {}).get(fld))
+        if "blind" in r:
+            L += _group_blind_md(fld, groups)
+    if r.get("plots"):
+        L += ["## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]] + [""]
+    L += [DEFINITIONS]
+    return "\n".join(L)
+
+
+def _inputs_md(r: dict) -> list[str]:
+    """The table of input logs (path, hash prefix, rows, metric), so a reader can check what was compared."""
+    L = ["| log | path | sha256 | rows | metric |", "|---|---|---|---:|---|"]
     for arm, inp in r["inputs"].items():
         L.append(
             f"| {arm} | `{inp['path']}` | `{inp['sha256'][:16]}...` | {inp['rows']} | {r['metric'][arm]} |"
         )
-    L += [
+    return L
+
+
+def _headline_md(r: dict) -> list[str]:
+    """Accuracies with CIs, the delta with its CI and McNemar p, the verdict and the flip counts."""
+    L = [
         "",
         "## Headline",
         "",
@@ -806,72 +878,77 @@ def render_markdown(report: dict) -> str:
         f"{r['both_right']}, both wrong {r['both_wrong']}.",
         "",
     ]
-    f = r["failed"]
-    L += ["## Failed samples", ""]
+    return L
+
+
+def _failed_md(f: dict) -> list[str]:
+    """The failed-samples section: counts, the policy applied, and up to 50 (log, doc id, reason) rows."""
+    L = ["## Failed samples", ""]
     if not any(f["counts"].values()):
-        L += ["None.", ""]
-    else:
-        how = (
-            f"{f['excluded_docs']} docs were failed in at least one log and are excluded from every comparison "
-            "above (--failed exclude)."
-            if f["policy"] == "exclude"
-            else "Failed samples are counted as wrong answers (--failed wrong); no doc is excluded."
+        return [*L, "None.", ""]
+    how = (
+        f"{f['excluded_docs']} docs were failed in at least one log and are excluded from every comparison "
+        "above (--failed exclude)."
+        if f["policy"] == "exclude"
+        else "Failed samples are counted as wrong answers (--failed wrong); no doc is excluded."
+    )
+    L += [
+        "Counts: " + ", ".join(f"{arm} {n}" for arm, n in f["counts"].items()) + ". " + how,
+        "",
+        "| log | doc id | reason |",
+        "|---|---|---|",
+    ]
+    shown = 0
+    for arm in f["counts"]:
+        for item in f.get(arm, []):
+            if shown < 50:  # the full list is in report.json; keep the markdown readable
+                L.append(f"| {arm} | {_cell(item['id'])} | {_cell(item['reason'] or '')} |")
+            shown += 1
+    if shown > 50:
+        L.append(f"| ... | {shown - 50} more in report.json | |")
+    L.append("")
+    return L
+
+
+def _group_md(fld: str, groups: dict, t: dict | None) -> list[str]:
+    """One ``## By <field>`` section: the group table, its legend, and the trend sentence if any."""
+    L = [
+        f"## By {fld}",
+        "",
+        *_stats_table(groups, fld),
+        "",
+        "`*` = the delta CI excludes 0; `†` = fewer than 10 discordant docs: the bootstrap CI is unreliable, "
+        "trust the McNemar p-value.",
+        "",
+    ]
+    if t:
+        L += [
+            f"Trend over {fld} ({t['buckets']} values): delta changes by {_spct(t['slope'])} points per unit "
+            f"of {fld}, 95% CI {_sci(t['slope_ci95'])}, OLS p = {_p(t['p_value'])} "
+            f"({'CI excludes 0' if t['significant'] else 'CI includes 0: no detectable trend'}). "
+            f"Accuracy slopes: baseline {_spct(t['baseline_slope'])}, candidate {_spct(t['candidate_slope'])} "
+            "points per unit.",
+            "",
+        ]
+    return L
+
+
+def _group_blind_md(fld: str, groups: dict) -> list[str]:
+    """Per-group blind accuracy, video reliance and error decomposition (only with a blind log)."""
+    L = [
+        f"| {fld} | blind % | reliance baseline pts | reliance candidate pts | encoder fixed | introduced | shared errors | video hurts both |",
+        "|---|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for v, s in groups.items():
+        bl = s["blind"]
+        rel, dec = bl["video_reliance"], bl["decomposition"]
+        L.append(
+            f"| {v} | {_pct(bl['acc'])} | {_spct(rel['baseline']['delta'])} {_sci(rel['baseline']['delta_ci95'])} | "
+            f"{_spct(rel['candidate']['delta'])} {_sci(rel['candidate']['delta_ci95'])} | {dec['encoder_fixed']} | "
+            f"{dec['encoder_broken']} | {dec['shared_errors']} | {dec['video_hurts_both']} |"
         )
-        L += [
-            "Counts: " + ", ".join(f"{arm} {n}" for arm, n in f["counts"].items()) + ". " + how,
-            "",
-            "| log | doc id | reason |",
-            "|---|---|---|",
-        ]
-        shown = 0
-        for arm in f["counts"]:
-            for item in f.get(arm, []):
-                if shown < 50:
-                    L.append(f"| {arm} | {_cell(item['id'])} | {_cell(item['reason'] or '')} |")
-                shown += 1
-        if shown > 50:
-            L.append(f"| ... | {shown - 50} more in report.json | |")
-        L.append("")
-    if "blind" in r:
-        L += ["## How much each model uses the video", "", *_blind_md(r["blind"]), ""]
-    for fld, groups in r.get("by_group", {}).items():
-        L += [
-            f"## By {fld}",
-            "",
-            *_stats_table(groups, fld),
-            "",
-            "`*` = the delta CI excludes 0; `†` = fewer than 10 discordant docs: the bootstrap CI is unreliable, "
-            "trust the McNemar p-value.",
-            "",
-        ]
-        t = r.get("trends", {}).get(fld)
-        if t:
-            L += [
-                f"Trend over {fld} ({t['buckets']} values): delta changes by {_spct(t['slope'])} points per unit "
-                f"of {fld}, 95% CI {_sci(t['slope_ci95'])}, OLS p = {_p(t['p_value'])} "
-                f"({'CI excludes 0' if t['significant'] else 'CI includes 0: no detectable trend'}). "
-                f"Accuracy slopes: baseline {_spct(t['baseline_slope'])}, candidate {_spct(t['candidate_slope'])} "
-                "points per unit.",
-                "",
-            ]
-        if "blind" in r:
-            L += [
-                f"| {fld} | blind % | reliance baseline pts | reliance candidate pts | encoder fixed | introduced | shared errors | video hurts both |",
-                "|---|---:|---|---|---:|---:|---:|---:|",
-            ]
-            for v, s in groups.items():
-                bl = s["blind"]
-                rel, dec = bl["video_reliance"], bl["decomposition"]
-                L.append(
-                    f"| {v} | {_pct(bl['acc'])} | {_spct(rel['baseline']['delta'])} {_sci(rel['baseline']['delta_ci95'])} | "
-                    f"{_spct(rel['candidate']['delta'])} {_sci(rel['candidate']['delta_ci95'])} | {dec['encoder_fixed']} | "
-                    f"{dec['encoder_broken']} | {dec['shared_errors']} | {dec['video_hurts_both']} |"
-                )
-            L.append("")
-    if r.get("plots"):
-        L += ["## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]] + [""]
-    L += [DEFINITIONS]
-    return "\n".join(L)
+    L.append("")
+    return L
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -884,11 +961,20 @@ def _err(acc, ci):
     return [[max(0.0, acc - ci[0])], [max(0.0, ci[1] - acc)]]
 
 
+_COLORS = {"baseline": "#7f7f7f", "candidate": "#1f77b4", "blind": "#d62728"}
+
+
 def _plots(r: dict, out: Path) -> list[Path]:
+    """Write accuracy.png, flips.png and one by_<field>.png per ``--by`` field into ``out``; returns the paths."""
     plt = pyplot()
-    paths = []
-    colors = {"baseline": "#7f7f7f", "candidate": "#1f77b4", "blind": "#d62728"}
-    # 1. accuracies
+    paths = [_plot_accuracy(plt, r, out), _plot_flips(plt, r, out)]
+    for fld, groups in r.get("by_group", {}).items():
+        paths.append(_plot_group(plt, r, fld, groups, out))
+    return paths
+
+
+def _plot_accuracy(plt, r: dict, out: Path) -> Path:
+    """Bars of each model's accuracy with its Wilson CI; the title carries the delta and its CI."""
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     arms = [
         ("baseline", r["baseline_acc"], r["baseline_ci95"]),
@@ -897,14 +983,18 @@ def _plots(r: dict, out: Path) -> list[Path]:
     if "blind" in r:
         arms.append(("blind", r["blind"]["acc"], r["blind"]["ci95"]))
     for i, (name, acc, ci) in enumerate(arms):
-        ax.bar(i, 100 * acc, color=colors[name], yerr=100 * np.array(_err(acc, ci)), capsize=5)
+        ax.bar(i, 100 * acc, color=_COLORS[name], yerr=100 * np.array(_err(acc, ci)), capsize=5)
     ax.set_xticks(range(len(arms)), [a[0] for a in arms])
     ax.set_ylabel("accuracy % (95% Wilson CI)")
     ax.set_ylim(0, 100)
     ax.set_title(f"delta {_spct(r['delta'])} pts {_sci(r['delta_ci95'])}, n={r['n']}", fontsize=9)
-    paths.append(save_png(fig, out / "accuracy.png", dpi=110))
+    path = save_png(fig, out / "accuracy.png", dpi=110)
     plt.close(fig)
-    # 2. flips / error decomposition
+    return path
+
+
+def _plot_flips(plt, r: dict, out: Path) -> Path:
+    """One stacked bar of the docs: flips, or the error decomposition when there is a blind log."""
     fig, ax = plt.subplots(figsize=(6.5, 2.2 if "blind" not in r else 2.8))
     if "blind" in r:
         d = r["blind"]["decomposition"]
@@ -930,70 +1020,57 @@ def _plots(r: dict, out: Path) -> list[Path]:
     ax.set_xlabel("docs")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, fontsize=8, frameon=False)
     ax.set_title(f"McNemar p = {_p(r['mcnemar_p'])}", fontsize=9)
-    paths.append(save_png(fig, out / "flips.png", dpi=110))
+    path = save_png(fig, out / "flips.png", dpi=110)
     plt.close(fig)
-    # 3. per group
-    for fld, groups in r.get("by_group", {}).items():
-        keys = list(groups)
-        xs = np.arange(len(keys))
-        fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(4.5, 0.7 * len(keys) + 2), 5.5), sharex=True)
-        for off, arm in ((-0.15, "baseline"), (0.15, "candidate")):
-            acc = [groups[k][f"{arm}_acc"] for k in keys]
-            err = np.hstack([_err(groups[k][f"{arm}_acc"], groups[k][f"{arm}_ci95"]) for k in keys])
-            a1.errorbar(
-                xs + off,
-                100 * np.array(acc),
-                yerr=100 * err,
-                fmt="o",
-                color=colors[arm],
-                label=arm,
-                capsize=3,
-            )
-        if "blind" in r:
-            acc = [groups[k]["blind"]["acc"] for k in keys]
-            err = np.hstack([_err(groups[k]["blind"]["acc"], groups[k]["blind"]["ci95"]) for k in keys])
-            a1.errorbar(
-                xs,
-                100 * np.array(acc),
-                yerr=100 * err,
-                fmt="s",
-                color=colors["blind"],
-                label="blind",
-                capsize=3,
-            )
-        a1.set_ylabel("accuracy %")
-        a1.set_ylim(-5, 112)
-        a1.legend(fontsize=8)
-        dl = np.array([groups[k]["delta"] for k in keys])
-        cis = [groups[k]["delta_ci95"] for k in keys]
-        derr = (
-            np.array(
-                [
-                    [d - ci[0] for d, ci in zip(dl, cis, strict=True)],
-                    [ci[1] - d for d, ci in zip(dl, cis, strict=True)],
-                ]
-            )
-            if all(cis)
-            else None
+    return path
+
+
+def _plot_group(plt, r: dict, fld: str, groups: dict, out: Path) -> Path:
+    """Per-value accuracies (top) and delta with its CI (bottom) for one ``--by`` field."""
+    keys = list(groups)
+    xs = np.arange(len(keys))
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(4.5, 0.7 * len(keys) + 2), 5.5), sharex=True)
+    for off, arm in ((-0.15, "baseline"), (0.15, "candidate")):
+        acc = [groups[k][f"{arm}_acc"] for k in keys]
+        err = np.hstack([_err(groups[k][f"{arm}_acc"], groups[k][f"{arm}_ci95"]) for k in keys])
+        a1.errorbar(
+            xs + off, 100 * np.array(acc), yerr=100 * err, fmt="o", color=_COLORS[arm], label=arm, capsize=3
         )
-        a2.errorbar(
-            xs,
-            100 * dl,
-            yerr=None if derr is None else 100 * np.clip(derr, 0, None),
-            fmt="o",
-            color=colors["candidate"],
-            capsize=3,
+    if "blind" in r:
+        acc = [groups[k]["blind"]["acc"] for k in keys]
+        err = np.hstack([_err(groups[k]["blind"]["acc"], groups[k]["blind"]["ci95"]) for k in keys])
+        a1.errorbar(
+            xs, 100 * np.array(acc), yerr=100 * err, fmt="s", color=_COLORS["blind"], label="blind", capsize=3
         )
-        a2.axhline(0, color="k", lw=0.8)
-        a2.set_ylabel("delta pts (95% CI)")
-        a2.set_xticks(xs, keys, rotation=30 if max(len(k) for k in keys) > 6 else 0)
-        a2.set_xlabel(fld)
-        t = r.get("trends", {}).get(fld)
-        title = f"by {fld}" + (f": trend {_spct(t['slope'])} pts/unit {_sci(t['slope_ci95'])}" if t else "")
-        a1.set_title(title, fontsize=9)
-        paths.append(save_png(fig, out / f"by_{safe_name(fld, 'field')}.png", dpi=110))
-        plt.close(fig)
-    return paths
+    a1.set_ylabel("accuracy %")
+    a1.set_ylim(-5, 112)
+    a1.legend(fontsize=8)
+    dl = np.array([groups[k]["delta"] for k in keys])
+    derr = _delta_err(dl, [groups[k]["delta_ci95"] for k in keys])
+    a2.errorbar(xs, 100 * dl, yerr=derr, fmt="o", color=_COLORS["candidate"], capsize=3)
+    a2.axhline(0, color="k", lw=0.8)
+    a2.set_ylabel("delta pts (95% CI)")
+    a2.set_xticks(xs, keys, rotation=30 if max(len(k) for k in keys) > 6 else 0)
+    a2.set_xlabel(fld)
+    t = r.get("trends", {}).get(fld)
+    title = f"by {fld}" + (f": trend {_spct(t['slope'])} pts/unit {_sci(t['slope_ci95'])}" if t else "")
+    a1.set_title(title, fontsize=9)
+    path = save_png(fig, out / f"by_{safe_name(fld, 'field')}.png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _delta_err(dl: np.ndarray, cis: list) -> np.ndarray | None:
+    """Asymmetric error bars (in points) from each group's delta CI; None when a CI is missing (--bootstrap 0)."""
+    if not all(cis):
+        return None
+    derr = np.array(
+        [
+            [d - ci[0] for d, ci in zip(dl, cis, strict=True)],
+            [ci[1] - d for d, ci in zip(dl, cis, strict=True)],
+        ]
+    )
+    return 100 * np.clip(derr, 0, None)
 
 
 # ----------------------------------------------------------------------------------------------------------

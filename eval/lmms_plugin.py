@@ -51,7 +51,6 @@ lmms_compat.apply()
 
 from lmms_eval.api.instance import Instance  # noqa: E402
 from lmms_eval.api.model import lmms  # noqa: E402
-from lmms_eval.models.registry_v2 import ModelManifest  # noqa: E402
 
 __all__ = [
     "FAILED_LOSS",
@@ -73,8 +72,13 @@ FAILURES: dict[str, str] = {}
 _TRUE = ("1", "true", "yes", "on")
 
 
-def manifests() -> list[ModelManifest]:
-    """Entry-point payload for the ``lmms_eval.models`` group."""
+def manifests() -> list:
+    """Entry-point payload for the ``lmms_eval.models`` group.
+
+    ``ModelManifest`` is imported here, not at module level: importing ``lmms_eval.models`` runs the registry,
+    which loads this entry point, which would find this module only half initialised."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
     return [ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.DnaVLM")]
 
 
@@ -109,6 +113,23 @@ def _doc_key(doc: Any, doc_id: Any) -> str:
     return str(doc_id)
 
 
+def _resolve_dna_arg(dna: str | None, attention: str | None) -> tuple[dict, Path | None, Path | None]:
+    """Classify ``dna=``: ``(run_config, run_dir, dna_dir)``; at most one of the two dirs is set."""
+    if dna in (None, ""):
+        return {}, None, None
+    p = Path(dna).expanduser()
+    if (p / "run_config.json").is_file():
+        return json.loads((p / "run_config.json").read_text()), p, None
+    if (p / "dna_config.json").is_file():
+        if attention == "softmax":
+            raise ValueError(f"dna_vlm: dna={dna} holds DnA weights but attention=softmax was asked")
+        return {}, None, p
+    raise ValueError(
+        f"dna_vlm: dna={dna} is neither a training run dir (run_config.json) nor a save_dna dir "
+        "(dna_config.json)"
+    )
+
+
 class _VisualFailure(Exception):
     pass
 
@@ -135,11 +156,6 @@ class DnaVLM(lmms):
         **kwargs,
     ) -> None:
         super().__init__()
-        import torch
-        from accelerate import Accelerator
-
-        from dna_vlm import runs
-
         kwargs.pop("max_batch_size", None)
         if kwargs:
             log.warning("dna_vlm: ignoring unknown model_args %s", sorted(kwargs))
@@ -147,71 +163,23 @@ class DnaVLM(lmms):
             raise ValueError(f"dna_vlm: attention must be 'dna' or 'softmax', got {attention!r}")
         attention = attention or None
 
-        accelerator = Accelerator()
-        self.accelerator = accelerator
-        self._rank = accelerator.process_index
-        self._world_size = accelerator.num_processes
-        if device in (None, "", "auto"):
-            device = str(accelerator.device)
-        elif self._world_size > 1 and str(device).startswith("cuda"):
-            device = f"cuda:{accelerator.local_process_index}"
-        self._device = torch.device(device)
-        if dtype in (None, "", "auto"):
-            dtype = "bfloat16" if self._device.type == "cuda" else "float32"
-
-        run_config: dict = {}
-        run_dir = dna_dir = None
-        if dna not in (None, ""):
-            p = Path(dna).expanduser()
-            if (p / "run_config.json").is_file():
-                run_dir = p
-                run_config = json.loads((p / "run_config.json").read_text())
-            elif (p / "dna_config.json").is_file():
-                dna_dir = p
-                if attention == "softmax":
-                    raise ValueError(f"dna_vlm: dna={dna} holds DnA weights but attention=softmax was asked")
-            else:
-                raise ValueError(
-                    f"dna_vlm: dna={dna} is neither a training run dir (run_config.json) nor a save_dna dir "
-                    "(dna_config.json)"
-                )
+        dtype = self._setup_device(device, dtype)
+        run_config, run_dir, dna_dir = _resolve_dna_arg(dna, attention)
         if pretrained in (None, "") and run_dir is None:
             raise ValueError(
                 "dna_vlm: model_args need pretrained=PATH (or dna=RUN_DIR naming its base_model)"
             )
-
-        model, processor = runs.load_model(
-            pretrained=pretrained or None,
-            run_dir=str(run_dir) if run_dir is not None else None,
-            attention=None if dna_dir is not None else attention,
-            device=str(self._device),
-            dtype=dtype,
-            attn_implementation=attn_implementation or None,
-            load_in_4bit=_as_bool(load_in_4bit),
-            trust_remote_code=_as_bool(trust_remote_code),
+        self._load_model(
+            pretrained,
+            run_dir,
+            dna_dir,
+            attention,
+            dtype,
+            attn_implementation=attn_implementation,
+            load_in_4bit=load_in_4bit,
+            trust_remote_code=trust_remote_code,
         )
-        if dna_dir is not None:
-            from dna_vlm import load_dna
-            from dna_vlm.patching import dna_parameters
-            from dna_vlm.runs import resolve_dtype
-
-            model = load_dna(model, dna_dir) or model
-            dev = next((p.device for p in model.parameters() if p.device.type != "meta"), self._device)
-            for prm in dna_parameters(model):  # DnA's new parameters are created in float32 on CPU
-                prm.data = prm.data.to(device=dev, dtype=resolve_dtype(dtype))
-        model.eval()
-        self._model = model
-        self.processor = processor
-        self._tokenizer = getattr(processor, "tokenizer", processor)
-        self.model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
-        self.max_frames = _opt_int(max_frames, "max_frames") or int(run_config.get("num_frames") or 8)
-        self.fps = None if fps in (None, "", "none") else float(fps)
-        if self.fps is not None and not self.fps > 0:
-            raise ValueError(f"dna_vlm: fps must be positive, got {fps!r}")
-        bs = 1 if str(batch_size).startswith("auto") else _opt_int(batch_size, "batch_size")
-        self.batch_size_per_gpu = bs or 1
-        self.max_new_tokens = _opt_int(max_new_tokens, "max_new_tokens") or 32
+        self._set_options(max_frames, fps, batch_size, max_new_tokens, run_config)
         self.info = {
             "pretrained": pretrained or run_config.get("base_model"),
             "dna": str(dna) if dna else None,
@@ -220,6 +188,88 @@ class DnaVLM(lmms):
             "fps": self.fps,
             "dtype": dtype,
         }
+        self._set_special_tokens()
+        if self._world_size > 1 and self.rank == 0:
+            log.warning("dna_vlm: %d processes, data parallel", self._world_size)
+
+    def _setup_device(self, device: str | None, dtype: str | None) -> str:
+        """Take rank, world size and device from accelerate; returns ``dtype`` with its default filled in."""
+        import torch
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+        self.accelerator = accelerator
+        self._rank = accelerator.process_index
+        self._world_size = accelerator.num_processes
+        if device in (None, "", "auto"):
+            device = str(accelerator.device)
+        elif self._world_size > 1 and str(device).startswith("cuda"):
+            # data parallel: an explicit cuda device means "this process's GPU", not one GPU for all
+            device = f"cuda:{accelerator.local_process_index}"
+        self._device = torch.device(device)
+        if dtype in (None, "", "auto"):
+            dtype = "bfloat16" if self._device.type == "cuda" else "float32"
+        return dtype
+
+    def _load_model(
+        self,
+        pretrained: str | None,
+        run_dir: Path | None,
+        dna_dir: Path | None,
+        attention: str | None,
+        dtype: str,
+        attn_implementation: str | None,
+        load_in_4bit: bool | str,
+        trust_remote_code: bool | str,
+    ) -> None:
+        """Load the base model (or a training run), then apply a ``save_dna`` dir's weights if given."""
+        import torch
+
+        from dna_vlm import runs
+
+        model, processor = runs.load_model(
+            pretrained=pretrained or None,
+            run_dir=str(run_dir) if run_dir is not None else None,
+            # a save_dna dir patches the model itself below; loading it patched here would do it twice
+            attention=None if dna_dir is not None else attention,
+            device=str(self._device),
+            dtype=dtype,
+            attn_implementation=attn_implementation or None,
+            load_in_4bit=_as_bool(load_in_4bit),
+            trust_remote_code=_as_bool(trust_remote_code),
+        )
+        if dna_dir is not None:
+            model = self._apply_saved_dna(model, dna_dir, dtype)
+        model.eval()
+        self._model = model
+        self.processor = processor
+        self._tokenizer = getattr(processor, "tokenizer", processor)
+        self.model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+    def _apply_saved_dna(self, model, dna_dir: Path, dtype: str):
+        """Patch ``model`` with the DnA weights in ``dna_dir`` and move them next to the model's weights."""
+        from dna_vlm import load_dna
+        from dna_vlm.patching import dna_parameters
+        from dna_vlm.runs import resolve_dtype
+
+        model = load_dna(model, dna_dir) or model
+        dev = next((p.device for p in model.parameters() if p.device.type != "meta"), self._device)
+        for prm in dna_parameters(model):  # DnA's new parameters are created in float32 on CPU
+            prm.data = prm.data.to(device=dev, dtype=resolve_dtype(dtype))
+        return model
+
+    def _set_options(self, max_frames, fps, batch_size, max_new_tokens, run_config: dict) -> None:
+        """Validate the frame-sampling and batching model_args; defaults come from the run when there is one."""
+        self.max_frames = _opt_int(max_frames, "max_frames") or int(run_config.get("num_frames") or 8)
+        self.fps = None if fps in (None, "", "none") else float(fps)
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"dna_vlm: fps must be positive, got {fps!r}")
+        bs = 1 if str(batch_size).startswith("auto") else _opt_int(batch_size, "batch_size")
+        self.batch_size_per_gpu = bs or 1
+        self.max_new_tokens = _opt_int(max_new_tokens, "max_new_tokens") or 32
+
+    def _set_special_tokens(self) -> None:
+        """End-of-answer ids (the tokenizer's EOS and the chat end-of-turn) and the padding id."""
         tok = self._tokenizer
         self._eos_ids = {
             i
@@ -227,8 +277,6 @@ class DnaVLM(lmms):
             if isinstance(i, int) and i >= 0
         }
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        if self._world_size > 1 and self.rank == 0:
-            log.warning("dna_vlm: %d processes, data parallel", self._world_size)
 
     # ------------------------------------------------------------------------------------------ properties
 

@@ -191,9 +191,7 @@ def patch(
         raise
     state = {
         "family": adapter.name,
-        "attention_class": type(
-            records and _get_submodule(towers[0][1], records[0]["name"]).original
-        ).__name__,
+        "attention_class": type(done[0][2]).__name__,  # the first replaced original module
         "options": opts.to_dict(),
         "layers": records,
     }

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from dna_vlm.eval.inspect_dna import attention_entropy, inspect_model, principal_angles_deg, value_maps
+from train_helpers import write_dna_run
 
 import dna_vlm
 from dna_vlm.cli import main as cli_main
@@ -159,20 +160,7 @@ def test_cli_inspect_run_dir(tiny, video, tmp_path, capsys):
     dna_vlm.patch(model)
     _perturb(model, seed=2)
     run = tmp_path / "run"
-    dna_vlm.save_dna(model, run / "dna")
-    (run / "run_config.json").write_text(
-        json.dumps(
-            {
-                "format": "dna-vlm-run/1",
-                "base_model": str(tiny),
-                "attention": "dna",
-                "dna_dir": "dna",
-                "adapter_dir": None,
-                "projector": None,
-                "num_frames": 4,
-            }
-        )
-    )
+    write_dna_run(model, run, tiny)
     out = tmp_path / "insp"
     rc = cli_main(
         ["inspect", "--run", str(run), "--videos", str(video), "--num-frames", "3", "--out", str(out)]

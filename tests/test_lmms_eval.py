@@ -22,6 +22,7 @@ lmms_eval = pytest.importorskip("lmms_eval")
 
 from dna_vlm.eval import lmms_compat  # noqa: E402
 from dna_vlm.eval.run_lmms import TASKS_DIR, LmmsEvalError, build_command, read_samples, run_lmms  # noqa: E402
+from train_helpers import write_dna_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTH_TASKS = ["dna_vlm_synth", "dna_vlm_synth_mcppl", "dna_vlm_synth_blind", "dna_vlm_mcq"]
@@ -76,20 +77,7 @@ def assets(tmp_path_factory):
             elif "v_neg" in name and name.endswith("weight"):
                 p.normal_(0, 0.02)
     run_dir = root / "run"
-    dna_vlm.save_dna(model, run_dir / "dna")
-    (run_dir / "run_config.json").write_text(
-        json.dumps(
-            {
-                "format": "dna-vlm-run/1",
-                "base_model": str(tiny),
-                "attention": "dna",
-                "dna_dir": "dna",
-                "adapter_dir": None,
-                "projector": None,
-                "num_frames": 4,
-            }
-        )
-    )
+    write_dna_run(model, run_dir, tiny)
     return {
         "root": root,
         "tiny": tiny,

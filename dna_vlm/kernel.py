@@ -170,7 +170,7 @@ def dna_attention_reference(
 def dna_attention_fused(
     q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask=None, dropout_p=0.0, scale=None
 ) -> torch.Tensor:
-    """Fused path: two SDPA calls (positive query; negated negative query), never an (Nq, Nk) buffer.
+    """Fused path: two SDPA calls (the negative one with scale -s), never an (Nq, Nk) buffer.
 
     Two calls beat one call over 2H heads (``[q_pos, -q_neg]``, ``[k, k]``, ``[v_pos, v_neg]``) in
     ``scripts/bench_attention.py --compare-forms``: the one-call form must copy k and both values into new

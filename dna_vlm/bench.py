@@ -296,7 +296,7 @@ def main(args: argparse.Namespace) -> int:
                 f"{s.name}: two-call {f['two-call']:.2f} ms, one-call (2H heads) {f['one-call']:.2f} ms (fwd+bwd)"
             )
     if args.json:
-        from .checkpoint import atomic_write_json
+        from ._io import atomic_write_json
 
         atomic_write_json(
             args.json,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes
+from ._io import atomic_write_bytes
 
 __all__ = ["LETTERS", "DatasetError", "Example", "load_dataset", "write_jsonl"]
 

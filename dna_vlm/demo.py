@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .checkpoint import atomic_write_bytes, atomic_write_json
+from ._io import atomic_write_bytes, atomic_write_json
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write_json
+from ._io import atomic_write_json
 from .data import LETTERS, write_jsonl
 from .video import write_video
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_save_safetensors, atomic_write_json
+from ._io import atomic_save_safetensors, atomic_write_json
 from .runs import RUN_FORMAT, RunError
 
 __all__ = ["TrainConfig", "TrainError", "TrainInterrupted", "lora_target_modules", "train"]

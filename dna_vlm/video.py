@@ -22,12 +22,13 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ._io import atomic_path
 
 __all__ = [
     "STRATEGIES",
@@ -45,8 +46,6 @@ __all__ = [
 
 STRATEGIES = ("uniform", "segments", "fps")
 _EPS = 1e-6
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class VideoError(ValueError):
@@ -456,51 +455,63 @@ def write_video(
     h, w, _ = first.shape
     if h % 2 or w % 2 or h < 2 or w < 2:
         raise VideoError(f"{path}: frame height and width must be even (yuv420p), got {h}x{w}")
-    av = _import_av()
+    _import_av()  # fail early, with the install hint
     from fractions import Fraction
 
     if codec is None:
         codec = "mpeg4"
     rate = Fraction(fps).limit_denominator(1001)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4.tmp")
-    os.close(fd)
     try:
-        with av.open(tmp, "w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=rate)
-            stream.width, stream.height = w, h
-            stream.pix_fmt = "yuv420p"
-            if threads is None:
-                threads = 1 if h * w <= 320 * 240 else 0
-            stream.codec_context.thread_count = int(threads)
-            opts = {}
-            if codec == "libx264":
-                opts = {"crf": str(18 if quality is None else quality), "preset": preset or "medium"}
-                if gop is not None:
-                    opts["x264-params"] = f"keyint={gop}:min-keyint={max(1, min(gop, 25))}:scenecut=0"
-            elif codec == "mpeg4":
-                stream.codec_context.qscale = True  # fixed quantiser (the finest), not a bit-rate target
-            if gop is not None:
-                stream.codec_context.gop_size = int(gop)
-            stream.options = opts
-            for n, frame in enumerate(itertools.chain([first], it)):
-                frame = np.asarray(frame)
-                if frame.shape != first.shape or frame.dtype != np.uint8:
-                    raise VideoError(
-                        f"{path}: frame {n} is {frame.dtype} {frame.shape}, expected uint8 {first.shape}"
-                    )
-                vf = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
-                vf.pts, vf.time_base = n, 1 / rate  # explicit timestamps: frame n at n / fps
-                for packet in stream.encode(vf):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a video is an ordinary file
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".mp4.tmp") as tmp:
+            _encode(
+                tmp,
+                path,
+                itertools.chain([first], it),
+                first.shape,
+                rate,
+                codec,
+                gop,
+                quality,
+                preset,
+                threads,
+            )
     except VideoError:
-        Path(tmp).unlink(missing_ok=True)
         raise
     except Exception as e:
-        Path(tmp).unlink(missing_ok=True)
         raise VideoError(f"{path}: failed to write video with codec {codec!r}: {e}") from e
     return path
+
+
+def _encode(tmp: Path, path: Path, frames, shape, rate, codec, gop, quality, preset, threads) -> None:
+    """Encode ``frames`` (each uint8 ``shape``) into the mp4 at ``tmp`` (write_video's worker)."""
+    av = _import_av()
+    h, w, _ = shape
+    with av.open(str(tmp), "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p"
+        if threads is None:
+            threads = 1 if h * w <= 320 * 240 else 0
+        stream.codec_context.thread_count = int(threads)
+        opts = {}
+        if codec == "libx264":
+            opts = {"crf": str(18 if quality is None else quality), "preset": preset or "medium"}
+            if gop is not None:
+                opts["x264-params"] = f"keyint={gop}:min-keyint={max(1, min(gop, 25))}:scenecut=0"
+        elif codec == "mpeg4":
+            stream.codec_context.qscale = True  # fixed quantiser (the finest), not a bit-rate target
+        if gop is not None:
+            stream.codec_context.gop_size = int(gop)
+        stream.options = opts
+        for n, frame in enumerate(frames):
+            frame = np.asarray(frame)
+            if frame.shape != tuple(shape) or frame.dtype != np.uint8:
+                raise VideoError(
+                    f"{path}: frame {n} is {frame.dtype} {frame.shape}, expected uint8 {tuple(shape)}"
+                )
+            vf = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+            vf.pts, vf.time_base = n, 1 / rate  # explicit timestamps: frame n at n / fps
+            for packet in stream.encode(vf):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dna_vlm.checkpoint import atomic_write_bytes
+from dna_vlm._io import atomic_write_bytes
 
 
 def json_safe(obj):

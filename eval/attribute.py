@@ -667,7 +667,7 @@ def _group_value(logs: dict[str, SampleLog], doc_id: str, fld: str):
 
 def write_report(report: dict, out_dir: str | Path, plots: bool = True) -> Path:
     """Write ``report.json``, ``report.md`` and (``plots``) PNGs into ``out_dir`` atomically; returns out_dir."""
-    from dna_vlm.checkpoint import atomic_write_bytes, atomic_write_json
+    from dna_vlm._io import atomic_write_bytes, atomic_write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

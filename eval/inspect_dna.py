@@ -398,7 +398,7 @@ def inspect_model(
     report["summary"] = _summary(report)
     report["definitions"] = DEFINITIONS
     if out is not None:
-        from dna_vlm.checkpoint import atomic_write_bytes, atomic_write_json
+        from dna_vlm._io import atomic_write_bytes, atomic_write_json
 
         if plots:
             pngs = [*_weight_pngs(report, out), *pngs]

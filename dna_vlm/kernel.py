@@ -7,8 +7,8 @@ Two implementations share one validated entry point, :func:`dna_attention`:
 * ``reference`` materialises both (Nq, Nk) probability matrices with an fp32 softmax. It is slow and
   memory-hungry, and exists to be obviously right.
 * ``fused`` runs each branch through ``torch.nn.functional.scaled_dot_product_attention`` (the negative
-  branch is an ordinary softmax attention with a negated query), so flash / memory-efficient backends are
-  used and no (Nq, Nk) buffer is ever allocated by this module.
+  branch is an ordinary softmax attention with a negated query, never a negative scale), so flash /
+  memory-efficient / cuDNN backends are used and no (Nq, Nk) buffer is ever allocated by this module.
 
 The implementation is chosen per call: ``DNA_VLM_ATTENTION_IMPL`` (``auto`` | ``fused`` | ``reference``),
 overridden by the :func:`use_impl` context manager.
@@ -17,6 +17,7 @@ overridden by the :func:`use_impl` context manager.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -170,7 +171,11 @@ def dna_attention_reference(
 def dna_attention_fused(
     q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask=None, dropout_p=0.0, scale=None
 ) -> torch.Tensor:
-    """Fused path: two SDPA calls (the negative one with scale -s), never an (Nq, Nk) buffer.
+    """Fused path: two SDPA calls, never an (Nq, Nk) buffer; the negative branch attends with ``-q_neg``.
+
+    softmax(-s q k^T) is computed as softmax(s (-q) k^T), never with a negative ``scale``: CUDA's flash,
+    memory-efficient and cuDNN kernels assume scale > 0 (running row maxima of unscaled scores, -inf padding
+    of partial key blocks before scaling), and the same code path runs on every device so CPU tests cover it.
 
     Two calls beat one call over 2H heads (``[q_pos, -q_neg]``, ``[k, k]``, ``[v_pos, v_neg]``) in
     ``scripts/bench_attention.py --compare-forms``: the one-call form must copy k and both values into new
@@ -178,9 +183,8 @@ def dna_attention_fused(
     """
     s = q_pos.shape[-1] ** -0.5 if scale is None else scale
     o_pos = F.scaled_dot_product_attention(q_pos, k, v_pos, attn_mask=attn_mask, dropout_p=dropout_p, scale=s)
-    # softmax(-s q k^T): a negative scale instead of negating q_neg saves a (B, H, Nq, d) copy each way
     o_neg = F.scaled_dot_product_attention(
-        q_neg, k, v_neg, attn_mask=attn_mask, dropout_p=dropout_p, scale=-s
+        q_neg.neg(), k, v_neg, attn_mask=attn_mask, dropout_p=dropout_p, scale=s
     )
     return _combine(o_pos, o_neg, neg_scale)
 
@@ -225,6 +229,8 @@ def dna_attention(
         (B, H, Nq, dv) tensor in the inputs' dtype.
     """
     _validate(q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask)
+    if scale is not None and not (float(scale) > 0 and math.isfinite(float(scale))):
+        raise ValueError(f"dna_attention: scale must be a positive finite number, got {scale!r}")
     fn = dna_attention_reference if current_impl() == "reference" else dna_attention_fused
     return fn(q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask, dropout_p, scale)
 

@@ -281,3 +281,29 @@ def test_cuda_fused_matches_reference(dtype, shape):
         ):
             scale = gr.float().abs().max().clamp(min=1.0)
             torch.testing.assert_close(gf.float() / scale, gr.float() / scale, **TOL[dtype])
+
+
+def test_no_negative_scale_reaches_sdpa(monkeypatch):
+    """CUDA's flash / memory-efficient / cuDNN kernels assume scale > 0; the fused path (the one used on
+    CUDA, run here on CPU) must negate the query instead of passing scale=-s, and stay equal to the reference."""
+    import torch.nn.functional as F
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("scale"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    ins = make_inputs(2, 3, 9, 11, 8, 8)
+    for scale in (None, 0.3):
+        out = dna_attention_fused(*ins, scale=scale)
+        torch.testing.assert_close(out, dna_attention_reference(*ins, scale=scale), atol=1e-5, rtol=1e-5)
+    assert len(seen) == 4 and all(s is not None and s > 0 for s in seen), seen
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.125, float("nan"), float("inf")])
+def test_non_positive_scale_is_refused(scale):
+    with pytest.raises(ValueError, match="scale must be a positive finite number"):
+        dna_vlm.dna_attention(*make_inputs(1, 2, 4, 4, 8, 8), scale=scale)

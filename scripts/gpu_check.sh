@@ -13,7 +13,8 @@
 #
 # Usage: bash scripts/gpu_check.sh [stage ...]   (default: all). Outputs go to $OUT (or ./gpu_check_out).
 # If dna-vlm is not installed (a bare GPU machine), it is staged from this checkout into a temp dir; wheels in
-# .whl/ (decord, bitsandbytes, ...) are installed first when present.
+# .whl/ (decord, bitsandbytes, ...) are installed first when present; .gpu_data/{data,tiny} (from
+# `dna-vlm synth-data` and `dna-vlm tiny-model` on any machine) are used instead of building them here.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/gpu_check_out}
@@ -63,7 +64,9 @@ sys.exit(0 if dev > 1e-4 else 1)
 PY
 }
 
-tiny_setup() {
+tiny_setup() {  # a prepared copy in .gpu_data/ (made on a CPU machine: no PyAV needed here) or build one
+  [ -d "$ROOT/.gpu_data/data" ] && [ ! -e "$WORK/data" ] && cp -r "$ROOT/.gpu_data/data" "$WORK/data"
+  [ -d "$ROOT/.gpu_data/tiny" ] && [ ! -e "$WORK/tiny" ] && cp -r "$ROOT/.gpu_data/tiny" "$WORK/tiny"
   [ -f "$WORK/data/meta.json" ] || $DNA synth-data "$WORK/data" --n-train 64 --n-val 16 --n-test 16 >/dev/null
   [ -d "$WORK/tiny" ] || $DNA tiny-model "$WORK/tiny" >/dev/null
 }

@@ -127,20 +127,61 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _combine(o_pos: torch.Tensor, o_neg: torch.Tensor, neg_scale: torch.Tensor) -> torch.Tensor:
-    """o_pos - neg_scale[h] * o_neg in the inputs' dtype.
+def _head_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(H,) sum over batch, tokens and features of ``a * b`` for (B, H, N, dv) tensors, in fp32 or fp64.
 
-    fp32/fp64: one fused ``addcmul`` (one pass; in place when nothing needs gradients). Half types: accumulated
-    in fp32 and rounded once, so lambda keeps its fp32 precision.
+    A batched dot product (bmm of (B*H, 1, M) by (B*H, M, 1)): no (B, H, N, dv) product is materialised.
     """
-    lam = neg_scale.view(1, -1, 1, 1)
+    acc = _acc(a.dtype)
+    B, H = a.shape[:2]
+    x = a.to(acc).reshape(B * H, 1, -1)
+    y = b.to(acc).reshape(B * H, -1, 1)
+    return torch.bmm(x, y).view(B, H).sum(0)
+
+
+class _Combine(torch.autograd.Function):
+    """out = o_pos - lam[h] * o_neg, with a backward that reuses the saved branch output.
+
+    Autograd's own backward of ``addcmul`` multiplies the incoming gradient by o_neg into a full (B, H, N, dv)
+    buffer and then reduces it to (H,); here the lambda gradient is one batched dot product.
+    """
+
+    @staticmethod
+    def forward(ctx, o_pos, o_neg, neg_scale):
+        lam = neg_scale.view(1, -1, 1, 1)
+        if o_pos.dtype in (torch.float32, torch.float64):
+            out = torch.addcmul(o_pos, o_neg, lam.to(o_pos.dtype), value=-1.0)
+        else:  # half types: accumulate in fp32, round once, so lambda keeps its fp32 precision
+            acc = _acc(o_pos.dtype)
+            out = (o_pos.to(acc) - lam.to(acc) * o_neg.to(acc)).to(o_pos.dtype)
+        ctx.save_for_backward(o_neg, neg_scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        o_neg, neg_scale = ctx.saved_tensors
+        g_pos = g_neg = g_lam = None
+        if ctx.needs_input_grad[0]:
+            g_pos = grad
+        if ctx.needs_input_grad[1]:
+            acc = _acc(grad.dtype)
+            g_neg = (grad.to(acc) * neg_scale.view(1, -1, 1, 1).to(acc)).neg_().to(o_neg.dtype)
+        if ctx.needs_input_grad[2]:
+            g_lam = _head_dots(grad, o_neg).neg_().to(neg_scale.dtype)
+        return g_pos, g_neg, g_lam
+
+
+def _combine(o_pos: torch.Tensor, o_neg: torch.Tensor, neg_scale: torch.Tensor) -> torch.Tensor:
+    """o_pos - neg_scale[h] * o_neg in the inputs' dtype (half types accumulate in fp32 and round once).
+
+    With gradients: :class:`_Combine`. Without (inference, fp32/fp64): in place, no third (B, H, N, dv) buffer.
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (o_pos, o_neg, neg_scale)):
+        return _Combine.apply(o_pos, o_neg, neg_scale)
     if o_pos.dtype in (torch.float32, torch.float64):
-        lam = lam.to(o_pos.dtype)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (o_pos, o_neg, lam)):
-            return torch.addcmul(o_pos, o_neg, lam, value=-1.0)
-        return o_pos.addcmul_(o_neg, lam, value=-1.0)  # inference: in place, no third (B, H, N, dv) buffer
+        return o_pos.addcmul_(o_neg, neg_scale.view(1, -1, 1, 1).to(o_pos.dtype), value=-1.0)
     acc = _acc(o_pos.dtype)
-    return (o_pos.to(acc) - lam.to(acc) * o_neg.to(acc)).to(o_pos.dtype)
+    return (o_pos.to(acc) - neg_scale.view(1, -1, 1, 1).to(acc) * o_neg.to(acc)).to(o_pos.dtype)
 
 
 def dna_attention_reference(

@@ -24,14 +24,15 @@ from torch import nn
 from dna_vlm.kernel import dna_attention, dna_attention_varlen
 from dna_vlm.module import DnAOptions, NegativeBranch
 
-__all__ = ["Adapter", "DnALayer"]
+__all__ = ["Adapter", "DnALayer", "kernel_mask"]
 
 
 class DnALayer(nn.Module):
     """Base of every family's DnA replacement for one attention module.
 
     Subclasses implement :meth:`positive_qv` and ``forward`` (with the original's signature). They get
-    ``self.neg`` (the :class:`NegativeBranch`) and :meth:`attend` (the kernel, packed or masked).
+    ``self.neg`` (the :class:`NegativeBranch`) and :meth:`attend` (the kernel, packed or masked), whose one
+    kernel call, :meth:`run_kernel`, is where observers (``dna-vlm inspect``) hook in.
     """
 
     #: names of the original's child modules holding positive-branch weights (for save_dna's change check)
@@ -47,7 +48,6 @@ class DnALayer(nn.Module):
         self.neg = NegativeBranch(q.in_features, self.num_heads, opts, bias=q.bias is not None)
         self.neg.to(device=q.weight.device, dtype=q.weight.dtype)
         self.neg.init_from(q, v)
-        self.capture: list | None = None  # set to a list to record attention maps (dna-vlm inspect)
 
     def _adopt(self, original: nn.Module) -> None:
         """Take over the original's children, direct tensors and plain attributes (the same objects)."""
@@ -83,33 +83,23 @@ class DnALayer(nn.Module):
     def attend(
         self, q, q_neg, k, v, v_neg, attn_mask=None, cu_seqlens=None, dropout_p: float = 0.0, scale=None
     ):
-        """(B, H, N, d) tensors -> (B, H, N, d). Packed sequences (B=1) with ``cu_seqlens`` run per segment."""
+        """(B, H, N, d) tensors -> (B, H, N, d). Packed sequences (B=1) with ``cu_seqlens`` run per segment.
+
+        ``attn_mask`` is what the tower hands its attention (see :func:`kernel_mask`)."""
         dropout_p = dropout_p if self.training else 0.0
-        if self.capture is not None:
-            self._record(q, q_neg, k, attn_mask, cu_seqlens, scale)
+        return self.run_kernel(q, q_neg, k, v, v_neg, kernel_mask(attn_mask), cu_seqlens, dropout_p, scale)
+
+    def run_kernel(self, q, q_neg, k, v, v_neg, attn_mask, cu_seqlens, dropout_p: float, scale):
+        """The layer's one call into the DnA kernel, with the mask in the kernel's form.
+
+        This is the hook point for observers: ``dna_vlm.eval.capture.capture_attention`` wraps it on chosen
+        layers for the duration of a ``with`` block (the production path has no capture code).
+        """
         if cu_seqlens is not None:
             return dna_attention_varlen(
                 q, q_neg, k, v, v_neg, self.neg.neg_scale, cu_seqlens, dropout_p, scale
             )
-        return dna_attention(
-            q, q_neg, k, v, v_neg, self.neg.neg_scale, _sdpa_mask(attn_mask), dropout_p, scale
-        )
-
-    @torch.no_grad()
-    def _record(self, q, q_neg, k, attn_mask, cu_seqlens, scale) -> None:
-        """Store both branches' probability maps (materialised; only when inspecting)."""
-        s = q.shape[-1] ** -0.5 if scale is None else scale
-        kt = k.float().transpose(-2, -1)
-        bias = (
-            _additive(_sdpa_mask(attn_mask)) if cu_seqlens is None else _additive(_block_mask(cu_seqlens, q))
-        )
-        maps = []
-        for qq, sign in ((q, 1.0), (q_neg, -1.0)):
-            scores = sign * s * (qq.float() @ kt)
-            maps.append(torch.softmax(scores if bias is None else scores + bias, dim=-1).cpu())
-        self.capture.append(
-            {"layer": self.layer_index, "p_pos": maps[0], "p_neg": maps[1], "cu_seqlens": cu_seqlens}
-        )
+        return dna_attention(q, q_neg, k, v, v_neg, self.neg.neg_scale, attn_mask, dropout_p, scale)
 
     def extra_repr(self) -> str:
         o = self.opts
@@ -127,23 +117,12 @@ def _require_float(original: nn.Module) -> None:
             )
 
 
-def _sdpa_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """HF hands towers 4-D masks (bool or additive) or, for flash-attention, a 2-D (B, N) padding mask."""
+def kernel_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A tower's attention mask in the kernel's form: HF hands towers 4-D masks (bool or additive), which pass
+    as they are, or, for flash-attention, a 2-D (B, N) padding mask, which becomes bool (B, 1, 1, N)."""
     if mask is not None and mask.dim() == 2:
         return mask.bool()[:, None, None, :]
     return mask
-
-
-def _additive(mask):
-    if mask is None or mask.is_floating_point():
-        return None if mask is None else mask.float()
-    return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))
-
-
-def _block_mask(cu_seqlens, q):
-    from dna_vlm.kernel import block_diagonal_mask
-
-    return block_diagonal_mask(cu_seqlens, device=q.device)
 
 
 class Adapter:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dna_vlm.module import _dropout_p
+from dna_vlm.module import attention_dropout_p
 
 from .base import DnALayer
 
@@ -47,7 +47,7 @@ class SeparateQKVLayer(DnALayer):
         B, N, _ = hidden_states.shape
         heads = [_split_heads_bnd(t, self.head_dim) for t in self.project(hidden_states)]
         scale = getattr(self, "scale", None) or getattr(self, "scaling", None)
-        o = self.attend(*heads, attn_mask=attention_mask, dropout_p=_dropout_p(self), scale=scale)
+        o = self.attend(*heads, attn_mask=attention_mask, dropout_p=attention_dropout_p(self), scale=scale)
         out = getattr(self, self.out_name)(o.transpose(1, 2).reshape(B, N, -1))
         return out, None
 
@@ -80,6 +80,6 @@ class PackedRotaryLayer(DnALayer):
         scale = getattr(self, "scaling", None) or getattr(self, "scale", None)
         o = self.attend(
             *(_packed_to_bhnd(t) for t in (q, q_neg, k, v, v_neg)),
-            cu_seqlens=cu_seqlens, dropout_p=_dropout_p(self), scale=scale,
+            cu_seqlens=cu_seqlens, dropout_p=attention_dropout_p(self), scale=scale,
         )  # fmt: skip
         return self.wrap_output(self.output(o.squeeze(0).transpose(0, 1).reshape(N, -1)))

@@ -14,13 +14,14 @@ from . import __version__
 from ._io import atomic_save_safetensors, atomic_write_json
 from .errors import AlreadyPatchedError, CheckpointMismatchError, NotPatchedError
 from .patching import (
-    STATE_ATTR,
-    _join,
-    _model_type,
     dna_layers,
     find_adapter,
     is_patched,
+    join_name,
+    model_type_of,
     patch,
+    patch_state,
+    patched_layers,
     tensor_digest,
     unpatch,
     unwrap,
@@ -34,19 +35,15 @@ WEIGHTS, CONFIG = "dna_weights.safetensors", "dna_config.json"
 
 def _state_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The negative branches, plus every positive-branch tensor whose bytes changed since patch()."""
-    base = unwrap(model)
-    fingerprints = {
-        _join(r["tower"], r["name"]): r["fingerprint"] for r in getattr(base, STATE_ATTR)["layers"]
-    }
     tensors, changed = {}, []
-    for key, layer in dna_layers(base):
+    for rec, layer in patched_layers(model):
         for pname, p in layer.neg.named_parameters():
-            tensors[f"{key}.neg.{pname}"] = p
-        for pname, digest in fingerprints[key].items():
+            tensors[f"{rec.key}.neg.{pname}"] = p
+        for pname, digest in rec.fingerprint.items():
             p = layer.get_parameter(_base_param_name(layer, pname))
             if tensor_digest(p) != digest:
-                tensors[f"{key}.{pname}"] = p
-                changed.append(f"{key}.{pname}")
+                tensors[f"{rec.key}.{pname}"] = p
+                changed.append(f"{rec.key}.{pname}")
     return tensors, changed
 
 
@@ -60,21 +57,20 @@ def _base_param_name(layer: nn.Module, pname: str) -> str:
 def save_dna(model: nn.Module, out_dir: str | os.PathLike) -> Path:
     """Write ``dna_weights.safetensors`` + ``dna_config.json`` to ``out_dir`` (atomically); returns the dir."""
     base = unwrap(model)
-    state = getattr(base, STATE_ATTR, None)
+    state = patch_state(base)
     if state is None:
         raise NotPatchedError("save_dna: the model is not DnA-patched; call dna_vlm.patch(model) first")
     tensors, changed = _state_tensors(base)
-    shapes = {k: list(v.shape) for k, v in tensors.items()}
-    config = {
+    config = {  # the dna_config.json schema (format dna-vlm/1): keep it stable, run dirs depend on it
         "format": FORMAT,
         "dna_vlm_version": __version__,
-        "model_type": _model_type(base),
-        "family": state["family"],
-        "attention_class": state["attention_class"],
-        "options": state["options"],
-        "layers": [{"tower": r["tower"], "name": r["name"], "index": r["index"]} for r in state["layers"]],
+        "model_type": model_type_of(base),
+        "family": state.family,
+        "attention_class": state.attention_class,
+        "options": state.options.to_dict(),
+        "layers": [{"tower": r.tower, "name": r.name, "index": r.index} for r in state.layers],
         "tuned_positive": changed,
-        "shapes": shapes,
+        "shapes": {k: list(v.shape) for k, v in tensors.items()},
     }
     out = Path(out_dir)
     atomic_save_safetensors(tensors, out / WEIGHTS, metadata={"format": FORMAT})
@@ -109,10 +105,10 @@ def load_dna(model: nn.Module, dna_dir: str | os.PathLike) -> nn.Module:
         )
     adapter, towers = find_adapter(base)
     where = Path(dna_dir) / CONFIG
-    if adapter.name != config["family"] or _model_type(base) != config["model_type"]:
+    if adapter.name != config["family"] or model_type_of(base) != config["model_type"]:
         raise CheckpointMismatchError(
             f"{where} was saved from a {config['model_type']} model ({config['family']} tower); "
-            f"this model is {_model_type(base)} ({adapter.name} tower)"
+            f"this model is {model_type_of(base)} ({adapter.name} tower)"
         )
     saved_towers = sorted({r["tower"] for r in config["layers"]})
     here = {path: len(adapter.attention_modules(t)) for path, t in towers}
@@ -140,7 +136,7 @@ def _load_into(base: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -
     params = {}
     for key, layer in dna_layers(base):
         for pname, p in layer.named_parameters():
-            params[_join(key, pname)] = p
+            params[join_name(key, pname)] = p
     missing = [k for k, _ in params.items() if ".neg." in k and k not in tensors]
     unknown = [k for k in tensors if k not in params]
     if missing or unknown:

@@ -1,9 +1,10 @@
 """`dna-vlm` command line: a thin layer over the Python API.
 
 Each subcommand lives in the module that implements it and exposes ``add_parser(subparsers)``, which
-registers the parser and sets ``func`` (a callable taking the parsed args and returning an exit code).
-Modules are imported lazily, so ``dna-vlm --help`` stays fast and optional extras are only needed by the
-subcommands that use them.
+registers the parser (arguments, ``description``) and sets ``func`` (a callable taking the parsed args and
+returning an exit code). The one-line help of every subcommand lives here, in :data:`SUBCOMMANDS`: it is what
+``dna-vlm --help`` lists. Modules are imported lazily, so optional extras are only needed by the subcommands
+that use them.
 """
 
 from __future__ import annotations
@@ -14,16 +15,40 @@ import sys
 
 from . import __version__
 
-# subcommand -> module holding its add_parser(); one line per subcommand.
-SUBCOMMANDS: dict[str, str] = {
-    "attribute": "dna_vlm.eval.attribute",
-    "inspect": "dna_vlm.eval.inspect_dna",
-    "bench": "dna_vlm.bench",
-    "demo": "dna_vlm.demo",
-    "tiny-model": "dna_vlm.tiny",
-    "train": "dna_vlm.train",
-    "synth-data": "dna_vlm.synth",
+# subcommand -> (module holding its add_parser(), one-line help shown by `dna-vlm --help`)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "attribute": (
+        "dna_vlm.eval.attribute",
+        "paired comparison of two lmms-eval sample logs (accuracy CIs, McNemar, flips, groups, blind)",
+    ),
+    "inspect": (
+        "dna_vlm.eval.inspect_dna",
+        "DnA diagnostics: V+/V- principal angles, lambdas, attention entropies and overlays",
+    ),
+    "bench": ("dna_vlm.bench", "benchmark DnA against stock attention (ratios measured in one run)"),
+    "demo": ("dna_vlm.eval.demo", "the whole mission end to end on the embedded default (no downloads)"),
+    "tiny-model": ("dna_vlm.tiny", "write the embedded tiny LLaVA-OneVision video LLM (no download)"),
+    "train": ("dna_vlm.train", "LoRA-tune the vision tower -> projector path (DnA or softmax control arm)"),
+    "synth-data": ("dna_vlm.synth", "generate the synthetic dense-scene video QA set"),
 }
+
+
+class _OneSubcommand:
+    """What a module's ``add_parser`` receives: argparse's subparsers action, restricted to the subcommand
+    ``name`` and with its one-line help from :data:`SUBCOMMANDS` (the table wins over a module's own ``help``;
+    a module without a ``description`` gets the help line as one)."""
+
+    def __init__(self, subparsers, name: str, help_line: str):
+        self._subparsers, self._name, self._help = subparsers, name, help_line
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        if name != self._name:
+            raise ValueError(
+                f"dna_vlm.cli: SUBCOMMANDS lists {self._name!r} but its module registers {name!r}"
+            )
+        kwargs["help"] = self._help
+        kwargs.setdefault("description", self._help[0].upper() + self._help[1:] + ".")
+        return self._subparsers.add_parser(name, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dna-vlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in SUBCOMMANDS.values():
-        importlib.import_module(module).add_parser(sub)
+    for name, (module, help_line) in SUBCOMMANDS.items():
+        importlib.import_module(module).add_parser(_OneSubcommand(sub, name, help_line))
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Video QA datasets as JSONL: one validated row per line (project contract 1).
+"""Video QA datasets as JSONL: one validated row per line (the dataset format: README.md, "Dataset format").
 
 Row format::
 
@@ -79,55 +79,15 @@ def _validate_row(row: Any, source: str, base_dir: Path, check_videos: bool, see
     if missing:
         raise _fail(source, f"missing required field(s) {', '.join(map(repr, missing))}")
 
-    rid = row["id"]
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        raise _fail(source, f"field 'id' must be a string or integer, got {type(rid).__name__}")
-    rid = str(rid)
-    if not rid.strip():
-        raise _fail(source, "field 'id' is empty")
-    if rid in seen:
-        raise _fail(source, f"field 'id' {rid!r} is not unique (first used at {seen[rid]})")
-
-    video = row["video"]
-    if not isinstance(video, str) or not video.strip():
-        raise _fail(source, f"field 'video' must be a non-empty string (a path), got {video!r}")
-    vpath = Path(os.path.expanduser(video))
-    if not vpath.is_absolute():
-        vpath = base_dir / vpath
-    vpath = Path(os.path.normpath(vpath))
-    if check_videos and not vpath.is_file():
-        raise _fail(source, f"field 'video': file not found: {vpath}")
-
+    rid = _check_id(row["id"], source, seen)
+    vpath = _video_path(row["video"], source, base_dir, check_videos)
     question = row["question"]
     if not isinstance(question, str) or not question.strip():
         raise _fail(source, f"field 'question' must be a non-empty string, got {question!r}")
-
     options = row.get("options")
     if options is not None:
-        if not isinstance(options, list) or len(options) < 2:
-            raise _fail(source, f"field 'options' must be a list of at least 2 strings, got {options!r}")
-        if len(options) > len(LETTERS):
-            raise _fail(
-                source, f"field 'options' has {len(options)} entries; at most {len(LETTERS)} supported"
-            )
-        for i, opt in enumerate(options):
-            if not isinstance(opt, str) or not opt.strip():
-                raise _fail(source, f"field 'options'[{i}] must be a non-empty string, got {opt!r}")
-
-    answer = row["answer"]
-    if not isinstance(answer, str) or not answer.strip():
-        raise _fail(source, f"field 'answer' must be a non-empty string, got {answer!r}")
-    if options is not None:
-        letter = answer.strip().upper()
-        valid = LETTERS[: len(options)]
-        if len(letter) != 1 or letter not in valid:
-            raise _fail(
-                source,
-                f"field 'answer' must be an option letter in {', '.join(valid)} "
-                f"(the row has {len(options)} options), got {answer!r}",
-            )
-        answer = letter
-
+        _check_options(options, source)
+    answer = _check_answer(row["answer"], options, source)
     extra = {k: v for k, v in row.items() if k not in CORE_FIELDS}
     seen[rid] = source
     return Example(
@@ -139,6 +99,57 @@ def _validate_row(row: Any, source: str, base_dir: Path, check_videos: bool, see
         extra=extra,
         source=source,
     )
+
+
+def _check_id(rid: Any, source: str, seen: dict[str, str]) -> str:
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise _fail(source, f"field 'id' must be a string or integer, got {type(rid).__name__}")
+    rid = str(rid)
+    if not rid.strip():
+        raise _fail(source, "field 'id' is empty")
+    if rid in seen:
+        raise _fail(source, f"field 'id' {rid!r} is not unique (first used at {seen[rid]})")
+    return rid
+
+
+def _video_path(video: Any, source: str, base_dir: Path, check_videos: bool) -> Path:
+    """The row's video as a normalised path (relative ones resolve against the JSONL file's folder)."""
+    if not isinstance(video, str) or not video.strip():
+        raise _fail(source, f"field 'video' must be a non-empty string (a path), got {video!r}")
+    vpath = Path(os.path.expanduser(video))
+    if not vpath.is_absolute():
+        vpath = base_dir / vpath
+    vpath = Path(os.path.normpath(vpath))
+    if check_videos and not vpath.is_file():
+        raise _fail(source, f"field 'video': file not found: {vpath}")
+    return vpath
+
+
+def _check_options(options: Any, source: str) -> None:
+    if not isinstance(options, list) or len(options) < 2:
+        raise _fail(source, f"field 'options' must be a list of at least 2 strings, got {options!r}")
+    if len(options) > len(LETTERS):
+        raise _fail(source, f"field 'options' has {len(options)} entries; at most {len(LETTERS)} supported")
+    for i, opt in enumerate(options):
+        if not isinstance(opt, str) or not opt.strip():
+            raise _fail(source, f"field 'options'[{i}] must be a non-empty string, got {opt!r}")
+
+
+def _check_answer(answer: Any, options: list | None, source: str) -> str:
+    """The answer text; with options, the normalised option letter ("b " -> "B")."""
+    if not isinstance(answer, str) or not answer.strip():
+        raise _fail(source, f"field 'answer' must be a non-empty string, got {answer!r}")
+    if options is None:
+        return answer
+    letter = answer.strip().upper()
+    valid = LETTERS[: len(options)]
+    if len(letter) != 1 or letter not in valid:
+        raise _fail(
+            source,
+            f"field 'answer' must be an option letter in {', '.join(valid)} "
+            f"(the row has {len(options)} options), got {answer!r}",
+        )
+    return letter
 
 
 def load_dataset(path: str | os.PathLike, check_videos: bool = False) -> list[Example]:

@@ -13,7 +13,9 @@ class UnsupportedModelError(ValueError):
         super().__init__(
             f"dna-vlm cannot patch model_type={model_type!r}: its vision attention is {found}.\n"
             "Supported vision-attention classes (family: classes):\n" + "\n".join(lines) + "\n"
-            "Add an adapter for this tower (one file in dna_vlm/adapters + one registry line) or open an issue."
+            "To add this tower: one file in the project's adapters/ folder (installed as dna_vlm.adapters), "
+            "one line in the ADAPTERS table of adapters/__init__.py and one tiny-config entry in "
+            "tests/families.py (README.md, 'Supported models'); or open an issue."
         )
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "IMPLS",
+    "attention_probs",
     "block_diagonal_mask",
     "current_impl",
     "dna_attention",
@@ -184,10 +185,11 @@ def _combine(o_pos: torch.Tensor, o_neg: torch.Tensor, neg_scale: torch.Tensor) 
     return (o_pos.to(acc) - neg_scale.view(1, -1, 1, 1).to(acc) * o_neg.to(acc)).to(o_pos.dtype)
 
 
-def dna_attention_reference(
-    q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask=None, dropout_p=0.0, scale=None
-) -> torch.Tensor:
-    """Plain path: materialised (B, H, Nq, Nk) scores, fp32 softmax. Same contract as :func:`dna_attention`."""
+def attention_probs(q_pos, q_neg, k, attn_mask=None, scale=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P+, P-): both branches' materialised (B, H, Nq, Nk) probabilities in the accumulation dtype.
+
+    For the reference path and diagnostics (``dna-vlm inspect``); masks as for :func:`dna_attention`.
+    """
     s = q_pos.shape[-1] ** -0.5 if scale is None else scale
     acc = _acc(q_pos.dtype)
     kt = k.to(acc).transpose(-2, -1)
@@ -197,16 +199,25 @@ def dna_attention_reference(
         if attn_mask.dtype == torch.bool:
             bias = bias.masked_fill(~attn_mask, float("-inf"))
 
-    def branch(q, v, sign):
+    def probs(q, sign):
         scores = sign * s * (q.to(acc) @ kt)
-        if bias is not None:
-            scores = scores + bias
-        p = torch.softmax(scores, dim=-1)
+        return torch.softmax(scores if bias is None else scores + bias, dim=-1)
+
+    return probs(q_pos, 1.0), probs(q_neg, -1.0)
+
+
+def dna_attention_reference(
+    q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask=None, dropout_p=0.0, scale=None
+) -> torch.Tensor:
+    """Plain path: materialised (B, H, Nq, Nk) scores, fp32 softmax. Same contract as :func:`dna_attention`."""
+    p_pos, p_neg = attention_probs(q_pos, q_neg, k, attn_mask, scale)
+
+    def out(p, v):
         if dropout_p > 0.0:
             p = F.dropout(p, p=dropout_p)
-        return (p @ v.to(acc)).to(q.dtype)
+        return (p @ v.to(p.dtype)).to(q_pos.dtype)
 
-    return _combine(branch(q_pos, v_pos, 1.0), branch(q_neg, v_neg, -1.0), neg_scale)
+    return _combine(out(p_pos, v_pos), out(p_neg, v_neg), neg_scale)
 
 
 def dna_attention_fused(

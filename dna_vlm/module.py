@@ -25,7 +25,9 @@ __all__ = [
     "DnAOptions",
     "NegativeBranch",
     "SoftmaxAttention",
+    "attention_dropout_p",
     "negative_branch_num_params",
+    "split_fused_qv",
 ]
 
 INITS = ("preserve", "scaled", "random")
@@ -177,7 +179,7 @@ def _zero(b: torch.Tensor | None) -> None:
         b.zero_()
 
 
-def _dropout_p(attn: nn.Module) -> float:
+def attention_dropout_p(attn: nn.Module) -> float:
     """Attention dropout of a timm (``attn_drop``: Dropout or float) or HF (``dropout``) attention."""
     for name in ("attn_drop", "dropout", "attention_dropout"):
         d = getattr(attn, name, None)
@@ -286,7 +288,12 @@ class DnAAttention(SoftmaxAttention):
         if num_heads is None:
             raise ValueError(f"{type(attn).__name__} has no `num_heads`; pass num_heads=")
         new = cls(
-            w.shape[1], num_heads, qkv_bias=b is not None, attn_drop=_dropout_p(attn), init=init, **dna_kwargs
+            w.shape[1],
+            num_heads,
+            qkv_bias=b is not None,
+            attn_drop=attention_dropout_p(attn),
+            init=init,
+            **dna_kwargs,
         )
         new.to(device=w.device, dtype=w.dtype)
         with torch.no_grad():

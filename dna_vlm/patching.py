@@ -1,14 +1,15 @@
 """patch / unpatch / dna_parameters: swap a video LLM's vision attention for DnA and back.
 
 Flow: find the adapter whose tower holds a known attention class -> pick layers -> replace each attention
-module by the adapter's :class:`DnALayer` (which adopts the original's weights) -> record what was done on
-the model (``model._dna_vlm``) so unpatch / save_dna / load_dna can find it again.
+module by the adapter's ``DnALayer`` (which adopts the original's weights) -> record what was done on the
+model as a :class:`PatchState` so unpatch / save_dna / load_dna / inspect can find it again
+(:func:`patch_state`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -19,32 +20,59 @@ from .module import DnAOptions
 
 __all__ = [
     "PatchReport",
+    "PatchState",
+    "PatchedLayer",
+    "adapter_named",
     "dna_layers",
+    "dna_named_parameters",
     "dna_parameters",
     "find_adapter",
     "is_patched",
+    "join_name",
     "mark_dna_trainable",
+    "model_type_of",
+    "parse_layers",
     "patch",
+    "patch_state",
+    "patched_layers",
+    "registry",
+    "supported_attention_classes",
     "supported_model_types",
+    "tensor_digest",
     "unpatch",
+    "unwrap",
 ]
 
+#: the (unwrapped) model attribute holding its :class:`PatchState`; read it through :func:`patch_state`
 STATE_ATTR = "_dna_vlm"
 
 
-def _registry():
+def registry() -> tuple[type, ...]:
+    """The adapter classes (``dna_vlm.adapters.ADAPTERS``), in the order patch() tries them."""
     from dna_vlm.adapters import ADAPTERS  # lazy: adapters import this package's kernel/module
 
     return ADAPTERS
 
 
+def adapter_named(name: str):
+    """The adapter class of the tower family ``name`` (as recorded in a PatchState or dna_config.json)."""
+    for adapter in registry():
+        if adapter.name == name:
+            return adapter
+    known = ", ".join(a.name for a in registry())
+    raise ValueError(
+        f"unknown tower family {name!r}: this dna-vlm knows {known}; a checkpoint or patch state naming "
+        "another family was made by a dna-vlm with more adapters (upgrade), or is corrupt"
+    )
+
+
 def supported_model_types() -> list[str]:
     """HF ``config.model_type`` values known to work (any model on a supported tower works too)."""
-    return sorted({t for a in _registry() for t in a.model_types})
+    return sorted({t for a in registry() for t in a.model_types})
 
 
 def supported_attention_classes() -> dict[str, list[str]]:
-    return {a.name: list(a.attention_classes) for a in _registry()}
+    return {a.name: list(a.attention_classes) for a in registry()}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -59,24 +87,63 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def join_name(*parts: str) -> str:
+    """Dotted module name from parts, skipping empty ones (a bare tower's path is "")."""
+    return ".".join(p for p in parts if p)
+
+
+def model_type_of(model: nn.Module) -> str | None:
+    """``model.config.model_type`` (None for a module without an HF config)."""
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+@dataclass(frozen=True)
+class PatchedLayer:
+    """One attention module patch() replaced."""
+
+    tower: str  # the tower's attribute path in the model ("" when the model is the tower)
+    name: str  # qualified name of the module inside the tower
+    index: int  # its position among the tower's attention modules
+    fingerprint: Mapping[str, str]  # positive-branch tensor name -> tensor_digest at patch time
+
+    @property
+    def key(self) -> str:
+        """The layer's qualified name in the model (the prefix of its parameter names)."""
+        return join_name(self.tower, self.name)
+
+
+@dataclass(frozen=True)
+class PatchState:
+    """What patch() did to a model, kept on it until unpatch(); read it with :func:`patch_state`."""
+
+    family: str  # the adapter's name
+    attention_class: str  # class name of the first replaced original module
+    options: DnAOptions
+    layers: tuple[PatchedLayer, ...]
+
+    @property
+    def adapter(self):
+        return adapter_named(self.family)
+
+
+def patch_state(model: nn.Module) -> PatchState | None:
+    """The :class:`PatchState` of a (possibly PEFT / accelerate-wrapped) model; None when it is not patched."""
+    return getattr(unwrap(model), STATE_ATTR, None)
+
+
 def find_adapter(model: nn.Module):
     """(adapter, [(tower_path, tower), ...]) for ``model``; raises UnsupportedModelError naming what was found."""
     model = unwrap(model)
-    state = getattr(model, STATE_ATTR, None)
+    state = patch_state(model)
     if state is not None:  # patched: its attention classes changed, the recorded family tells
-        adapter = next(a for a in _registry() if a.name == state["family"])
-        return adapter, adapter.find_towers(model)
-    for adapter in _registry():
+        return state.adapter, state.adapter.find_towers(model)
+    for adapter in registry():
         towers = adapter.find_towers(model)
         if towers and any(adapter.attention_modules(t) for _, t in towers):
             return adapter, towers
     raise UnsupportedModelError(
-        _model_type(model), _guess_attention_class(model), supported_attention_classes()
+        model_type_of(model), _guess_attention_class(model), supported_attention_classes()
     )
-
-
-def _model_type(model: nn.Module) -> str | None:
-    return getattr(getattr(model, "config", None), "model_type", None)
 
 
 def _guess_attention_class(model: nn.Module) -> str | None:
@@ -89,8 +156,8 @@ def _guess_attention_class(model: nn.Module) -> str | None:
     return None
 
 
-def _parse_layers(layers, n: int) -> list[int]:
-    """None = all; "last:k"; or a list of (possibly negative) indices into the tower's n attention layers."""
+def parse_layers(layers, n: int) -> list[int]:
+    """Sorted indices into n layers from None / "all" (all), "last:k", or (possibly negative) indices."""
     if layers is None or layers == "all":
         return list(range(n))
     if isinstance(layers, str):
@@ -170,9 +237,30 @@ def patch(
             "this model already has DnA layers; call dna_vlm.unpatch(model) first, or load_dna into a fresh model"
         )
     adapter, towers = find_adapter(base)
-    records, names, per_module, done = [], [], [], []
     plan = [(path, tower, adapter.attention_modules(tower)) for path, tower in towers]
-    plan = [(path, tower, mods, _parse_layers(layers, len(mods))) for path, tower, mods in plan]
+    plan = [(path, tower, mods, parse_layers(layers, len(mods))) for path, tower, mods in plan]
+    records, originals, per_module = _replace_layers(adapter, plan, opts)
+    state = PatchState(adapter.name, type(originals[0]).__name__, opts, tuple(records))
+    object.__setattr__(base, STATE_ATTR, state)
+    return PatchReport(
+        adapter.name,
+        model_type_of(base),
+        state.attention_class,
+        opts.to_dict(),
+        [r.key for r in records],
+        sum(per_module),
+        [n for n, _ in dna_named_parameters(base)],
+        [p or "<model>" for p, _ in towers],
+        per_module,
+    )
+
+
+def _replace_layers(adapter, plan, opts: DnAOptions):
+    """Swap in a DnA layer for each planned module; all or nothing (a failure restores the originals).
+
+    Returns ([PatchedLayer], [replaced original modules], [DnA parameters added per layer]).
+    """
+    records, done, per_module = [], [], []
     try:
         for tower_path, tower, mods, indices in plan:
             for idx in indices:
@@ -180,38 +268,13 @@ def patch(
                 layer = adapter.make_layer(attn, opts, idx)
                 _set_submodule(tower, name, layer)
                 done.append((tower, name, attn))
-                records.append(
-                    {"tower": tower_path, "name": name, "index": idx, "fingerprint": _fingerprint(layer)}
-                )
-                names.append(_join(tower_path, name))
+                records.append(PatchedLayer(tower_path, name, idx, _fingerprint(layer)))
                 per_module.append(sum(p.numel() for p in layer.neg.parameters()))
     except BaseException:
         for tower, name, attn in done:  # never leave a half-patched model behind
             _set_submodule(tower, name, attn)
         raise
-    state = {
-        "family": adapter.name,
-        "attention_class": type(done[0][2]).__name__,  # the first replaced original module
-        "options": opts.to_dict(),
-        "layers": records,
-    }
-    object.__setattr__(base, STATE_ATTR, state)
-    trainable = [n for n, _ in dna_named_parameters(base)]
-    return PatchReport(
-        adapter.name,
-        _model_type(base),
-        state["attention_class"],
-        opts.to_dict(),
-        names,
-        sum(per_module),
-        trainable,
-        [p or "<model>" for p, _ in towers],
-        per_module,
-    )
-
-
-def _join(*parts: str) -> str:
-    return ".".join(p for p in parts if p)
+    return records, [attn for _, _, attn in done], per_module
 
 
 def _fingerprint(layer) -> dict[str, str]:
@@ -229,16 +292,21 @@ def tensor_digest(t: torch.Tensor) -> str:
     return hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).hexdigest()
 
 
-def dna_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(tower-relative key, DnALayer) for each patched layer, in the order patch() made them."""
+def patched_layers(model: nn.Module) -> Iterator[tuple[PatchedLayer, nn.Module]]:
+    """(record, DnALayer) for each patched layer, in the order patch() made them; nothing if unpatched."""
     base = unwrap(model)
-    state = getattr(base, STATE_ATTR, None)
+    state = patch_state(base)
     if state is None:
         return
-    adapter = next(a for a in _registry() if a.name == state["family"])
-    towers = dict(adapter.find_towers(base))
-    for rec in state["layers"]:
-        yield _join(rec["tower"], rec["name"]), _get_submodule(towers[rec["tower"]], rec["name"])
+    towers = dict(state.adapter.find_towers(base))
+    for rec in state.layers:
+        yield rec, _get_submodule(towers[rec.tower], rec.name)
+
+
+def dna_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(qualified name, DnALayer) for each patched layer, in the order patch() made them."""
+    for rec, layer in patched_layers(model):
+        yield rec.key, layer
 
 
 def dna_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
@@ -273,20 +341,20 @@ def mark_dna_trainable(model: nn.Module, trainable: bool = True) -> int:
 def unpatch(model: nn.Module) -> nn.Module:
     """Put the original attention modules back (the same objects, so their weights are bit-identical)."""
     base = unwrap(model)
-    if getattr(base, STATE_ATTR, None) is None:
+    state = patch_state(base)
+    if state is None:
         raise NotPatchedError("unpatch: this model has no DnA layers (was it patched, or already unpatched?)")
-    state = getattr(base, STATE_ATTR)
-    adapter = next(a for a in _registry() if a.name == state["family"])
-    towers = dict(adapter.find_towers(base))
-    for rec in state["layers"]:
-        layer = _get_submodule(towers[rec["tower"]], rec["name"])
+    layers = list(patched_layers(base))
+    for rec, layer in layers:  # check every layer before restoring any: all or nothing
         for child_name, child in layer.original.named_children():
             if getattr(layer, child_name) is not child:
                 raise NotPatchedError(
-                    f"unpatch: {rec['name']}.{child_name} was replaced after patching (PEFT?); "
+                    f"unpatch: {rec.name}.{child_name} was replaced after patching (PEFT?); "
                     "unload or merge the PEFT adapter first (peft_model.unload()), then unpatch"
                 )
-        _set_submodule(towers[rec["tower"]], rec["name"], layer.original)
+    towers = dict(state.adapter.find_towers(base))
+    for rec, layer in layers:
+        _set_submodule(towers[rec.tower], rec.name, layer.original)
     object.__delattr__(base, STATE_ATTR)
     return model
 

@@ -1,9 +1,12 @@
-"""Prompts and model inputs for video questions (project contracts 2 and 6).
+"""Prompts and model inputs for video questions, with or without the video: one builder for training,
+evaluation and the blind (no-video) control.
 
 - :func:`format_question` builds the user text; training and evaluation both use it.
-- :func:`build_inputs` turns frames + prompts (+ answers) into the model's processor batch: the model's own
-  chat template with a video placeholder, ``pixel_values_videos``, and with answers ``labels`` that are
-  -100 everywhere except the answer tokens and the end-of-turn token after them.
+- :func:`chat_prompt` formats it with the model's own chat template (a video placeholder unless
+  ``video=False``).
+- :func:`build_inputs` turns frames + prompts (+ answers) into the model's batch: the processor's batch with
+  ``pixel_values_videos``, or with ``frames_list=None`` a text-only tokenizer batch; with answers, ``labels``
+  are -100 everywhere except the answer tokens and the end-of-turn token after them.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MCQ_INSTRUCTION", "build_inputs", "chat_prompt", "format_question"]
+__all__ = ["MCQ_INSTRUCTION", "build_inputs", "chat_prompt", "end_of_turn_ids", "format_question"]
 
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 IGNORE_INDEX = -100
+END_OF_TURN = "<|im_end|>"  # the chat end-of-turn token of ChatML templates (Qwen2, the tiny model)
 
 
 def format_question(question: str, options: Sequence[str] | None = None) -> str:
@@ -30,10 +34,25 @@ def format_question(question: str, options: Sequence[str] | None = None) -> str:
     return "\n".join([*lines, MCQ_INSTRUCTION])
 
 
-def _messages(prompt: str, answer: str | None) -> list[dict]:
-    msgs: list[dict[str, Any]] = [
-        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}
-    ]
+def _tokenizer(processor):
+    """The processor's tokenizer (a bare tokenizer is its own)."""
+    return getattr(processor, "tokenizer", processor)
+
+
+def end_of_turn_ids(tok) -> set[int]:
+    """Token ids that end an answer: the tokenizer's EOS and the chat end-of-turn token, when it has them."""
+    try:
+        turn = tok.convert_tokens_to_ids(END_OF_TURN)
+    except Exception:
+        turn = None
+    if turn == getattr(tok, "unk_token_id", None):  # not in the vocabulary
+        turn = None
+    return {i for i in (getattr(tok, "eos_token_id", None), turn) if isinstance(i, int) and i >= 0}
+
+
+def _messages(prompt: str, answer: str | None, video: bool) -> list[dict]:
+    user: list[dict[str, Any]] = [{"type": "video"}] if video else []
+    msgs: list[dict[str, Any]] = [{"role": "user", "content": [*user, {"type": "text", "text": prompt}]}]
     if answer is not None:
         msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return msgs
@@ -43,18 +62,19 @@ def _video_token(processor) -> str:
     return getattr(processor, "video_token", None) or "<video>"
 
 
-def chat_prompt(processor, prompt: str, answer: str | None = None) -> str:
-    """The chat-formatted text (with the video placeholder). Without ``answer`` it ends with the generation
-    prompt (the assistant turn's header); with ``answer`` it holds the full assistant turn."""
-    template_owner = processor if getattr(processor, "chat_template", None) else processor.tokenizer
-    if getattr(template_owner, "chat_template", None):
-        return processor.apply_chat_template(
-            _messages(prompt, answer), add_generation_prompt=answer is None, tokenize=False
+def chat_prompt(processor, prompt: str, answer: str | None = None, video: bool = True) -> str:
+    """The chat-formatted text (with the video placeholder unless ``video=False``). Without ``answer`` it ends
+    with the generation prompt (the assistant turn's header); with ``answer`` it holds the full assistant turn.
+    The processor's chat template, else its tokenizer's, else a plain LLaVA-style format."""
+    tok = _tokenizer(processor)
+    owner = processor if getattr(processor, "chat_template", None) else tok
+    if getattr(owner, "chat_template", None):
+        return owner.apply_chat_template(
+            _messages(prompt, answer, video), add_generation_prompt=answer is None, tokenize=False
         )
-    # no chat template: a plain LLaVA-style format
-    eos = processor.tokenizer.eos_token or ""
-    text = f"USER: {_video_token(processor)}\n{prompt} ASSISTANT:"
-    return text if answer is None else f"{text} {answer}{eos}"
+    placeholder = f"{_video_token(processor)}\n" if video else ""
+    text = f"USER: {placeholder}{prompt} ASSISTANT:"
+    return text if answer is None else f"{text} {answer}{tok.eos_token or ''}"
 
 
 def _as_video(frames) -> np.ndarray:
@@ -67,83 +87,91 @@ def _as_video(frames) -> np.ndarray:
 
 def build_inputs(
     processor,
-    frames_list: Sequence[Any],
+    frames_list: Sequence[Any] | None,
     prompts: Sequence[str],
     answers: Sequence[str] | None = None,
     return_tensors: str = "pt",
 ):
-    """The processor's batch for ``len(prompts)`` video questions.
+    """The model's batch for ``len(prompts)`` questions, with their videos or (``frames_list=None``) without.
 
-    ``frames_list``: one video per prompt (``Frames`` or uint8 ``(T, H, W, 3)`` arrays). Without answers the
-    batch ends at the assistant header, left-padded (for generation). With answers it holds the whole
-    assistant turn, right-padded, plus ``labels`` (-100 except the answer tokens and the end-of-turn token).
+    ``frames_list``: one video per prompt (``Frames`` or uint8 ``(T, H, W, 3)`` arrays), or None for text-only
+    inputs (the blind control). Without answers the batch ends at the assistant header, left-padded (for
+    generation). With answers it holds the whole assistant turn, right-padded, plus ``labels`` (-100 except the
+    answer tokens and the end-of-turn token).
     """
-    if len(frames_list) != len(prompts) or (answers is not None and len(answers) != len(prompts)):
+    n_videos = len(prompts) if frames_list is None else len(frames_list)
+    if n_videos != len(prompts) or (answers is not None and len(answers) != len(prompts)):
         raise ValueError(
-            f"build_inputs: got {len(frames_list)} videos, {len(prompts)} prompts"
+            f"build_inputs: got {n_videos} videos, {len(prompts)} prompts"
             + ("" if answers is None else f", {len(answers)} answers")
         )
     if not prompts:
         raise ValueError("build_inputs: empty batch")
-    videos = [_as_video(f) for f in frames_list]
-    tok = processor.tokenizer
-    prefixes = [chat_prompt(processor, p) for p in prompts]
+    videos = None if frames_list is None else [_as_video(f) for f in frames_list]
+    with_video = videos is not None
+    prefixes = [chat_prompt(processor, p, video=with_video) for p in prompts]
     texts = (
         prefixes
         if answers is None
-        else [chat_prompt(processor, p, a) for p, a in zip(prompts, answers, strict=True)]
+        else [chat_prompt(processor, p, a, video=with_video) for p, a in zip(prompts, answers, strict=True)]
     )
-    old_side = tok.padding_side
-    tok.padding_side = "left" if answers is None else "right"
-    try:
-        batch = processor(text=list(texts), videos=videos, padding=True, return_tensors=return_tensors)
-    finally:
-        tok.padding_side = old_side
-    if answers is None:
-        return batch
-
-    import torch
-
-    ids = batch["input_ids"]
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    video_id = getattr(processor, "video_token_id", None)
-    placeholder = _video_token(processor)
-    eos_ids = {
-        i
-        for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"))
-        if isinstance(i, int) and i >= 0
-    }
-    for row, (prefix, full) in enumerate(zip(prefixes, texts, strict=True)):
-        row_ids = ids[row][batch["attention_mask"][row].bool()].tolist()  # right padding: real tokens first
-        start = _answer_start(tok, prefix, full, row_ids, video_id, placeholder)
-        end = len(row_ids)
-        for j in range(start, len(row_ids)):
-            if row_ids[j] in eos_ids:
-                end = j + 1
-                break
-        if end <= start:
-            raise ValueError(f"build_inputs: the answer of row {row} tokenized to nothing ({answers[row]!r})")
-        labels[row, start:end] = ids[row, start:end]
-    batch["labels"] = labels
+    batch = _encode(processor, texts, videos, "left" if answers is None else "right", return_tensors)
+    if answers is not None:
+        batch["labels"] = _answer_labels(processor, batch, prefixes, answers, with_video)
     return batch
 
 
-def _answer_start(tok, prefix: str, full: str, row_ids: list[int], video_id, placeholder: str) -> int:
-    """Index of the first answer token in ``row_ids`` (the expanded, tokenized ``full`` text)."""
-    prefix_ids = tok(prefix)["input_ids"]  # as the processor tokenizes (special tokens included)
-    if video_id is not None and placeholder in prefix:
-        n_expanded = sum(1 for i in row_ids if i == video_id)
-        n_placeholders = sum(1 for i in prefix_ids if i == video_id)
-        expanded: list[int] = []
-        per = (n_expanded // n_placeholders) if n_placeholders else 0
-        for i in prefix_ids:
-            expanded.extend([i] * per if i == video_id else [i])
-        prefix_ids = expanded
-    n = len(prefix_ids)
-    if row_ids[:n] == prefix_ids:
-        return n
-    # tokenization merged across the boundary: the longest common prefix
+def _encode(processor, texts: list[str], videos: list[np.ndarray] | None, side: str, return_tensors: str):
+    """Tokenize (and with videos, preprocess them) with ``side`` padding. Text-only: the chat template already
+    holds any special tokens, so the tokenizer adds none."""
+    tok = _tokenizer(processor)
+    old_side = tok.padding_side
+    tok.padding_side = side
+    try:
+        if videos is None:
+            return tok(list(texts), padding=True, return_tensors=return_tensors, add_special_tokens=False)
+        return processor(text=list(texts), videos=videos, padding=True, return_tensors=return_tensors)
+    finally:
+        tok.padding_side = old_side
+
+
+def _answer_labels(processor, batch, prefixes: list[str], answers: Sequence[str], with_video: bool):
+    """(B, L) labels: the answer tokens and the end-of-turn token after them; -100 elsewhere."""
+    import torch
+
+    tok = _tokenizer(processor)
+    ids = batch["input_ids"]
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    video_id = getattr(processor, "video_token_id", None) if with_video else None
+    eos_ids = end_of_turn_ids(tok)
+    for row, prefix in enumerate(prefixes):
+        row_ids = ids[row][batch["attention_mask"][row].bool()].tolist()  # right padding: real tokens first
+        prefix_ids = tok(prefix, add_special_tokens=with_video)["input_ids"]  # as _encode tokenized it
+        if video_id is not None and _video_token(processor) in prefix:
+            prefix_ids = _expand_video(prefix_ids, row_ids, video_id)
+        start = _common_prefix(prefix_ids, row_ids)
+        end = next((j + 1 for j in range(start, len(row_ids)) if row_ids[j] in eos_ids), len(row_ids))
+        if end <= start:
+            raise ValueError(f"build_inputs: the answer of row {row} tokenized to nothing ({answers[row]!r})")
+        labels[row, start:end] = ids[row, start:end]
+    return labels
+
+
+def _expand_video(prefix_ids: list[int], row_ids: list[int], video_id: int) -> list[int]:
+    """``prefix_ids`` with each video placeholder repeated as often as the processor expanded it in ``row_ids``."""
+    n_expanded = sum(1 for i in row_ids if i == video_id)
+    n_placeholders = sum(1 for i in prefix_ids if i == video_id)
+    per = (n_expanded // n_placeholders) if n_placeholders else 0
+    expanded: list[int] = []
+    for i in prefix_ids:
+        expanded.extend([i] * per if i == video_id else [i])
+    return expanded
+
+
+def _common_prefix(prefix_ids: list[int], row_ids: list[int]) -> int:
+    """Index of the first answer token: the prefix's length, or where tokenization merged across the
+    boundary, the longest common prefix."""
     k = 0
-    while k < min(n, len(row_ids)) and row_ids[k] == prefix_ids[k]:
+    while k < min(len(prefix_ids), len(row_ids)) and row_ids[k] == prefix_ids[k]:
         k += 1
     return k

@@ -1,17 +1,14 @@
-"""Load a base video LLM, optionally with a training run applied (project contracts 5 and 6).
+"""Load a base video LLM, optionally with a training run applied (project contracts 5 and 6), and find
+its parts (vision towers, projector, language model) whatever wraps it.
 
-A run dir (the output of ``dna-vlm train``) holds ``run_config.json``::
-
-    {"format": "dna-vlm-run/1", "base_model": str, "attention": "dna"|"softmax", "dna_dir": "dna"|null,
-     "adapter_dir": "adapter"|null, "projector": "projector.safetensors"|null, "num_frames": int, ...}
-
-:func:`load_model` rebuilds the tuned model from it in one call: base model -> DnA (``load_dna``) -> PEFT
-adapter (merged) -> projector weights. :func:`build_inputs` (from :mod:`dna_vlm.prompting`) builds batches.
+A run dir (the output of ``dna-vlm train``) holds ``run_config.json``, whose schema is
+:class:`dna_vlm.rundir.RunConfig`. :func:`load_model` rebuilds the tuned model from it in one call: base
+model -> DnA (``load_dna``) -> PEFT adapter (merged) -> projector weights. :func:`build_inputs` (from
+:mod:`dna_vlm.prompting`) builds batches.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,11 +16,15 @@ import torch
 from torch import nn
 
 from .prompting import build_inputs, format_question
+from .rundir import RUN_CONFIG, RUN_FORMAT, RunConfig, RunError
 
 __all__ = [
+    "RUN_CONFIG",
     "RUN_FORMAT",
+    "RunConfig",
     "RunError",
     "build_inputs",
+    "find_language_model",
     "find_projector",
     "find_towers",
     "format_question",
@@ -35,13 +36,7 @@ __all__ = [
     "resolve_dtype",
 ]
 
-RUN_FORMAT = "dna-vlm-run/1"
-RUN_CONFIG = "run_config.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class RunError(ValueError):
-    """A run dir or a model-loading option is invalid; the message names the file/option."""
 
 
 def resolve_dtype(dtype) -> torch.dtype:
@@ -64,21 +59,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:
-    path = Path(run_dir) / RUN_CONFIG
-    if not path.is_file():
-        raise RunError(
-            f"{path} not found: {run_dir} is not a dna-vlm run dir (the output of `dna-vlm train`)"
-        )
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunError(f"{path}: not valid JSON ({e})") from e
-    if config.get("format") != RUN_FORMAT:
-        raise RunError(f"{path}: format {config.get('format')!r}, expected {RUN_FORMAT!r}")
-    for key in ("base_model", "attention", "num_frames"):
-        if key not in config:
-            raise RunError(f"{path}: missing field {key!r}")
-    return config
+    """``run_dir/run_config.json`` validated by :meth:`RunConfig.read`, as a dict of every schema field
+    (fields a hand-made file leaves out read as their defaults). Raises :class:`RunError` naming the file."""
+    return RunConfig.read(run_dir).to_dict()
 
 
 def _model_class(config, trust_remote_code: bool):
@@ -102,13 +85,11 @@ def _skeleton(config, trust_remote_code: bool) -> nn.Module:
 
 
 def _adapter(model: nn.Module):
-    """The DnA adapter (tower family) of a model, patched or not, plus the unwrapped model."""
-    from .patching import STATE_ATTR, _registry, find_adapter, unwrap
+    """The DnA adapter (tower family) of a model, patched or not (then its recorded family), plus the
+    unwrapped model."""
+    from .patching import find_adapter, unwrap
 
     base = unwrap(model)
-    state = getattr(base, STATE_ATTR, None)
-    if state is not None:  # patched: the attention classes changed, use the recorded family
-        return next(a for a in _registry() if a.name == state["family"]), base
     return find_adapter(base)[0], base
 
 
@@ -127,6 +108,21 @@ def find_projector(model: nn.Module) -> tuple[str, nn.Module] | None:
     for name, m in base.named_modules():
         if m is proj:
             return name, m
+    return None
+
+
+def find_language_model(model: nn.Module) -> nn.Module | None:
+    """The LLM (decoder stack) of a video LLM under PEFT / accelerate / DDP wrappers, or None if not found.
+
+    Layouts: ``model.model.language_model`` (transformers >= 4.52 ``*ForConditionalGeneration``) and
+    ``model.language_model`` (older releases and some remote-code models)."""
+    from .patching import unwrap
+
+    base = unwrap(model)
+    for owner in (getattr(base, "model", None), base):
+        lm = getattr(owner, "language_model", None)
+        if isinstance(lm, nn.Module):
+            return lm
     return None
 
 
@@ -221,12 +217,12 @@ def load_model(
     run = None
     if run_dir is not None:
         run_dir = Path(run_dir)
-        run = read_run_config(run_dir)
+        run = RunConfig.read(run_dir)
         if pretrained is None:
-            pretrained = _resolve_base(run_dir, run["base_model"])
+            pretrained = _resolve_base(run_dir, run.base_model)
         if attention is None:
-            attention = run["attention"]
-        if attention == "softmax" and run.get("dna_dir"):
+            attention = run.attention
+        if attention == "softmax" and run.dna_dir:
             raise RunError(
                 f"{run_dir}: this run was trained with DnA attention; load it with attention='dna' (or None)"
             )
@@ -235,33 +231,40 @@ def load_model(
     model, processor = load_base_model(
         pretrained, device, dtype, attn_implementation, load_in_4bit, trust_remote_code
     )
-    if run is not None and run.get("dna_dir"):
-        from .checkpoint import load_dna
-
-        load_dna(model, run_dir / run["dna_dir"])
-    elif attention == "dna" and run is None:
+    if run is not None:
+        model = _apply_run(model, run_dir, run)
+    elif attention == "dna":
         from .patching import patch
 
         patch(model)
-    if run is not None and run.get("adapter_dir"):
+    model.eval()
+    return model, processor
+
+
+def _apply_run(model: nn.Module, run_dir: Path, run: RunConfig) -> nn.Module:
+    """The run's DnA weights (``load_dna``), PEFT adapter (merged) and projector weights, applied in place."""
+    if run.dna_dir:
+        from .checkpoint import load_dna
+
+        load_dna(model, run_dir / run.dna_dir)
+    if run.adapter_dir:
         from peft import PeftModel
 
-        adapter_path = run_dir / run["adapter_dir"]
+        adapter_path = run_dir / run.adapter_dir
         if not adapter_path.is_dir():
             raise RunError(f"{adapter_path}: the run's PEFT adapter dir is missing")
         model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
-    if run is not None and run.get("projector"):
+    if run.projector:
         from safetensors.torch import load_file
 
         found = find_projector(model)
         if found is None:
             raise RunError(f"{run_dir}: the run has projector weights but the model has no known projector")
-        state = load_file(str(run_dir / run["projector"]))
+        state = load_file(str(run_dir / run.projector))
         missing, unexpected = found[1].load_state_dict(state, strict=False)
         if missing or unexpected:
             raise RunError(
-                f"{run_dir / run['projector']}: does not match the model's projector "
+                f"{run_dir / run.projector}: does not match the model's projector "
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
-    model.eval()
-    return model, processor
+    return model

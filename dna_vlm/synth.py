@@ -51,6 +51,7 @@ __all__ = [
     "generate_dataset",
     "make_example",
     "render_clip",
+    "shape_mask",
 ]
 
 FORMAT = "dna-vlm-synth/1"
@@ -99,7 +100,7 @@ DEFAULTS = {
 # rendering
 
 
-def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     """Pixels of ``shape`` of "radius" r, given offsets (dx, dy) from its centre."""
     if shape == "circle":
         return dx * dx + dy * dy <= r * r
@@ -125,10 +126,10 @@ def _draw(canvas: np.ndarray, obj: dict, cx: float, cy: float, r: float, outline
         return
     yy, xx = np.mgrid[y0:y1, x0:x1]
     dx, dy = xx + 0.5 - cx, yy + 0.5 - cy
-    inner = _shape_mask(obj["shape"], dx, dy, r)
+    inner = shape_mask(obj["shape"], dx, dy, r)
     region = canvas[y0:y1, x0:x1]
     if outline:
-        outer = _shape_mask(obj["shape"], dx, dy, r + outline)
+        outer = shape_mask(obj["shape"], dx, dy, r + outline)
         region[outer & ~inner] = OUTLINE
     region[inner] = COLORS[obj["color"]]
 
@@ -208,9 +209,32 @@ def make_example(
     target[category] = answer_value
     target["start"] = _start_for(target["motion"], rng, size, travel, margin)
 
-    # distractors: distinct other values for the asked attribute; share the rest with rising probability
     others = [v for v in values if v != answer_value]
     rng.shuffle(others)
+    distractors = _distractors(rng, target, category, others, density, max_density, (r, margin, size))
+    bg = int(rng.integers(10, 60))
+    scene = {"target": target, "distractors": distractors, "background": [bg, bg, bg]}
+
+    if option_order == "canonical":
+        opts, letter = list(values), values.index(answer_value)
+    else:
+        opts = list(others)  # the 3 other values in random order, the answer inserted at `letter`
+        opts.insert(letter, answer_value)
+    fields = {
+        "question": QUESTIONS[category],
+        "options": opts,
+        "answer": LETTERS[letter],
+        "category": category,
+        "density": int(density),
+        "answer_value": answer_value,
+    }
+    return scene, fields
+
+
+def _distractors(rng, target: dict, category: str, others: list[str], density: int, max_density: int, geom):
+    """``density`` distractors around ``target``: the asked attribute takes the distinct wrong values
+    ``others``; the other attributes are the target's with a probability rising with the density."""
+    r, margin, size = geom
     p_share = 0.25 + 0.75 * density / max(1, max_density)
     # closer with density: gap between outlines from ~0.9 r (density 1) down to -0.5 r (overlap, density K)
     frac = (density - 1) / max(1, max_density - 1) if density > 0 else 0.0
@@ -231,24 +255,7 @@ def make_example(
         sy = target["start"][1] + dist * np.sin(ang)
         d["start"] = [float(np.clip(sx, margin, size - margin)), float(np.clip(sy, margin, size - margin))]
         distractors.append(d)
-
-    bg = int(rng.integers(10, 60))
-    scene = {"target": target, "distractors": distractors, "background": [bg, bg, bg]}
-
-    if option_order == "canonical":
-        opts, letter = list(values), values.index(answer_value)
-    else:
-        opts = list(others)  # the 3 other values in random order, the answer inserted at `letter`
-        opts.insert(letter, answer_value)
-    fields = {
-        "question": QUESTIONS[category],
-        "options": opts,
-        "answer": LETTERS[letter],
-        "category": category,
-        "density": int(density),
-        "answer_value": answer_value,
-    }
-    return scene, fields
+    return distractors
 
 
 def _end_position(obj: dict, frames: int, size: int) -> list[float]:
@@ -293,24 +300,27 @@ def _generate_split(
             size,
             option_order,
         )
-        video = render_clip(scene, frames, size)
         rid = f"{split}-{i:05d}"
         rel = f"videos/{rid}.mp4"
-        write_video(out_dir / rel, video, fps=fps)
-        target = dict(scene["target"])
-        target["end"] = _end_position(scene["target"], frames, size)
-        row = {
-            "id": rid,
-            "video": rel,
-            **fields,
-            "target": target,
-            "distractors": scene["distractors"],
-            "background": scene["background"],
-        }
-        rows.append(row)
+        write_video(out_dir / rel, render_clip(scene, frames, size), fps=fps)
+        target = {**scene["target"], "end": _end_position(scene["target"], frames, size)}
+        rows.append(
+            {
+                "id": rid,
+                "video": rel,
+                **fields,
+                "target": target,
+                "distractors": scene["distractors"],
+                "background": scene["background"],
+            }
+        )
+    return rows, _histogram(rows)
 
-    hist = {
-        "n": n,
+
+def _histogram(rows: list[dict]) -> dict:
+    """How balanced a split came out: counts of answers, categories, densities and answer values."""
+    return {
+        "n": len(rows),
         "answers": dict(sorted(Counter(r["answer"] for r in rows).items())),
         "categories": dict(sorted(Counter(r["category"] for r in rows).items())),
         "densities": {str(k): v for k, v in sorted(Counter(r["density"] for r in rows).items())},
@@ -319,7 +329,6 @@ def _generate_split(
             for c in CATEGORIES
         },
     }
-    return rows, hist
 
 
 def _render_params() -> dict[str, Any]:
@@ -369,6 +378,51 @@ def generate_dataset(
         "fps": float(fps),
         "option_order": str(option_order),
     }
+    _check_args(args)
+    paths = {s: out_dir / f"{s}.jsonl" for s in SPLITS}
+    meta_path = out_dir / "meta.json"
+    old = None if force else _up_to_date_meta(out_dir, args, paths)
+    if old is not None:
+        if verbose:
+            print(f"synth-data: {out_dir} already holds this data set (meta.json matches); skipping")
+        return {"out_dir": str(out_dir), **{s: str(p) for s, p in paths.items()}, "meta": old}
+
+    t0 = time.perf_counter()
+    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    meta = _new_meta(args)
+    for split in SPLITS:
+        n = args[f"n_{split}"]
+        split_args = [args[k] for k in ("seed", "max_density", "frames", "size", "fps", "option_order")]
+        rows, hist = _generate_split(split, n, out_dir, *split_args)
+        write_jsonl(paths[split], rows)
+        meta["splits"][split] = hist
+        meta["videos"].extend(r["video"] for r in rows)
+        if verbose:
+            print(f"synth-data: {split}: {n} clips")
+    atomic_write_json(meta_path, meta)  # last: its presence marks a complete data set
+    if verbose:
+        print(f"synth-data: wrote {out_dir} in {time.perf_counter() - t0:.1f}s")
+    return {"out_dir": str(out_dir), **{s: str(p) for s, p in paths.items()}, "meta": meta}
+
+
+def _new_meta(args: dict[str, Any]) -> dict[str, Any]:
+    """meta.json before the splits are filled in: what was asked and what decides the pixels."""
+    return {
+        "format": FORMAT,
+        "args": args,
+        "render": _render_params(),
+        "categories": {c: list(VALUES[c]) for c in CATEGORIES},
+        "questions": QUESTIONS,
+        "target_cue": "white outline",
+        "splits": {},
+        "videos": [],
+    }
+
+
+def _check_args(args: dict[str, Any]) -> None:
+    """Refuse arguments that cannot make a balanced data set, naming the argument."""
+    option_order, max_density = args["option_order"], args["max_density"]
+    frames, size, fps = args["frames"], args["size"], args["fps"]
     if option_order not in OPTION_ORDERS:
         raise ValueError(f"option_order={option_order!r}: choose one of {OPTION_ORDERS}")
     for k in ("n_train", "n_val", "n_test"):
@@ -388,59 +442,23 @@ def generate_dataset(
     if not args["fps"] > 0:
         raise ValueError(f"fps must be positive, got {fps}")
 
-    paths = {s: out_dir / f"{s}.jsonl" for s in SPLITS}
-    meta_path = out_dir / "meta.json"
-    if not force and meta_path.is_file():
-        try:
-            old = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            old = None
-        if (
-            isinstance(old, dict)
-            and old.get("format") == FORMAT
-            and old.get("args") == args
-            and old.get("render") == _render_params()
-            and all(paths[s].is_file() for s in SPLITS)
-            and all((out_dir / v).is_file() for v in old.get("videos", []))
-        ):
-            if verbose:
-                print(f"synth-data: {out_dir} already holds this data set (meta.json matches); skipping")
-            return {"out_dir": str(out_dir), **{s: str(p) for s, p in paths.items()}, "meta": old}
 
-    t0 = time.perf_counter()
-    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "args": args,
-        "render": _render_params(),
-        "categories": {c: list(VALUES[c]) for c in CATEGORIES},
-        "questions": QUESTIONS,
-        "target_cue": "white outline",
-        "splits": {},
-        "videos": [],
-    }
-    for split in SPLITS:
-        n = args[f"n_{split}"]
-        rows, hist = _generate_split(
-            split,
-            n,
-            out_dir,
-            args["seed"],
-            args["max_density"],
-            args["frames"],
-            args["size"],
-            args["fps"],
-            args["option_order"],
-        )
-        write_jsonl(paths[split], rows)
-        meta["splits"][split] = hist
-        meta["videos"].extend(r["video"] for r in rows)
-        if verbose:
-            print(f"synth-data: {split}: {n} clips")
-    atomic_write_json(meta_path, meta)  # last: its presence marks a complete data set
-    if verbose:
-        print(f"synth-data: wrote {out_dir} in {time.perf_counter() - t0:.1f}s")
-    return {"out_dir": str(out_dir), **{s: str(p) for s, p in paths.items()}, "meta": meta}
+def _up_to_date_meta(out_dir: Path, args: dict[str, Any], paths: dict[str, Path]) -> dict | None:
+    """The existing meta.json when ``out_dir`` already holds this exact data set (every file present)."""
+    try:
+        old = json.loads((out_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if (
+        isinstance(old, dict)
+        and old.get("format") == FORMAT
+        and old.get("args") == args
+        and old.get("render") == _render_params()
+        and all(paths[s].is_file() for s in SPLITS)
+        and all((out_dir / v).is_file() for v in old.get("videos", []))
+    ):
+        return old
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------

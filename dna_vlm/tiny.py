@@ -1,4 +1,4 @@
-"""The embedded default video LLM: a tiny LLaVA-OneVision built from a config (project contract 4).
+"""The embedded default video LLM: a tiny LLaVA-OneVision built from a config (DESIGN.md §6).
 
 No download: real HF classes (``LlavaOnevisionForConditionalGeneration`` with a SigLIP tower, the
 projector and a Qwen2 LM) at tiny sizes, random weights from ``seed``, a byte-level BPE tokenizer trained
@@ -16,6 +16,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from ._io import atomic_write_bytes
 
 __all__ = ["CHAT_TEMPLATE", "SIZES", "SPECIAL_TOKENS", "build_tiny_model", "build_tokenizer"]
 
@@ -130,15 +132,7 @@ def build_tiny_model(
     Such an LM is at chance on video questions, so anything a tuned vision path gains shows in the loss.
     """
     import torch
-    from transformers import (
-        LlavaOnevisionConfig,
-        LlavaOnevisionForConditionalGeneration,
-        LlavaOnevisionImageProcessor,
-        LlavaOnevisionProcessor,
-        LlavaOnevisionVideoProcessor,
-        Qwen2Config,
-        SiglipVisionConfig,
-    )
+    from transformers import LlavaOnevisionForConditionalGeneration
 
     if size not in SIZES:
         raise ValueError(f"size={size!r}: expected one of {sorted(SIZES)}")
@@ -147,9 +141,36 @@ def build_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
 
     tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(_tiny_config(s, tokenizer)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(HEAD_SCALE)
+    gen = model.generation_config
+    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = (
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        None,
+    )
+    gen.do_sample = False
+    processor = _tiny_processor(s, tokenizer)
+    stats = pretrain_text(model, processor, pretrain_steps, seed) if pretrain_steps else None
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    meta = {"seed": seed, "size": size, "pretrain_steps": pretrain_steps, "pretrain": stats, **s}
+    atomic_write_bytes(out / "dna_vlm_tiny.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return out
+
+
+def _pinpoints(px: int) -> list[list[int]]:
+    return [[px, px], [px, 2 * px], [2 * px, px], [2 * px, 2 * px]]
+
+
+def _tiny_config(s: dict, tokenizer):
+    """The LlavaOnevisionConfig of size ``s`` (a SIZES entry) for ``tokenizer``'s vocabulary."""
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
     image_id, video_id = tokenizer.convert_tokens_to_ids(IMAGE), tokenizer.convert_tokens_to_ids(VIDEO)
     px, patch = s["image"], s["patch"]
-    pinpoints = [[px, px], [px, 2 * px], [2 * px, px], [2 * px, 2 * px]]
     vision = SiglipVisionConfig(
         hidden_size=s["v_hidden"],
         intermediate_size=2 * s["v_hidden"],
@@ -172,34 +193,33 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
-    config = LlavaOnevisionConfig(
+    return LlavaOnevisionConfig(
         vision_config=vision,
         text_config=text,
         image_token_index=image_id,
         video_token_index=video_id,
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
-        image_grid_pinpoints=pinpoints,
+        image_grid_pinpoints=_pinpoints(px),
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(HEAD_SCALE)
-    gen = model.generation_config
-    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = (
-        tokenizer.eos_token_id,
-        tokenizer.pad_token_id,
-        None,
-    )
-    gen.do_sample = False
 
+
+def _tiny_processor(s: dict, tokenizer):
+    """A LlavaOnevisionProcessor whose image/video processors resize to the tower's input size."""
+    from transformers import (
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
+
+    px, patch = s["image"], s["patch"]
     common = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_convert_rgb=True)
     image_processor = LlavaOnevisionImageProcessor(
-        size={"height": px, "width": px}, image_grid_pinpoints=pinpoints, **common
+        size={"height": px, "width": px}, image_grid_pinpoints=_pinpoints(px), **common
     )
     video_processor = LlavaOnevisionVideoProcessor(size={"height": px, "width": px}, **common)
-    processor = LlavaOnevisionProcessor(
+    return LlavaOnevisionProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
@@ -207,12 +227,6 @@ def build_tiny_model(
         vision_feature_select_strategy="full",
         chat_template=CHAT_TEMPLATE,
     )
-    stats = pretrain_text(model, processor, pretrain_steps, seed) if pretrain_steps else None
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-    meta = {"seed": seed, "size": size, "pretrain_steps": pretrain_steps, "pretrain": stats, **s}
-    (out / "dna_vlm_tiny.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out
 
 
 _KINDS = {

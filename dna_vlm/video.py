@@ -1,4 +1,4 @@
-"""Video frames for training and evaluation, decoded with decord (project contract 3).
+"""Video frames for training and evaluation, decoded with decord (DESIGN.md §4, "How data flows").
 
 ``sample_frames(path, num_frames=8, strategy=...)`` returns a :class:`Frames` (uint8 ``(T, H, W, 3)`` frames plus
 their timestamps and indices). Strategies:
@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -316,6 +316,21 @@ def video_info(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(path=path, num_frames=n, fps=fps, height=int(h), width=int(w))
 
 
+def _check_sampling(path: str, strategy: str, num_frames, fps, max_frames) -> None:
+    """Refuse a strategy / count / rate that cannot sample (before opening the file)."""
+    if strategy not in STRATEGIES:
+        raise VideoError(f"{path}: unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
+    if strategy == "fps":
+        if fps is None or isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+            raise VideoError(f"{path}: strategy 'fps' needs a positive fps=..., got {fps!r}")
+        if max_frames is not None and (
+            isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1
+        ):
+            raise VideoError(f"{path}: max_frames must be a positive integer, got {max_frames!r}")
+    elif isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise VideoError(f"{path}: num_frames must be a positive integer, got {num_frames!r}")
+
+
 def sample_frames(
     path: str | os.PathLike,
     num_frames: int = 8,
@@ -336,17 +351,7 @@ def sample_frames(
     decord's decoder threads (0 = automatic). Errors are :class:`VideoError` naming the file.
     """
     path = str(path)
-    if strategy not in STRATEGIES:
-        raise VideoError(f"{path}: unknown sampling strategy {strategy!r}; expected one of {STRATEGIES}")
-    if strategy == "fps":
-        if fps is None or isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
-            raise VideoError(f"{path}: strategy 'fps' needs a positive fps=..., got {fps!r}")
-        if max_frames is not None and (
-            isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1
-        ):
-            raise VideoError(f"{path}: max_frames must be a positive integer, got {max_frames!r}")
-    elif isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
-        raise VideoError(f"{path}: num_frames must be a positive integer, got {num_frames!r}")
+    _check_sampling(path, strategy, num_frames, fps, max_frames)
     hw = _check_size(size, path)
     if window is not None:
         try:
@@ -355,21 +360,15 @@ def sample_frames(
             raise VideoError(f"{path}: window must be (start_s, end_s), got {window!r}") from None
 
     vr, n, src_fps = _open(path, hw, num_threads)
-    lo, hi = 0, n
-    if window is not None:
-        try:
-            lo, hi = window_to_range(n, src_fps, start_s, end_s)
-        except ValueError as e:
-            raise VideoError(f"{path}: {e}") from None
-
     try:
+        lo, hi = (0, n) if window is None else window_to_range(n, src_fps, start_s, end_s)
         if strategy == "uniform":
             idx = uniform_indices(n, num_frames, lo, hi)
         elif strategy == "segments":
             idx = segment_indices(n, num_frames, seed, lo, hi)
         else:
             idx = fps_indices(n, src_fps, float(fps), max_frames, lo, hi)
-    except (ValueError, TypeError) as e:  # e.g. a negative seed
+    except (ValueError, TypeError) as e:  # a window past the end, a negative seed ...
         raise VideoError(f"{path}: {e}") from None
 
     try:
@@ -438,23 +437,7 @@ def write_video(
     count (default: 1 for frames up to 320x240, else automatic).
     """
     path = Path(path)
-    if isinstance(frames, np.ndarray):
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise VideoError(f"{path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-        if frames.shape[0] < 1:
-            raise VideoError(f"{path}: cannot write a video with zero frames")
-    if not (isinstance(fps, (int, float)) and fps > 0 and math.isfinite(fps)):
-        raise VideoError(f"{path}: fps must be positive, got {fps!r}")
-    it = iter(frames)
-    first = next(it, None)
-    if first is None:
-        raise VideoError(f"{path}: cannot write a video with zero frames")
-    first = np.asarray(first)
-    if first.dtype != np.uint8 or first.ndim != 3 or first.shape[-1] != 3:
-        raise VideoError(f"{path}: each frame must be uint8 (H, W, 3), got {first.dtype} {first.shape}")
-    h, w, _ = first.shape
-    if h % 2 or w % 2 or h < 2 or w < 2:
-        raise VideoError(f"{path}: frame height and width must be even (yuv420p), got {h}x{w}")
+    first, it = _first_frame(path, frames, fps)
     _import_av()  # fail early, with the install hint
     from fractions import Fraction
 
@@ -480,6 +463,28 @@ def write_video(
     except Exception as e:
         raise VideoError(f"{path}: failed to write video with codec {codec!r}: {e}") from e
     return path
+
+
+def _first_frame(path: Path, frames, fps) -> tuple[np.ndarray, Iterator]:
+    """Validate what write_video was given; returns (the first frame, an iterator over the rest)."""
+    if isinstance(frames, np.ndarray):
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise VideoError(f"{path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+        if frames.shape[0] < 1:
+            raise VideoError(f"{path}: cannot write a video with zero frames")
+    if not (isinstance(fps, (int, float)) and fps > 0 and math.isfinite(fps)):
+        raise VideoError(f"{path}: fps must be positive, got {fps!r}")
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise VideoError(f"{path}: cannot write a video with zero frames")
+    first = np.asarray(first)
+    if first.dtype != np.uint8 or first.ndim != 3 or first.shape[-1] != 3:
+        raise VideoError(f"{path}: each frame must be uint8 (H, W, 3), got {first.dtype} {first.shape}")
+    h, w, _ = first.shape
+    if h % 2 or w % 2 or h < 2 or w < 2:
+        raise VideoError(f"{path}: frame height and width must be even (yuv420p), got {h}x{w}")
+    return first, it
 
 
 def _encode(tmp: Path, path: Path, frames, shape, rate, codec, gop, quality, preset, threads) -> None:

@@ -113,21 +113,7 @@ def run_video_bench(
     # warm up both (imports, page cache)
     sample_frames(path, 2, num_threads=threads)
     pyav_decode_then_pick(path, np.array([0, 1]))
-    times: dict[tuple[str, int], list[float]] = {}
-    same: dict[int, bool] = {}  # decord's frames == PyAV's frames (both decode with FFmpeg)
-    for _ in range(repeats):
-        for n in frame_counts:  # interleaved: slow drifts of a shared machine hit both alike
-            idx = uniform_indices(info.num_frames, n)
-            t0 = time.perf_counter()
-            got = sample_frames(path, n, "uniform", num_threads=threads)
-            times.setdefault(("decord", n), []).append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            ref = pyav_decode_then_pick(path, idx)
-            times.setdefault(("pyav", n), []).append(time.perf_counter() - t0)
-            if got.frames.shape[0] != n or ref.shape[0] != len(set(idx.tolist())):
-                raise RuntimeError(f"video-bench: wrong frame counts {got.frames.shape} / {ref.shape}")
-            uniq = np.unique(idx, return_index=True)[1]
-            same[n] = bool(np.array_equal(got.frames[uniq], ref))
+    times, same = _time_interleaved(path, info.num_frames, frame_counts, repeats, threads)
     rows = []
     for n in frame_counts:
         d = statistics.median(times[("decord", n)])
@@ -153,6 +139,26 @@ def run_video_bench(
         if not all(r["identical"] for r in rows):
             print("warning: decord and PyAV returned different pixels for some frame counts")
     return rows
+
+
+def _time_interleaved(path, num_frames: int, frame_counts, repeats: int, threads: int):
+    """({(reader, n): [seconds per repeat]}, {n: decord's frames == PyAV's}) for each frame count n."""
+    times: dict[tuple[str, int], list[float]] = {}
+    same: dict[int, bool] = {}  # decord's frames == PyAV's frames (both decode with FFmpeg)
+    for _ in range(repeats):
+        for n in frame_counts:  # interleaved: slow drifts of a shared machine hit both alike
+            idx = uniform_indices(num_frames, n)
+            t0 = time.perf_counter()
+            got = sample_frames(path, n, "uniform", num_threads=threads)
+            times.setdefault(("decord", n), []).append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ref = pyav_decode_then_pick(path, idx)
+            times.setdefault(("pyav", n), []).append(time.perf_counter() - t0)
+            if got.frames.shape[0] != n or ref.shape[0] != len(set(idx.tolist())):
+                raise RuntimeError(f"video-bench: wrong frame counts {got.frames.shape} / {ref.shape}")
+            uniq = np.unique(idx, return_index=True)[1]
+            same[n] = bool(np.array_equal(got.frames[uniq], ref))
+    return times, same
 
 
 def format_table(rows: list[dict]) -> str:

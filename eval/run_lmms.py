@@ -133,26 +133,37 @@ def run_lmms(
         extra_args,
         python,
     )
-    full_env = dict(os.environ)
-    full_env.update(env or {})
     t0 = time.time()
-    try:
-        proc = subprocess.run(
-            cmd,
-            env=full_env,
-            capture_output=not echo,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as e:
-        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
-        raise LmmsEvalError(f"lmms-eval timed out after {timeout}s: {' '.join(cmd)}\n{_tail(err)}") from None
+    proc = _run(cmd, {**os.environ, **(env or {})}, timeout, echo)
     stdout, stderr = proc.stdout or "", proc.stderr or ""
-    found = _new_files(output_path, "*_results.json", t0)
     where = f"command: {' '.join(cmd)}\n--- stderr (tail) ---\n{_tail(stderr)}\n--- stdout (tail) ---\n{_tail(stdout, 20)}"
     if proc.returncode != 0:
         raise LmmsEvalError(f"lmms-eval exited with status {proc.returncode}\n{where}")
+    results_path, results = _results(output_path, t0, task_list, where)
+    samples = _sample_logs(results_path, output_path, t0, task_list, where) if log_samples else {}
+    return LmmsRun(
+        results_path=results_path,
+        results=results,
+        samples=samples,
+        returncode=proc.returncode,
+        stdout=stdout,
+        stderr=stderr,
+        command=cmd,
+        seconds=time.time() - t0,
+    )
+
+
+def _run(cmd: list[str], env: dict, timeout: float | None, echo: bool) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, env=env, capture_output=not echo, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise LmmsEvalError(f"lmms-eval timed out after {timeout}s: {' '.join(cmd)}\n{_tail(err)}") from None
+
+
+def _results(output_path: Path, since: float, task_list: list[str], where: str) -> tuple[Path, dict]:
+    """The newest ``*_results.json`` written since ``since``, checked to hold every task."""
+    found = _new_files(output_path, "*_results.json", since)
     if not found:
         raise LmmsEvalError(
             f"lmms-eval exited 0 but wrote no results file under {output_path} (it exits 0 even when the "
@@ -166,27 +177,24 @@ def run_lmms(
     missing = [t for t in task_list if t not in (results.get("results") or {})]
     if missing:
         raise LmmsEvalError(f"{results_path}: no results for task(s) {missing}\n{where}")
+    return results_path, results
+
+
+def _sample_logs(
+    results_path: Path, output_path: Path, since: float, task_list: list[str], where: str
+) -> dict[str, Path]:
+    """task -> its samples JSONL: next to the results file, else the newest one written since ``since``."""
     samples: dict[str, Path] = {}
-    if log_samples:
-        prefix = results_path.name[: -len("_results.json")]
-        for t in task_list:
-            p = results_path.parent / f"{prefix}_samples_{t}.jsonl"
-            if not p.is_file():
-                cands = _new_files(output_path, f"*_samples_{t}.jsonl", t0)
-                p = cands[-1] if cands else p
-            if not p.is_file():
-                raise LmmsEvalError(f"no sample log for task {t} next to {results_path}\n{where}")
-            samples[t] = p
-    return LmmsRun(
-        results_path=results_path,
-        results=results,
-        samples=samples,
-        returncode=proc.returncode,
-        stdout=stdout,
-        stderr=stderr,
-        command=cmd,
-        seconds=time.time() - t0,
-    )
+    prefix = results_path.name[: -len("_results.json")]
+    for t in task_list:
+        p = results_path.parent / f"{prefix}_samples_{t}.jsonl"
+        if not p.is_file():
+            cands = _new_files(output_path, f"*_samples_{t}.jsonl", since)
+            p = cands[-1] if cands else p
+        if not p.is_file():
+            raise LmmsEvalError(f"no sample log for task {t} next to {results_path}\n{where}")
+        samples[t] = p
+    return samples
 
 
 def read_samples(path: str | os.PathLike) -> list[dict]:

@@ -7,16 +7,15 @@ import math
 
 import numpy as np
 import pytest
-from dna_vlm.eval.attribute import (
-    AttributionError,
-    attribute,
-    holm,
-    load_samples,
-    mcnemar_exact,
-    paired_bootstrap_ci,
-    summary_table,
-    wilson_ci,
+from dna_vlm.eval.attribute import AttributionError, attribute, load_samples, summary_table
+from dna_vlm.eval.records import (
+    FAILED_LOGLIKELIHOOD,
+    SampleRecord,
+    failed_response,
+    failure_reason,
+    is_failed_loss,
 )
+from dna_vlm.eval.stats import holm, mcnemar_exact, paired_bootstrap_ci, wilson_ci
 from scipy.stats import binomtest
 
 from dna_vlm.cli import main as cli_main
@@ -45,7 +44,7 @@ TABLE = (
 
 def row(doc_id, correct, category, density, *, failed=False, reason=None, uid=None, style="plugin"):
     """One line as lmms-eval 0.7.3 writes it (``doc`` popped). style "plugin": the dna_vlm tasks' metrics
-    (``acc``, ``failed``, ``dna_vlm`` record; see eval/tasks/utils.py); "dict": one ``accuracy`` dict metric."""
+    (``acc``, ``failed``, ``dna_vlm`` record; see eval/records.py); "dict": one ``accuracy`` dict metric."""
     record = {
         "id": uid or f"q{doc_id:03d}",
         "category": category,
@@ -222,6 +221,28 @@ def test_failed_samples_policy(tmp_path):
     all_failed = [row(i, 0, "c", 1, failed=True, reason="no video") for i in range(10)]
     with pytest.raises(AttributionError, match="all 10 docs failed"):
         attribute(write(tmp_path / "f.jsonl", all_failed), c)
+
+
+def test_records_round_trip(tmp_path):
+    """What the tasks log (records.SampleRecord.to_log) is what attribute reads back, failures included."""
+    ok = SampleRecord.for_doc({"id": 7, "answer": "B", "category": "color", "density": 2.0}, blind=False)
+    ok.pred, ok.correct = "B", True
+    reason = failure_reason(failed_response("VideoError: /x/8.mp4: cannot decode"))
+    bad = SampleRecord.for_doc({"id": 8, "answer": "A"}, blind=True).mark_failed(reason)
+    assert is_failed_loss(FAILED_LOGLIKELIHOOD[0]) and not is_failed_loss(30.0)
+    assert failure_reason("B") is None and failure_reason(["[dna_vlm:failed]"]) == "unknown"
+    logged = [{"doc_id": i, "target": r.answer, **r.to_log()} for i, r in enumerate((ok, bad))]
+    assert logged[0]["acc"] == 1.0 and logged[1]["acc"] == 0.0 and logged[1]["failed"] == 1
+    recs = load_samples(write(tmp_path / "r.jsonl", logged)).records
+    assert list(recs) == ["7", "8"]
+    assert recs["7"].correct and not recs["7"].failed and recs["7"].pred == "B"
+    assert recs["7"].fields["density"] == 2 and recs["7"].fields["category"] == "color"
+    assert (
+        recs["8"].failed
+        and not recs["8"].correct
+        and recs["8"].reason == "VideoError: /x/8.mp4: cannot decode"
+    )
+    assert recs["8"].fields["blind"] is True
 
 
 def test_refuses_bad_logs(tmp_path, logs):

@@ -9,15 +9,17 @@ from dna_vlm.bench import SHAPES, flop_floor
 from dna_vlm.cli import SUBCOMMANDS, main
 
 
-def test_version_and_help(capsys):
+def test_version_and_help(capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and dna_vlm.__version__ in capsys.readouterr().out
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping: each subcommand's help on one line
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for name in SUBCOMMANDS:
+    for name, (_module, help_line) in SUBCOMMANDS.items():
         assert name in out
+        assert help_line in out, name  # every subcommand has a one-line description
 
 
 def test_flop_floors_match_the_issue():

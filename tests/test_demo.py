@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from dna_vlm.eval.demo import SIZES, run_demo
 
 from dna_vlm.cli import main
-from dna_vlm.demo import SIZES, run_demo
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from dna_vlm.eval.inspect_dna import attention_entropy, inspect_model, principal_angles_deg, value_maps
+from dna_vlm.eval.capture import attention_probs, capture_attention, is_capturing
+from dna_vlm.eval.inspect_dna import (
+    attention_entropy,
+    inspect_model,
+    principal_angles_deg,
+    run_vision,
+    value_maps,
+)
 from train_helpers import write_dna_run
 
 import dna_vlm
 from dna_vlm.cli import main as cli_main
+from dna_vlm.kernel import dna_attention_reference
 
 
 def test_principal_angles_known_cases():
@@ -127,7 +135,7 @@ def test_inspect_end_to_end(tiny, video, tmp_path):
         assert len(ent[branch]) == H and all(0 < x <= math.log(n_tokens) + 1e-5 for x in ent[branch])
     assert len(ent["per_video"]) == 2
     assert r["videos"][0]["frames"] == 4 and r["videos"][1]["frames"] == 3
-    assert all(layer.capture is None for _, layer in dna_vlm.dna_layers(model))
+    assert not any(is_capturing(layer) for _, layer in dna_vlm.dna_layers(model))
     out = tmp_path / "out"
     saved = json.loads((out / "inspect.json").read_text())
     assert saved["summary"]["layers"] == n_layers and saved["videos"][0]["overlay"].endswith(".png")
@@ -138,20 +146,17 @@ def test_inspect_end_to_end(tiny, video, tmp_path):
 
 
 def test_entropy_recorded_matches_direct_softmax(tiny):
-    """The reduced capture equals the entropy of the full maps the DnALayer records."""
+    """The reduced capture equals the entropy of the full maps capture_attention records."""
     model, processor = _load(tiny)
     dna_vlm.patch(model)
     _perturb(model, seed=1)
     frames = np.random.default_rng(1).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
     r = inspect_model(model, processor, [frames], layers=[0])
     _, layer = next(iter(dna_vlm.dna_layers(model)))
-    layer.capture = []
-    from dna_vlm.eval.inspect_dna import run_vision
-
-    run_vision(model, processor, frames)
-    rec = layer.capture[0]
-    layer.capture = None
-    ref = attention_entropy(rec["p_neg"]).mean(dim=(0, 2))
+    with capture_attention([layer]) as maps:
+        run_vision(model, processor, frames)
+    assert not is_capturing(layer)
+    ref = attention_entropy(maps[0].p_neg).mean(dim=(0, 2))
     assert r["layers"][0]["entropy"]["negative"] == pytest.approx(ref.tolist(), abs=1e-5)
 
 
@@ -199,3 +204,49 @@ def test_inspect_packed_tower_qwen2_5_vl(tmp_path):
         assert all(0 < x <= math.log(nk) + 1e-5 for x in e["entropy"]["positive"] + e["entropy"]["negative"])
     assert r["videos"][0]["overlay"] is None  # no plain patch grid in a packed tower's token order
     assert (tmp_path / "inspect.json").is_file() and (tmp_path / "entropy.png").is_file()
+
+
+@pytest.mark.parametrize("masked", [None, "bool", "additive"])
+def test_attention_probs_are_the_kernels(masked):
+    """P+ V+ - lambda P- V- with the captured probabilities is the reference kernel's output."""
+    g = torch.Generator().manual_seed(0)
+    B, H, N, d = 2, 3, 7, 4
+    q, qn, k, v, vn = (torch.randn(B, H, N, d, generator=g) for _ in range(5))
+    lam = torch.rand(H, generator=g)
+    mask = None
+    if masked:
+        mask = torch.rand(B, 1, N, N, generator=g) > 0.3
+        mask[..., 0] = True  # every query keeps a key
+        if masked == "additive":
+            mask = torch.zeros(mask.shape).masked_fill(~mask, -1e4)
+    p_pos, p_neg = attention_probs(q, qn, k, mask, scale=0.3)
+    assert p_pos.shape == (B, H, N, N) and torch.allclose(p_neg.sum(-1), torch.ones(B, H, N))
+    ref = dna_attention_reference(q, qn, k, v, vn, lam, mask, scale=0.3)
+    torch.testing.assert_close(p_pos @ v - lam.view(1, -1, 1, 1) * (p_neg @ vn), ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["llava_onevision", "qwen2_5_vl"])
+def test_capture_leaves_the_forward_bit_identical_and_unhooks(model_type):
+    import families as F
+
+    model, inputs = F.build(model_type)
+    dna_vlm.patch(model)
+    _perturb(model, seed=4)
+    layers = [layer for _, layer in dna_vlm.dna_layers(model)]
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        with capture_attention(layers) as maps:
+            assert all(is_capturing(layer) for layer in layers)
+            with pytest.raises(RuntimeError, match="already being captured"), capture_attention(layers[:1]):
+                pass
+            out = model(**inputs).logits
+        assert torch.equal(out, ref)
+        assert {m.position for m in maps} == set(range(len(layers)))
+        assert [m.layer_index for m in maps[: len(layers)]] == [layer.layer_index for layer in layers]
+        packed = model_type.startswith("qwen")
+        assert all((m.cu_seqlens is not None) == packed for m in maps)
+        assert not any(is_capturing(layer) for layer in layers)
+        with pytest.raises(ValueError, match="boom"), capture_attention(layers):
+            raise ValueError("boom")
+        assert not any(is_capturing(layer) for layer in layers)  # restored on errors too
+        assert torch.equal(model(**inputs).logits, ref)

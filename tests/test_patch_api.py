@@ -21,7 +21,14 @@ from dna_vlm import (
     NotPatchedError,
     UnsupportedModelError,
 )
-from dna_vlm.patching import dna_layers, dna_named_parameters, mark_dna_trainable
+from dna_vlm.patching import (
+    PatchState,
+    adapter_named,
+    dna_layers,
+    dna_named_parameters,
+    mark_dna_trainable,
+    patch_state,
+)
 
 
 def _logits(model, inputs):
@@ -135,6 +142,7 @@ def test_unsupported_model_raises_documented_error(make, model_type, attn_class)
         "VideoLlama3VisionAttention",
     ):
         assert cls in msg
+    assert "adapters/" in msg and "dna_vlm.adapters" in msg and "ADAPTERS" in msg  # where to add a family
     assert not dna_vlm.is_patched(model)
 
 
@@ -183,6 +191,51 @@ def test_non_preserving_inits_run():
     dna_vlm.unpatch(model)
     dna_vlm.patch(model, init="scaled", neg_scale_init=0.1)
     assert torch.isfinite(_logits(model, inputs)).all()
+
+
+# ------------------------------------------------------------------------------------------- patch state
+def test_patch_state_is_typed_and_seen_through_wrappers():
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = F.build("llava_onevision")
+    assert patch_state(model) is None
+    report = dna_vlm.patch(model, layers="last:1", neg_scale_init=0.25)
+    state = patch_state(model)
+    assert isinstance(state, PatchState)
+    assert state.family == "siglip" and state.attention_class == "SiglipAttention"
+    assert state.adapter is adapter_named("siglip") and state.adapter.name == "siglip"
+    assert state.options == dna_vlm.DnAOptions(neg_scale_init=0.25)
+    (rec,) = state.layers
+    assert (rec.tower, rec.index, rec.key) == ("model.vision_tower", 1, report.modules[0])
+    assert rec.fingerprint and all(
+        k.split(".")[0] in ("q_proj", "k_proj", "v_proj", "out_proj") for k in rec.fingerprint
+    )
+    with pytest.raises(AttributeError):
+        state.family = "clip"  # frozen
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], lora_alpha=4))
+    assert patch_state(peft_model) is state
+    dna_vlm.unpatch(peft_model.unload())
+    assert patch_state(model) is None
+
+
+def test_adapter_named_unknown_family_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown tower family 'nope'") as info:
+        adapter_named("nope")
+    assert all(name in str(info.value) for name in ("siglip", "clip", "qwen_vl", "videollama3", "internvl"))
+
+
+def test_unpatch_refusal_leaves_every_layer_patched():
+    """unpatch checks all layers before restoring any: a refusal on the last layer changes nothing."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = F.build("llava_onevision")
+    dna_vlm.patch(model)
+    target = r".*vision_tower.*layers\.1\.self_attn\.q_proj"  # LoRA inside the last DnA layer only
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=target, lora_alpha=4))
+    with pytest.raises(NotPatchedError, match="unload"):
+        dna_vlm.unpatch(peft_model)
+    assert [layer.layer_index for _, layer in dna_layers(peft_model)] == [0, 1]
+    assert patch_state(peft_model) is not None
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -252,6 +305,17 @@ def test_save_dna_writes_only_dna_tensors_when_nothing_else_changed(tmp_path):
     cfg = json.loads((tmp_path / "dna_config.json").read_text())
     assert cfg["tuned_positive"] == [] and cfg["model_type"] == "internvl"
     assert cfg["layers"] == [{"tower": "model.vision_tower", "name": "encoder.layer.1.attention", "index": 1}]
+    # the dna_config.json schema (format dna-vlm/1) that existing run dirs carry
+    assert set(cfg) == {
+        "format", "dna_vlm_version", "model_type", "family", "attention_class", "options", "layers",
+        "tuned_positive", "shapes",
+    }  # fmt: skip
+    assert cfg["format"] == "dna-vlm/1" and cfg["family"] == "internvl"
+    assert cfg["options"] == {
+        "init": "preserve", "neg_branch": "full", "neg_rank": None, "shared_values": False,
+        "neg_scale_init": 0.5, "scaled_a": 1e-4, "scaled_b": -1e-4,
+    }  # fmt: skip
+    assert cfg["shapes"] == {k: list(v.shape) for k, v in tensors.items()}
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -136,11 +136,11 @@ def test_rendered_target_matches_answer(dataset):
         if row["density"] == 0:
             # shape: the target-coloured pixels match the stated shape better than any other shape's mask
             near = np.abs(f[0].astype(int) - np.asarray(COLORS[t["color"]])).max(axis=2) <= 60
-            from dna_vlm.synth import _shape_mask
+            from dna_vlm.synth import shape_mask
 
             dx, dy = xx + 0.5 - x0, yy + 0.5 - y0
             iou = {
-                s: (near & _shape_mask(s, dx, dy, r_px)).sum() / (near | _shape_mask(s, dx, dy, r_px)).sum()
+                s: (near & shape_mask(s, dx, dy, r_px)).sum() / (near | shape_mask(s, dx, dy, r_px)).sum()
                 for s in SHAPES
             }
             assert max(iou, key=iou.get) == t["shape"], (row["id"], iou)

@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dna_vlm.train import TrainConfig, TrainError, TrainInterrupted, _build_model, _Trainer, train
+from dna_vlm.train import TrainConfig, TrainError, TrainInterrupted, train
+from dna_vlm.train.model import build_model
+from dna_vlm.train.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import make_dataset, tiny_model
@@ -69,7 +71,7 @@ def test_short_run_lowers_loss_llm_untouched_and_run_dir_loads(env, tmp_path, at
     cfg = _cfg(
         env, tmp_path / "run", attention=attention, projector=projector, max_steps=24, eval_data=env["val"]
     )
-    trainer = _Trainer(cfg)
+    trainer = Trainer(cfg)
     out = trainer.run()
     losses = _losses(out)
     assert len(losses) == 24
@@ -125,7 +127,7 @@ def test_short_run_lowers_loss_llm_untouched_and_run_dir_loads(env, tmp_path, at
 )
 def test_trainable_set_is_exactly_what_was_asked(env, tmp_path, attention, projector):
     cfg = _cfg(env, tmp_path / "x", attention=attention, projector=projector)
-    model, _, groups, _, proj_path = _build_model(cfg, torch.device("cpu"))
+    model, _, groups, _, proj_path = build_model(cfg, torch.device("cpu"))
     assert proj_path == "model.multi_modal_projector"
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for g in groups.values() for n, _ in g}
@@ -155,7 +157,7 @@ def test_trainable_set_is_exactly_what_was_asked(env, tmp_path, attention, proje
 
 def test_lowrank_neg_branch_and_options(env, tmp_path):
     cfg = _cfg(env, tmp_path / "x", neg_branch="lowrank", neg_rank=4, lora_rank=2)
-    _, _, groups, report, _ = _build_model(cfg, torch.device("cpu"))
+    _, _, groups, report, _ = build_model(cfg, torch.device("cpu"))
     assert report.options["neg_branch"] == "lowrank"
     assert all(("q_neg_" in n or "v_neg_" in n or "neg_scale" in n) for n, _ in groups["dna"])
     assert all(p.shape[0] == 2 or p.shape[1] == 2 for n, p in groups["lora"])
@@ -224,19 +226,19 @@ def test_kill_and_resume_reproduces_uninterrupted_run(env, tmp_path):
 
     # 3) SIGTERM mid-run (e.g. a scheduler preempting the job): the current step finishes, is checkpointed
     sig = tmp_path / "sig"
-    orig = _Trainer.write_metrics
+    orig = Trainer.write_metrics
 
     def write_and_signal(self, rec):
         orig(self, rec)
         if rec.get("step") == 7:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    _Trainer.write_metrics = write_and_signal
+    Trainer.write_metrics = write_and_signal
     try:
         with pytest.raises(TrainInterrupted, match="SIGTERM"):
             train(_cfg(env, sig, **steps))
     finally:
-        _Trainer.write_metrics = orig
+        Trainer.write_metrics = orig
     assert json.loads((sig / "checkpoints" / "latest.json").read_text())["step"] == 7
     train(_cfg(env, sig, resume=True, **steps))
 
@@ -301,7 +303,7 @@ def test_bad_video_fail_names_file_and_saves_checkpoint(env, tmp_path):
 
 def test_gradient_checkpointing_and_grad_accum_match(env, tmp_path):
     cfg = _cfg(env, tmp_path / "x", gradient_checkpointing=True)
-    model = _build_model(cfg, torch.device("cpu"))[0]
+    model = build_model(cfg, torch.device("cpu"))[0]
     assert model.get_base_model().model.vision_tower.encoder.gradient_checkpointing
     assert not getattr(model.get_base_model().model.language_model, "gradient_checkpointing", False)
     a = train(_cfg(env, tmp_path / "a", max_steps=3, batch_size=2, grad_accum=2))
@@ -311,7 +313,7 @@ def test_gradient_checkpointing_and_grad_accum_match(env, tmp_path):
 
 def test_4bit_llm_training(env, tmp_path):
     bnb = pytest.importorskip("bitsandbytes")
-    trainer = _Trainer(_cfg(env, tmp_path / "q", max_steps=6, load_in_4bit=True))
+    trainer = Trainer(_cfg(env, tmp_path / "q", max_steps=6, load_in_4bit=True))
     out = trainer.run()
     m = trainer.acc.unwrap_model(trainer.model).get_base_model()
     assert isinstance(m.model.language_model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
@@ -333,6 +335,83 @@ def test_cli_train(env, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main([*args, "--resume", "--max-steps", "4"]) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
+
+
+def _train_parser():
+    import argparse
+
+    from dna_vlm.train import add_parser
+
+    return add_parser(argparse.ArgumentParser(prog="dna-vlm").add_subparsers())
+
+
+def test_cli_options_generated_from_config_have_help_and_defaults(monkeypatch):
+    import dataclasses
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    parser = _train_parser()
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert {a.dest for a in options} == set(fields) - {"extra"}  # every setting, once; extra is API-only
+    for a in options:
+        assert a.help and a.help.strip(), a.option_strings
+        assert a.required or "(default: " in a.help, a.option_strings
+        f = fields[a.dest]
+        if f.default is not dataclasses.MISSING:
+            assert parser.get_default(a.dest) == f.default, a.dest
+        else:
+            assert a.required, a.dest
+    text = parser.format_help()
+    assert "dna-vlm eval" not in text and "%(default)" not in text
+    # parsed options -> TrainConfig without copying fields: defaults, flags and --no-progress round-trip
+    args = parser.parse_args(["--model", "m", "--data", "d", "--output", "o"])
+    assert TrainConfig.from_args(args) == TrainConfig(model="m", data="d", output="o")
+    argv = ["--model", "m", "--data", "d", "--output", "o", "--no-progress", "--shared-values", "--lr", "0.5",
+            "--neg-branch", "lowrank", "--neg-rank", "3", "--mixed-precision", "bf16"]  # fmt: skip
+    cfg = TrainConfig.from_args(parser.parse_args(argv))
+    assert (cfg.progress, cfg.shared_values, cfg.lr, cfg.neg_rank, cfg.mixed_precision) == (
+        False, True, 0.5, 3, "bf16"
+    )  # fmt: skip
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # set by `accelerate launch --mixed_precision`
+    assert _train_parser().get_default("mixed_precision") == "fp16"
+
+
+def test_run_config_read_errors_name_the_file(tmp_path):
+    from dna_vlm.rundir import RunConfig, RunError
+    from dna_vlm.runs import read_run_config
+
+    path = tmp_path / "run_config.json"
+    path.write_text('{"format": "dna-vlm-run/1", "base_model": ')
+    with pytest.raises(RunError, match=r"run_config\.json: not valid JSON") as e:
+        RunConfig.read(tmp_path)
+    assert str(path) in str(e.value)
+    with pytest.raises(RunError, match=r"run_config\.json: not valid JSON"):
+        read_run_config(tmp_path)
+    path.write_text(json.dumps({"format": "dna-vlm-run/1", "base_model": "m", "attention": "dna"}))
+    with pytest.raises(RunError, match=r"run_config\.json: missing field 'num_frames'") as e:
+        RunConfig.read(tmp_path)
+    assert str(path) in str(e.value)
+    path.write_text(
+        json.dumps({"format": "dna-vlm-run/1", "base_model": "m", "attention": "dna", "num_frames": "8"})
+    )
+    with pytest.raises(RunError, match=r"run_config\.json: field 'num_frames' must be int, got '8'"):
+        RunConfig.read(tmp_path)
+    path.write_text("[]")
+    with pytest.raises(RunError, match=r"run_config\.json: expected a JSON object"):
+        RunConfig.read(tmp_path)
+    # a written config reads back equal; read_run_config gives the same fields as a dict
+    rc = RunConfig(base_model="m", attention="softmax", num_frames=4, adapter_dir="adapter", extra={"k": 1})
+    assert rc.write(tmp_path) == path
+    assert RunConfig.read(tmp_path) == rc and read_run_config(tmp_path) == rc.to_dict()
+
+
+def test_find_language_model_under_peft(env, tmp_path):
+    from dna_vlm.runs import find_language_model
+
+    model = build_model(_cfg(env, tmp_path / "x"), torch.device("cpu")).model
+    lm = model.get_base_model().model.language_model
+    assert find_language_model(model) is lm and find_language_model(model.get_base_model()) is lm
+    assert find_language_model(torch.nn.Linear(2, 2)) is None
 
 
 @pytest.mark.slow

@@ -67,16 +67,9 @@ def tiny_model(folder: Path) -> Path:
 def write_dna_run(model, run_dir: Path, base_model: Path, num_frames: int = 4) -> Path:
     """A minimal DnA run dir, laid out as `dna-vlm train` writes one: save_dna + run_config.json."""
     import dna_vlm
+    from dna_vlm.rundir import RunConfig
 
     dna_vlm.save_dna(model, run_dir / "dna")
-    config = {
-        "format": "dna-vlm-run/1",
-        "base_model": str(base_model),
-        "attention": "dna",
-        "dna_dir": "dna",
-        "adapter_dir": None,
-        "projector": None,
-        "num_frames": num_frames,
-    }
-    (run_dir / "run_config.json").write_text(json.dumps(config))
+    config = RunConfig(base_model=str(base_model), attention="dna", num_frames=num_frames, dna_dir="dna")
+    config.write(run_dir)
     return run_dir

@@ -8,28 +8,23 @@ variables in task YAMLs (only cache dirs: ``api/task.py::_expand_cache_path``), 
 and the field) and adds ``video_path`` (the video's absolute path; ``video`` may be relative to the JSONL).
 
 Sample-log record (``--log_samples``): every doc's line carries ``acc`` (0/1; a failed sample counts as
-wrong), ``failed`` (0/1) and ``dna_vlm``, a dict::
-
-    {"id", "category", "density", "video", "answer", "pred", "correct", "failed", "reason", "blind",
-     "response" (generate_until) | "losses" (multiple_choice)}
-
-``category`` / ``density`` are null when the row has none. A sample fails when the model could not load its
-video: the ``dna_vlm`` model answers ``"[dna_vlm:failed] <reason>"`` (generate_until) or a loss of
-``FAILED_LOSS`` (loglikelihood); ``reason`` says why.
+wrong), ``failed`` (0/1) and ``dna_vlm``, the record dict; the record and the failure encoding are defined in
+:mod:`dna_vlm.eval.records` (:class:`~dna_vlm.eval.records.SampleRecord`). ``category`` / ``density`` are
+null when the row has none.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import string
 from pathlib import Path
 from typing import Any
 
-from dna_vlm.eval.lmms_plugin import FAILED_LOSS, FAILED_PREFIX, FAILURES
+from dna_vlm.eval.records import SampleRecord, failure_reason, is_failed_loss, noted_reason
 from lmms_eval.api.task import ConfigurableTask
 
-LETTERS = string.ascii_uppercase
+from dna_vlm.data import LETTERS
+
 _VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 
 
@@ -153,45 +148,24 @@ def parse_letter(response: str, options: list[str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _base_record(doc, blind: bool) -> dict[str, Any]:
-    density = doc.get("density")
-    return {
-        "id": str(doc.get("id")),
-        "category": doc.get("category"),
-        "density": int(density) if isinstance(density, (int, float)) and density == density else density,
-        "video": doc.get("video"),
-        "answer": str(doc.get("answer")),
-        "pred": None,
-        "correct": False,
-        "failed": False,
-        "reason": None,
-        "blind": blind,
-    }
-
-
-def _result(record: dict) -> dict[str, Any]:
-    return {"acc": float(record["correct"]), "failed": int(record["failed"]), "dna_vlm": record}
-
-
 def _generate_results(doc, results, blind: bool) -> dict[str, Any]:
     response = results[0] if results else ""
     if isinstance(response, (list, tuple)):  # multi-round: the last round answers
         response = response[-1] if response else ""
     response = "" if response is None else str(response)
-    record = _base_record(doc, blind)
-    record["response"] = response
-    if response.strip().startswith(FAILED_PREFIX):
-        record["failed"] = True
-        record["reason"] = response.strip()[len(FAILED_PREFIX) :].strip() or "unknown"
-        return _result(record)
+    record = SampleRecord.for_doc(doc, blind)
+    record.response = response
+    reason = failure_reason(response)
+    if reason is not None:
+        return record.mark_failed(reason).to_log()
     options = _options(doc)
     if options:
-        record["pred"] = parse_letter(response, options)
-        record["correct"] = record["pred"] == record["answer"].strip()
+        record.pred = parse_letter(response, options)
+        record.correct = record.pred == record.answer.strip()
     else:
-        record["pred"] = response.strip()
-        record["correct"] = _normalize(response) == _normalize(record["answer"])
-    return _result(record)
+        record.pred = response.strip()
+        record.correct = _normalize(response) == _normalize(record.answer)
+    return record.to_log()
 
 
 def process_results_generate(doc, results, **kwargs) -> dict[str, Any]:
@@ -203,7 +177,7 @@ def process_results_generate_blind(doc, results, **kwargs) -> dict[str, Any]:
 
 
 def _mc_results(doc, results, blind: bool) -> dict[str, Any]:
-    record = _base_record(doc, blind)
+    record = SampleRecord.for_doc(doc, blind)
     pairs = list(results)
     if any(not isinstance(p, (tuple, list)) or len(p) != 2 for p in pairs):
         raise TypeError(
@@ -211,16 +185,13 @@ def _mc_results(doc, results, blind: bool) -> dict[str, Any]:
             "api/instance.py::unwrap_generation_output turns them into strings; dna_vlm.eval.lmms_compat "
             "fixes that when the dna_vlm model is loaded (is DNA_VLM_LMMS_COMPAT disabling it?)"
         )
-    losses = [float(p[0]) for p in pairs]
-    record["losses"] = losses
-    if any(loss >= FAILED_LOSS / 2 for loss in losses):
-        record["failed"] = True
-        record["reason"] = FAILURES.get(record["id"], "the model could not load this sample's visual")
-        return _result(record)
-    pred = min(range(len(losses)), key=losses.__getitem__)
-    record["pred"] = LETTERS[pred]
-    record["correct"] = record["pred"] == record["answer"].strip()
-    return _result(record)
+    record.losses = [float(p[0]) for p in pairs]
+    if any(is_failed_loss(loss) for loss in record.losses):
+        return record.mark_failed(noted_reason(record.id)).to_log()
+    pred = min(range(len(record.losses)), key=record.losses.__getitem__)
+    record.pred = LETTERS[pred]
+    record.correct = record.pred == record.answer.strip()
+    return record.to_log()
 
 
 def process_results_mc(doc, results, **kwargs) -> dict[str, Any]:

@@ -24,7 +24,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ._io import atomic_write_bytes, atomic_write_json
+from dna_vlm._io import atomic_write_bytes, atomic_write_json
+
+from .stats import wilson_ci
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,8 @@ class _DemoRun:
 
     def prepare(self) -> None:
         """Data, tiny model and the stand-in pretrained baseline."""
-        from .synth import generate_dataset
-        from .tiny import build_tiny_model
+        from dna_vlm.synth import generate_dataset
+        from dna_vlm.tiny import build_tiny_model
 
         c, out = self.cfg, self.out
         self.data = self.stages.run(
@@ -232,7 +234,7 @@ def _strs(obj):
 
 def _train(cfg_kwargs: dict, out: Path) -> Path:
     """dna-vlm train, resuming a stage that was interrupted mid-run."""
-    from .train import TrainConfig, train
+    from dna_vlm.train import TrainConfig, train
 
     resume = (out / "checkpoints").is_dir() and not (out / "run_config.json").is_file()
     overwrite = not resume and out.exists()
@@ -298,7 +300,7 @@ def _evaluate(
     blind: bool = False,
 ) -> dict:
     """The real lmms-eval CLI with the dna_vlm plugin on the synthetic test split, with sample logs."""
-    from .eval.run_lmms import run_lmms
+    from .run_lmms import run_lmms
 
     task = "dna_vlm_synth_blind" if blind else "dna_vlm_synth"
     args = {
@@ -320,7 +322,7 @@ def _evaluate(
 
 
 def _attribute(dest: Path, softmax: dict, dna: dict, blind: dict) -> dict:
-    from .eval.attribute import attribute
+    from .attribute import attribute
 
     rep = attribute(
         softmax["samples"], dna["samples"], blind=blind["samples"], by=("density", "category"), out_dir=dest
@@ -330,9 +332,10 @@ def _attribute(dest: Path, softmax: dict, dna: dict, blind: dict) -> dict:
 
 def _inspect(dest: Path, base: str, dna_run: str, data: dict, cfg: DemoSize, device: str, dtype: str) -> dict:
     """V+/V- angles, lambdas, entropies and overlays for the DnA arm on the densest test clips."""
-    from .data import load_dataset
-    from .eval.inspect_dna import inspect_model
-    from .runs import load_model
+    from dna_vlm.data import load_dataset
+    from dna_vlm.runs import load_model
+
+    from .inspect_dna import inspect_model
 
     rows = sorted(load_dataset(data["test"]), key=lambda e: (-int(e.extra.get("density", 0)), e.id))
     videos = list(dict.fromkeys(e.video for e in rows))[:3]
@@ -343,7 +346,7 @@ def _inspect(dest: Path, base: str, dna_run: str, data: dict, cfg: DemoSize, dev
 
 def _neg_branch_movement(model) -> dict:
     """How far training moved DnA's negative branch from its start (V- = 0, lambda = 0.5)."""
-    from .patching import dna_layers
+    from dna_vlm import dna_layers
 
     rel, lam = [], []
     for _, layer in dna_layers(model):
@@ -368,7 +371,7 @@ BUDGET_NOTE = (
 
 
 def _accuracy(samples: str) -> dict:
-    from .eval.attribute import load_samples, wilson_ci
+    from .samples import load_samples
 
     recs = list(load_samples(samples).records.values())
     k, n = sum(r.correct for r in recs), len(recs)
@@ -391,7 +394,7 @@ def _pct(x) -> str:
 def _final_report(
     out: Path, settings, data, baseline, evals, reports, inspect, stages: Stages, wall: float
 ) -> dict:
-    from .bench import machine
+    from dna_vlm.bench import machine
 
     acc = {name: _accuracy(e["samples"]) for name, e in evals.items()}
     seeds = sorted(int(k) for k in reports)
@@ -516,7 +519,13 @@ def _md_inspect(s: dict, nb: dict, inspect_dir: str, rel) -> list[str]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="the whole mission end to end on the embedded default (no downloads)")
+    """``dna-vlm demo`` (its one-line help is in :data:`dna_vlm.cli.SUBCOMMANDS`)."""
+    p = sub.add_parser(
+        "demo",
+        description="Run the whole mission on the embedded default (no downloads): synthetic data, a tiny video "
+        "LLM, a softmax and a DnA arm with the same budget, lmms-eval, attribute and inspect, then one report. "
+        "Re-running resumes finished stages.",
+    )
     p.add_argument("--out", default="demo_out", help="output folder; re-running resumes finished stages")
     p.add_argument(
         "--size", default="small", choices=sorted(SIZES), help="small: <= 10 min on 2 CPU cores; ci: smoke"

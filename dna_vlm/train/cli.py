@@ -1,0 +1,44 @@
+"""``dna-vlm train``: its parser (generated from :class:`TrainConfig`) and entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..rundir import RunError
+from .config import TrainConfig, add_arguments
+from .errors import TrainError, TrainInterrupted
+
+__all__ = ["add_parser", "main"]
+
+DESCRIPTION = (
+    "Patch a video LLM's vision tower with DnA (or keep softmax: the control arm with the same LoRA budget), "
+    "LoRA-tune the tower, train DnA's negative branch and the projector, LLM frozen. Works under "
+    "`accelerate launch` for multi-GPU. Writes a run dir that dna_vlm.runs.load_model(run_dir=...) and the "
+    "lmms-eval plugin (`lmms-eval --model dna_vlm --model_args dna=RUN_DIR`) load."
+)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", description=DESCRIPTION)  # its one-line help: dna_vlm.cli
+    add_arguments(p)
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    """Exit codes: 0 done (prints the run dir), 2 an error to fix, 3 interrupted with a checkpoint saved."""
+    from ..data import DatasetError
+    from ..video import VideoError
+    from .trainer import train
+
+    try:
+        out = train(TrainConfig.from_args(args))
+    except TrainInterrupted as e:
+        print(f"dna-vlm train: {e}", file=sys.stderr)
+        return 3
+    except (TrainError, RunError, DatasetError, VideoError, ValueError, FileNotFoundError) as e:
+        print(f"dna-vlm train: error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0

@@ -1,0 +1,58 @@
+"""``OUT/metrics.jsonl`` (one JSON line per step, plus eval records) and, when installed, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["MetricsLog"]
+
+
+class MetricsLog:
+    """Appends metric records; on the non-main processes of a multi-process run it does nothing.
+
+    Opening truncates the file to the records up to ``resume_step``, so lines logged after the checkpoint a
+    run resumes from (a hard kill) are replaced by the resumed run's, not duplicated.
+    """
+
+    def __init__(self, out: Path, resume_step: int, enabled: bool):
+        self.path = out / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step == 0:
+            self.path.write_text("")
+        elif self.path.exists():
+            self.path.write_text("".join(x + "\n" for x in self._lines_up_to(resume_step)))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1)
+        except Exception:  # tensorboard not installed
+            self.tb = None
+
+    def _lines_up_to(self, step: int) -> list[str]:
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("step", 0) <= step:
+                keep.append(line)
+        return keep
+
+    def write(self, rec: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k != "step" and v is not None:
+                    self.tb.add_scalar(f"train/{k}" if not k.startswith("eval") else k, v, rec["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

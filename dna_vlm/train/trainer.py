@@ -1,0 +1,389 @@
+"""The training loop: an accelerate loop over a PEFT-wrapped, DnA-patched (or stock) model.
+
+:func:`train` opens the run (:class:`RunSetup`: accelerator, rows, where to start) and hands it to a
+:class:`Trainer`, which builds everything in its constructor and then only loops: steps, periodic eval and
+checkpoints, signals, bad videos, and at the end the run dir (:mod:`dna_vlm.train.finalize`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_write_json, batch_to_device
+from ..runs import find_language_model
+from .config import TrainConfig
+from .data import MicroBatches, load_examples, make_loader, mix_seed
+from .errors import TrainError, TrainInterrupted
+from .finalize import make_run_config, run_summary, save_weights, write_run_dir
+from .metrics import MetricsLog
+from .model import build_model, describe_patch, format_summary, lambda_mean, make_optimizer, param_summary
+from .state import (
+    CKPT_DIR,
+    Checkpoints,
+    RunRecord,
+    Start,
+    StartKind,
+    load_trainable,
+    prepare_output,
+    seed_all,
+)
+
+__all__ = ["RunSetup", "StopSignals", "Trainer", "answer_loss", "train"]
+
+
+def log_main(acc, msg: str) -> None:
+    """Print ``msg`` to stderr on the main process only."""
+    if acc.is_main_process:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def any_process(acc, flag: bool) -> bool:
+    """True when ``flag`` is true on any process (a collective: every process must call it)."""
+    if acc.num_processes == 1:
+        return flag
+    t = torch.tensor(1.0 if flag else 0.0, device=acc.device)
+    return bool(acc.reduce(t, "sum") > 0)
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    use_cpu = cfg.device == "cpu" or not torch.cuda.is_available()  # torchrun on CPU: gloo, MULTI_CPU
+    return Accelerator(
+        cpu=use_cpu,
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What a run starts from, before any model is built: the accelerator, the rows and where to start."""
+
+    acc: object  # accelerate.Accelerator
+    examples: list
+    eval_examples: list
+    start: Start
+    t0: float  # when this invocation started (the run's time counts from here)
+
+    @classmethod
+    def open(cls, cfg: TrainConfig) -> RunSetup:
+        """Read the data first (bad rows fail before OUT is touched), then look at / clear OUT."""
+        t0 = time.time()
+        acc = make_accelerator(cfg)
+        examples, eval_examples = load_examples(cfg)
+        return cls(acc, examples, eval_examples, prepare_output(Path(cfg.output), cfg, acc), t0)
+
+
+@torch.no_grad()
+def answer_loss(model, ds: MicroBatches, n_rows: int, acc, float_dtype: torch.dtype) -> float:
+    """Mean answer-token loss over the first ``n_rows`` rows of ``ds`` (every process's share, summed)."""
+    total, count = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+    for g in range(math.ceil(n_rows / ds.global_bs)):
+        batch = batch_to_device(ds[g]["batch"], acc.device, float_dtype)
+        out = model(**batch)
+        n = (batch["labels"][:, 1:] != -100).sum()
+        total += out.loss.float() * n
+        count += n
+    total, count = acc.reduce(total, "sum"), acc.reduce(count, "sum")
+    return float(total / count.clamp(min=1))
+
+
+class StopSignals:
+    """While entered, SIGINT/SIGTERM set :attr:`received` (the step finishes, is checkpointed, the run stops);
+    a second signal raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # ValueError: not the main thread
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+        self._old.clear()
+
+
+class Trainer:
+    """Built whole in the constructor (model, optimiser, data, restored checkpoint, metrics); :meth:`run`
+    trains to ``max_steps`` and writes the run dir."""
+
+    def __init__(self, cfg: TrainConfig, setup: RunSetup | None = None):
+        setup = setup or RunSetup.open(cfg)
+        self.cfg, self.out, self.acc = cfg, Path(cfg.output), setup.acc
+        if setup.start.kind is StartKind.FINISHED:
+            raise TrainError(f"{setup.start.note}: nothing to train (train() returns such a run as it is)")
+        if setup.start.note:
+            self.log(setup.start.note)
+        seed_all(cfg.seed)  # before building: DnA / LoRA initialisation draws from it
+        built = build_model(cfg, self.acc.device)
+        self.processor, self.proj_path = built.processor, built.proj_path
+        self.summary = param_summary(built.groups, built.model)
+        self.log(format_summary(self.summary))
+        if built.report is not None:
+            self.log(describe_patch(built.report))
+        optimizer, self.scheduler = make_optimizer(built.groups, cfg)
+        self.model, self.optimizer = self.acc.prepare(built.model, optimizer)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.float_dtype = next(p.dtype for p in self.trainable)
+        self.eval_examples = setup.eval_examples
+        self.ds = MicroBatches(
+            setup.examples, self.processor, cfg, self.acc.process_index, self.acc.num_processes
+        )
+        self.checkpoints = Checkpoints(
+            self.out, cfg, self.acc.num_processes, self.ds.per_epoch, self.ds.global_bs
+        )
+        self.start_step, self.record = self._restore(setup.start, RunRecord(t0=setup.t0))
+        self.metrics = MetricsLog(self.out, self.start_step, enabled=self.acc.is_main_process)
+        if self.acc.is_main_process:
+            atomic_write_json(self.out / "train_config.json", cfg.to_dict())
+        self.signals = StopSignals()
+
+    def log(self, msg: str) -> None:
+        log_main(self.acc, msg)
+
+    def _restore(self, start: Start, record: RunRecord) -> tuple[int, RunRecord]:
+        """(step, record) to continue from: the checkpoint's under RESUME (weights, optimiser, schedule and
+        scaler restored into the prepared objects), else (0, ``record``)."""
+        if start.kind is not StartKind.RESUME:
+            return 0, record
+        restored = self.checkpoints.load(start.checkpoint)
+        m = self.acc.unwrap_model(self.model)
+        params = {n: p for n, p in m.named_parameters() if p.requires_grad}
+        load_trainable(params, restored.trainable, start.checkpoint)
+        self.optimizer.load_state_dict(restored.optimizer)
+        self.scheduler.load_state_dict(restored.scheduler)
+        if restored.scaler and getattr(self.acc, "scaler", None):
+            self.acc.scaler.load_state_dict(restored.scaler)
+        self.log(f"resuming from {start.checkpoint} (step {restored.step})")
+        return restored.step, dataclasses.replace(restored.record, t0=record.t0)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Train from the start step to ``max_steps``, evaluate, checkpoint, write the run dir; returns it."""
+        try:
+            with self.signals:
+                step = self.loop(self.start_step)
+            eval_loss = self.evaluate()
+            if eval_loss is not None:
+                self.write_metrics({"step": step, "eval_loss": eval_loss})
+                self.log(f"eval loss at step {step}: {eval_loss:.4f}")
+            self.save_checkpoint(step, "final")
+            self.finalize(step, eval_loss)
+        finally:
+            self.metrics.close()
+        return self.out
+
+    def loop(self, step: int) -> int:
+        """Train from ``step`` to ``max_steps`` (or ``stop_after`` steps); returns the step reached."""
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.acc
+        start_step = step
+        stop = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, step + cfg.stop_after)
+        items = iter(make_loader(self.ds, step * cfg.grad_accum, stop * cfg.grad_accum, cfg.num_workers))
+        bar = tqdm(total=cfg.max_steps, initial=step, disable=not (acc.is_main_process and cfg.progress),
+                   desc="train", dynamic_ncols=True)  # fmt: skip
+        self.train_mode()
+        try:
+            while step < stop:
+                rec = self.train_step(items, step)
+                step = rec["step"]
+                self.write_metrics(rec)
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", skipped=self.record.skip_events)
+                self.after_step(step)
+        finally:
+            bar.close()
+        if step < cfg.max_steps:  # stop_after
+            self.save_checkpoint(step, "stop_after")
+            raise TrainInterrupted(
+                f"stopped after {step - start_step} steps (step {step} of {cfg.max_steps}) as asked; "
+                f"checkpoint saved in {self.out / CKPT_DIR}: rerun with --resume to continue"
+            )
+        return step
+
+    def train_step(self, items, step: int) -> dict:
+        """One optimiser step over ``grad_accum`` micro-batches; returns its metrics record."""
+        cfg, acc = self.cfg, self.acc
+        seed_all(mix_seed(cfg.seed, step, acc.process_index))  # per-step reseed: resumed runs match exactly
+        t_step = time.time()
+        micro_losses, skipped_now, grad_norm = [], 0, None
+        for _ in range(cfg.grad_accum):
+            item = next(items)
+            skipped_now += self.handle_bad(item, step)
+            batch = batch_to_device(item["batch"], acc.device, self.float_dtype)
+            with acc.accumulate(self.model):
+                loss = self.finite_loss(batch, item, step)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    grad_norm = self.clip_gradients()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            micro_losses.append(loss.detach().float())
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        step += 1
+        mean_loss = float(acc.reduce(torch.stack(micro_losses).mean(), "mean"))
+        self.record.losses.append(mean_loss)
+        return {
+            "step": step,
+            "loss": mean_loss,
+            "lr": lr,
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "lambda_mean_abs": lambda_mean(self.model),
+            "skipped": skipped_now,
+            "skipped_total": self.record.skip_events,
+            "epoch": (step * cfg.grad_accum - 1) // self.ds.per_epoch,
+            "step_time_s": time.time() - t_step,
+            "elapsed_s": self.record.elapsed(),
+        }
+
+    def finite_loss(self, batch: dict, item: dict, step: int) -> torch.Tensor:
+        """The forward pass's loss; a non-finite one on any process saves a checkpoint and stops the run."""
+        loss = self.model(**batch).loss
+        if any_process(self.acc, not bool(torch.isfinite(loss))):
+            self.save_checkpoint(step, "non-finite loss")
+            raise TrainError(
+                f"non-finite loss ({loss.item()}) at step {step + 1} (rows {item['rows']}); "
+                f"checkpoint at step {step} saved. Lower --lr or use --mixed-precision no"
+            )
+        return loss
+
+    def clip_gradients(self):
+        """Clip to ``max_grad_norm`` (0: no clipping); returns the total gradient norm either way."""
+        if self.cfg.max_grad_norm > 0:
+            return self.acc.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
+        return torch.norm(torch.stack([p.grad.norm() for p in self.trainable if p.grad is not None]))
+
+    def after_step(self, step: int) -> None:
+        """Periodic eval and checkpoint; on a signal (seen by any process) checkpoint and stop."""
+        cfg = self.cfg
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+            ev = self.evaluate()
+            if ev is not None:
+                self.write_metrics({"step": step, "eval_loss": ev})
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+            self.save_checkpoint(step, "periodic")
+        received = self.signals.received
+        if any_process(self.acc, received is not None) and step < cfg.max_steps:
+            self.save_checkpoint(step, f"signal {received}")
+            raise TrainInterrupted(
+                f"interrupted ({received}) after step {step}; checkpoint saved in "
+                f"{self.out / CKPT_DIR}: rerun with --resume to continue"
+            )
+
+    def handle_bad(self, item: dict, step: int) -> int:
+        """Record unreadable videos; under ``bad_video="fail"`` save a checkpoint and stop naming the file."""
+        from accelerate.utils import gather_object
+
+        failed = self.cfg.bad_video == "fail" and item["batch"] is None
+        bad = item["bad"]
+        if self.acc.num_processes > 1:
+            any_bad = any_process(self.acc, bool(bad))
+            bad = [b for sub in gather_object([bad]) for b in sub] if any_bad else []
+            failed = any_process(self.acc, failed)
+        if failed:
+            self.save_checkpoint(step, "bad video")
+            first = bad[0] if bad else {"video": "?", "source": "?", "error": "?"}
+            raise TrainError(
+                f"unreadable video {first['video']} (dataset row {first['source']}): {first['error']}. "
+                f"Checkpoint at step {step} saved in {self.out / CKPT_DIR}; fix or drop the row and rerun "
+                "with --resume, or use --bad-video skip"
+            )
+        for b in self.record.add_skipped(bad, step):
+            self.log(f"warning: skipping unreadable video {b['video']} ({b['source']}): {b['error']}")
+        return len(bad)
+
+    def train_mode(self) -> None:
+        """Training mode, except the frozen LLM of a LoRA run (no dropout there)."""
+        self.model.train()
+        if self.cfg.tune == "full":
+            return
+        lm = find_language_model(self.model)
+        if lm is not None:
+            lm.eval()
+
+    def evaluate(self) -> float | None:
+        """Mean answer-token loss over the evaluation rows (all processes), None without them."""
+        if not self.eval_examples:
+            return None
+        acc, cfg = self.acc, dataclasses.replace(self.cfg, bad_video="skip")
+        ds = MicroBatches(
+            self.eval_examples, self.processor, cfg, acc.process_index, acc.num_processes, "uniform"
+        )
+        self.model.eval()
+        loss = answer_loss(self.model, ds, len(self.eval_examples), acc, self.float_dtype)
+        self.train_mode()
+        return loss
+
+    # -- output -------------------------------------------------------------------------------------
+    def write_metrics(self, rec: dict) -> None:
+        self.metrics.write(rec)
+
+    def save_checkpoint(self, step: int, reason: str) -> None:
+        """Every process's part of a checkpoint (collective); the main process writes it."""
+        self.acc.wait_for_everyone()
+        m = self.acc.unwrap_model(self.model)
+        trainable = {n: p.detach() for n, p in m.named_parameters() if p.requires_grad}
+        optimizer = self.optimizer.state_dict()
+        if self.acc.is_main_process:
+            scaler = self.acc.scaler.state_dict() if getattr(self.acc, "scaler", None) else None
+            self.checkpoints.save(step, reason, trainable, optimizer, self.scheduler.state_dict(), scaler,
+                                  self.record)  # fmt: skip
+        self.acc.wait_for_everyone()
+
+    def finalize(self, step: int, eval_loss: float | None) -> None:
+        """Write the run dir's weights, summary.json and (last, marking it complete) run_config.json."""
+        acc = self.acc
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            dirs = save_weights(
+                acc.unwrap_model(self.model), self.out, self.cfg, self.processor, self.proj_path
+            )
+            run_config = make_run_config(self.cfg, self.out, self.proj_path, step, dirs)
+            summary = run_summary(step, self.summary, self.record, eval_loss, lambda_mean(self.model),
+                                  acc.num_processes)  # fmt: skip
+            write_run_dir(self.out, run_config, summary)
+            self.log(
+                f"done: {step} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, "
+                f"{len(self.record.skipped)} unreadable videos skipped; run dir {self.out}"
+            )
+        acc.wait_for_everyone()
+
+
+def train(config: TrainConfig | dict) -> Path:
+    """Train per ``config`` (a :class:`TrainConfig` or its fields as a dict); returns the run dir.
+
+    Raises :class:`TrainInterrupted` (a checkpoint was saved) when stopped by a signal or ``stop_after``,
+    :class:`TrainError` for unreadable videos under ``bad_video="fail"`` (after saving a checkpoint) and
+    other problems the user must fix, and ``dna_vlm.data.DatasetError`` for malformed rows (file:line).
+    A ``resume`` of a run that already reached ``max_steps`` returns its run dir untouched.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
+    setup = RunSetup.open(cfg)
+    if setup.start.kind is StartKind.FINISHED:
+        log_main(setup.acc, setup.start.note)
+        return Path(cfg.output)
+    return Trainer(cfg, setup).run()

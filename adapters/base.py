@@ -11,6 +11,11 @@ An adapter knows three things about its family:
 ``DnALayer`` replaces one attention module. It *adopts* the original's submodules (``q_proj`` ... are the
 same objects), so the pretrained weights are not copied, PEFT target names stay valid, and
 :func:`dna_vlm.unpatch` can put the original module back untouched.
+
+The fair control arm (``patch(model, attention="softmax")``) installs the same layer with the negative branch
+off (``self.neg is None``): the same projections, rotary, packing and the same SDPA call as DnA's positive
+branch (:func:`softmax_attention`), so at init the two arms are bit-identical and every difference a
+comparison reports comes from DnA, not from a different attention implementation.
 """
 
 from __future__ import annotations
@@ -19,20 +24,47 @@ import sys
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from dna_vlm.kernel import dna_attention, dna_attention_varlen
+from dna_vlm.kernel import current_impl, dna_attention, dna_attention_reference, dna_attention_varlen
 from dna_vlm.module import DnAOptions, NegativeBranch
 
-__all__ = ["Adapter", "DnALayer", "kernel_mask"]
+__all__ = ["Adapter", "DnALayer", "kernel_mask", "softmax_attention", "softmax_attention_varlen"]
+
+
+def softmax_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0, scale=None) -> torch.Tensor:
+    """The positive branch of :func:`dna_vlm.dna_attention` alone: (B, H, Nq, d) -> (B, H, Nq, dv).
+
+    Bit-identical to DnA's positive branch by construction: the fused path makes the very SDPA call
+    ``dna_attention_fused`` makes for P+ V+ (same arguments, same default scale); under ``use_impl("reference")``
+    it runs the reference kernel with V- = 0, lambda = 0 (exactly P+ V+)."""
+    if current_impl() == "reference":
+        zero = torch.zeros(q.shape[1], device=q.device, dtype=q.dtype)
+        return dna_attention_reference(q, q, k, v, torch.zeros_like(v), zero, attn_mask, dropout_p, scale)
+    s = q.shape[-1] ** -0.5 if scale is None else scale
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=s)
+
+
+def softmax_attention_varlen(q, k, v, cu_seqlens, dropout_p: float = 0.0, scale=None) -> torch.Tensor:
+    """:func:`softmax_attention` over packed (1, H, N, d) sequences, per ``cu_seqlens`` segment, split exactly
+    as :func:`dna_vlm.dna_attention_varlen` splits them."""
+    cu = torch.as_tensor(cu_seqlens).long().cpu()
+    lengths = (cu[1:] - cu[:-1]).tolist()
+    if int(cu[-1]) != q.shape[2] or int(cu[0]) != 0 or min(lengths, default=0) < 0:
+        raise ValueError(f"cu_seqlens {cu.tolist()} do not split a packed sequence of N={q.shape[2]} tokens")
+    parts = [torch.split(t, lengths, dim=2) for t in (q, k, v)]
+    outs = [softmax_attention(*p, dropout_p=dropout_p, scale=scale) for p in zip(*parts, strict=True)]
+    return torch.cat(outs, dim=2)
 
 
 class DnALayer(nn.Module):
     """Base of every family's DnA replacement for one attention module.
 
     Subclasses implement :meth:`positive_qv` and ``forward`` (with the original's signature). They get
-    ``self.neg`` (the :class:`NegativeBranch`) and :meth:`attend` (the kernel, packed or masked), whose one
-    kernel call, :meth:`run_kernel`, is where observers (``dna-vlm inspect``) hook in.
+    ``self.neg`` (the :class:`NegativeBranch`; None in the softmax control arm) and :meth:`attend` (the kernel,
+    packed or masked), whose one kernel call, :meth:`run_kernel`, is where observers (``dna-vlm inspect``)
+    hook in. Subclasses call ``self.negative(x, q, v)`` for (q_neg, v_neg): None, None in the control arm.
     """
 
     #: names of the original's child modules holding positive-branch weights (for save_dna's change check)
@@ -41,13 +73,20 @@ class DnALayer(nn.Module):
     def __init__(self, original: nn.Module, opts: DnAOptions, layer_index: int):
         super().__init__()
         _require_float(original)
+        _require_bidirectional(original)
         self._adopt(original)
         self.layer_index = layer_index
         self.opts = opts
-        q, v = self.positive_qv()
-        self.neg = NegativeBranch(q.in_features, self.num_heads, opts, bias=q.bias is not None)
-        self.neg.to(device=q.weight.device, dtype=q.weight.dtype)
-        self.neg.init_from(q, v)
+        self.neg: NegativeBranch | None = None
+        if opts.attention == "dna":
+            q, v = self.positive_qv()
+            self.neg = NegativeBranch(q.in_features, self.num_heads, opts, bias=q.bias is not None)
+            self.neg.to(device=q.weight.device, dtype=q.weight.dtype)
+            self.neg.init_from(q, v)
+
+    def negative(self, x, q_pos, v_pos):
+        """(q_neg, v_neg) of the negative branch in q_pos / v_pos's layout; (None, None) in the control arm."""
+        return (None, None) if self.neg is None else self.neg(x, q_pos, v_pos)
 
     def _adopt(self, original: nn.Module) -> None:
         """Take over the original's children, direct tensors and plain attributes (the same objects)."""
@@ -94,7 +133,13 @@ class DnALayer(nn.Module):
 
         This is the hook point for observers: ``dna_vlm.eval.capture.capture_attention`` wraps it on chosen
         layers for the duration of a ``with`` block (the production path has no capture code).
+        In the control arm (``self.neg is None``) ``q_neg`` / ``v_neg`` are None and the positive branch runs
+        alone (:func:`softmax_attention`).
         """
+        if self.neg is None:
+            if cu_seqlens is not None:
+                return softmax_attention_varlen(q, k, v, cu_seqlens, dropout_p, scale)
+            return softmax_attention(q, k, v, attn_mask, dropout_p, scale)
         if cu_seqlens is not None:
             return dna_attention_varlen(
                 q, q_neg, k, v, v_neg, self.neg.neg_scale, cu_seqlens, dropout_p, scale
@@ -103,6 +148,8 @@ class DnALayer(nn.Module):
 
     def extra_repr(self) -> str:
         o = self.opts
+        if self.neg is None:
+            return f"layer={self.layer_index}, softmax control (same layer and SDPA call as DnA's P+ V+)"
         rank = f", neg_rank={o.neg_rank}" if o.neg_branch == "lowrank" else ""
         return f"layer={self.layer_index}, DnA(neg_branch={o.neg_branch}{rank}, shared_values={o.shared_values}, init={o.init})"
 
@@ -115,6 +162,14 @@ def _require_float(original: nn.Module) -> None:
                 "the vision tower in floating point. Load the model with the vision tower excluded from "
                 "quantization (e.g. BitsAndBytesConfig(llm_int8_skip_modules=[<tower>, <projector>]))"
             )
+
+
+def _require_bidirectional(original: nn.Module) -> None:
+    if getattr(original, "is_causal", False) is True:
+        raise TypeError(
+            f"{type(original).__name__} is causal attention (is_causal=True): only a vision tower's "
+            "bidirectional attention may be patched with DnA"
+        )
 
 
 def kernel_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -181,6 +236,13 @@ def _getpath(obj, path: str):
 
 
 def _is_bare_tower(model: nn.Module) -> bool:
-    """A vision model passed on its own (e.g. SiglipVisionModel), not a VLM whose tower we failed to find."""
+    """A vision model passed on its own (e.g. SiglipVisionModel), not a VLM whose tower we failed to find, and
+    not a text encoder built on the same attention class (CLIPTextModel is causal: patching its CLIPAttention
+    would make it bidirectional). Only vision attention may be patched: an HF model counts as a bare tower
+    only when its config is a vision config (``*VisionConfig`` / a ``*vision*`` model_type)."""
     cfg = getattr(model, "config", None)
-    return cfg is None or not any(hasattr(cfg, a) for a in ("text_config", "vision_config"))
+    if cfg is None:
+        return True
+    if any(hasattr(cfg, a) for a in ("text_config", "vision_config")):
+        return False
+    return "vision" in f"{type(cfg).__name__} {getattr(cfg, 'model_type', '')}".lower()

@@ -10,20 +10,22 @@ from dna_vlm.module import attention_dropout_p
 from .base import DnALayer
 
 
-def _split_heads_bnd(t: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """(B, N, H*d) -> (B, H, N, d)."""
+def _split_heads_bnd(t: torch.Tensor | None, head_dim: int) -> torch.Tensor | None:
+    """(B, N, H*d) -> (B, H, N, d); None (the control arm's absent negative branch) stays None."""
+    if t is None:
+        return None
     B, N, _ = t.shape
     return t.view(B, N, -1, head_dim).transpose(1, 2)
 
 
-def _split_heads_packed(t: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """(N, H*d) -> (N, H, d), the layout the rotary helpers of packed towers expect."""
-    return t.view(t.shape[0], -1, head_dim)
+def _split_heads_packed(t: torch.Tensor | None, head_dim: int) -> torch.Tensor | None:
+    """(N, H*d) -> (N, H, d), the layout the rotary helpers of packed towers expect; None stays None."""
+    return None if t is None else t.view(t.shape[0], -1, head_dim)
 
 
-def _packed_to_bhnd(t: torch.Tensor) -> torch.Tensor:
-    """(N, H, d) -> (1, H, N, d)."""
-    return t.transpose(0, 1).unsqueeze(0)
+def _packed_to_bhnd(t: torch.Tensor | None) -> torch.Tensor | None:
+    """(N, H, d) -> (1, H, N, d); None stays None."""
+    return None if t is None else t.transpose(0, 1).unsqueeze(0)
 
 
 class SeparateQKVLayer(DnALayer):
@@ -38,9 +40,9 @@ class SeparateQKVLayer(DnALayer):
         return self.q_proj, self.v_proj
 
     def project(self, x: torch.Tensor):
-        """x (B, N, C) -> q, q_neg, k, v, v_neg, each (B, N, C)."""
+        """x (B, N, C) -> q, q_neg, k, v, v_neg, each (B, N, C) (q_neg, v_neg None in the control arm)."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q_neg, v_neg = self.neg(x, q, v)
+        q_neg, v_neg = self.negative(x, q, v)
         return q, q_neg, k, v, v_neg
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -71,12 +73,13 @@ class PackedRotaryLayer(DnALayer):
     def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
         N = hidden_states.shape[0]
         q, k, v = self.qkv_packed(hidden_states)
-        q_neg, v_neg = self.neg(hidden_states, q, v)
+        q_neg, v_neg = self.negative(hidden_states, q, v)
         q, q_neg, k, v, v_neg = (_split_heads_packed(t, self.head_dim) for t in (q, q_neg, k, v, v_neg))
         cos, sin = position_embeddings
         rotary = self.hf_module.apply_rotary_pos_emb_vision
         q, k = rotary(q, k, cos, sin)
-        q_neg, _ = rotary(q_neg, q_neg, cos, sin)
+        if q_neg is not None:
+            q_neg, _ = rotary(q_neg, q_neg, cos, sin)
         scale = getattr(self, "scaling", None) or getattr(self, "scale", None)
         o = self.attend(
             *(_packed_to_bhnd(t) for t in (q, q_neg, k, v, v_neg)),

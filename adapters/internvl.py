@@ -10,7 +10,8 @@ class InternVLLayer(SeparateQKVLayer):
 
     def project(self, x):
         q, q_neg, k, v, v_neg = super().project(x)
-        return self.q_norm(q), self.q_norm(q_neg), self.k_norm(k), v, v_neg  # Q- gets Q+'s norm
+        q_neg = None if q_neg is None else self.q_norm(q_neg)  # Q- gets Q+'s norm
+        return self.q_norm(q), q_neg, self.k_norm(k), v, v_neg
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         out, _ = super().forward(hidden_states, attention_mask, **kwargs)

@@ -8,8 +8,11 @@ it over the target. Temp files get the mode a plainly created file would get und
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -18,13 +21,28 @@ from typing import Any
 import torch
 
 __all__ = [
+    "SafetensorsFileError",
     "atomic_path",
     "atomic_save_safetensors",
     "atomic_write_bytes",
     "atomic_write_json",
     "batch_to_device",
+    "check_safetensors",
+    "file_digest",
+    "load_safetensors",
+    "remove_path",
+    "remove_stale_temps",
+    "sampled_digest",
     "umask_mode",
 ]
+
+#: names of the temp files/dirs writers leave behind when killed: ``.NAME.XXXX.tmp`` (atomic_path) and
+#: ``.NAME.tmp-PID`` (checkpoint and weight dirs written aside)
+TEMP_NAME = re.compile(r"^\..+\.tmp(-\d+)?$")
+
+
+class SafetensorsFileError(ValueError):
+    """A safetensors file is missing, truncated or not safetensors; the message names the file."""
 
 
 def umask_mode() -> int:
@@ -46,8 +64,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     os.close(fd)
     tmp = Path(tmp)
     try:
-        os.chmod(tmp, umask_mode())
         yield tmp
+        os.chmod(tmp, umask_mode())  # after the write: some writers (safetensors) recreate the file
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -72,6 +90,84 @@ def atomic_save_safetensors(
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; :class:`SafetensorsFileError` names the file when it is missing,
+    truncated or not safetensors (safetensors' own errors never say which file)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise SafetensorsFileError(f"{path}: file not found")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # SafetensorError, OSError, ...: all mean "this file is unusable"
+        raise SafetensorsFileError(
+            f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); it is truncated or damaged"
+        ) from None
+
+
+def check_safetensors(path: str | os.PathLike) -> list[str]:
+    """The tensor names of a safetensors file, reading only its header; errors as :func:`load_safetensors`.
+    (A file truncated inside its data is caught by a digest check, not here.)"""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise SafetensorsFileError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception as e:
+        raise SafetensorsFileError(
+            f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); it is truncated or damaged"
+        ) from None
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of the file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sampled_digest(path: str | os.PathLike, full_below: int = 64 << 20, samples: int = 32) -> str:
+    """A digest cheap for multi-GB weight files: the whole file below ``full_below`` bytes, else its size,
+    its first 1 MiB (the safetensors header) and ``samples`` 1 MiB blocks spread evenly over it."""
+    size = os.path.getsize(path)
+    if size < full_below:
+        return file_digest(path)
+    h = hashlib.sha256(f"sampled:{size}:{samples}".encode())
+    block = 1 << 20
+    with open(path, "rb") as f:
+        for i in range(samples + 1):
+            f.seek(0 if i == 0 else (size - block) * i // samples)
+            h.update(f.read(block))
+    return "sampled:" + h.hexdigest()
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file, a symlink (never its target) or a directory tree; nothing if absent."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temp files/dirs interrupted writers left in ``folder`` (:data:`TEMP_NAME`); returns them.
+    Call it only while holding the folder's writer lock (another writer's temp files are not stale)."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    gone = [p for p in folder.iterdir() if TEMP_NAME.match(p.name)]
+    for p in gone:
+        remove_path(p)
+    return gone
 
 
 def batch_to_device(batch: Mapping[str, Any], device, float_dtype: torch.dtype | None = None) -> dict:

@@ -47,20 +47,23 @@ SHAPES = {
 QUICK = {"tiny": Shape("tiny", 2, 4, 64, 16)}
 
 
-def layer_flops(s: Shape, dna: bool) -> float:
+def layer_flops(s: Shape, dna: bool, rank: int | None = None) -> float:
     """Forward FLOPs of one pre-norm encoder layer (matmuls only; 2 FLOPs per multiply-add).
 
     stock: qkv (3C^2) + out (C^2) projections, QK^T and PV (2 N C per token), MLP (2 C * mlp).
-    DnA adds the Q- and V- projections (2C^2) and a second QK^T + PV.
+    DnA adds the Q- and V- projections (2C^2) and a second QK^T + PV; with ``rank`` r (the low-rank negative
+    branch) the two projections are rank-r pairs instead (C r + r C each: 4 C r).
     """
     per_token = 2 * (4 * s.C**2 + 2 * s.N * s.C + 2 * s.C * s.C * s.mlp_ratio)
     if dna:
-        per_token += 2 * (2 * s.C**2 + 2 * s.N * s.C)
+        proj = 2 * s.C**2 if rank is None else 4 * s.C * rank
+        per_token += 2 * (proj + 2 * s.N * s.C)
     return per_token * s.B * s.N
 
 
-def flop_floor(s: Shape) -> float:
-    return layer_flops(s, True) / layer_flops(s, False)
+def flop_floor(s: Shape, rank: int | None = None) -> float:
+    """DnA layer FLOPs / stock layer FLOPs (``rank``: the low-rank negative branch of that rank)."""
+    return layer_flops(s, True, rank) / layer_flops(s, False)
 
 
 class EncoderLayer(nn.Module):
@@ -161,13 +164,17 @@ def _core_fns(s: Shape, device, dtype, backward: bool, form: str = "two-call"):
     return stock, dna
 
 
-def _layer_fns(s: Shape, device, dtype, backward: bool):
+def _layer_fns(s: Shape, device, dtype, backward: bool, ranks: tuple[int, ...] = ()) -> dict:
+    """{"stock", "dna", "lowrank r=R" for R in ranks}: callables running one encoder layer on one input."""
     torch.manual_seed(0)
     hidden = round(s.C * s.mlp_ratio)
-    stock_layer = EncoderLayer(SoftmaxAttention(s.C, s.H, qkv_bias=True), s.C, hidden).to(device, dtype)
-    dna_layer = EncoderLayer(DnAAttention(s.C, s.H, qkv_bias=True, init="random"), s.C, hidden).to(
-        device, dtype
-    )
+    attns = {"stock": SoftmaxAttention(s.C, s.H, qkv_bias=True)}
+    attns["dna"] = DnAAttention(s.C, s.H, qkv_bias=True, init="random")
+    for r in ranks:
+        attns[f"lowrank r={r}"] = DnAAttention(
+            s.C, s.H, qkv_bias=True, init="random", neg_branch="lowrank", neg_rank=r
+        )
+    layers = {k: EncoderLayer(a, s.C, hidden).to(device, dtype) for k, a in attns.items()}
     x = torch.randn(s.B, s.N, s.C, device=device, dtype=dtype, requires_grad=backward)
 
     def run(layer):
@@ -179,7 +186,7 @@ def _layer_fns(s: Shape, device, dtype, backward: bool):
 
         return call
 
-    return run(stock_layer), run(dna_layer)
+    return {k: run(layer) for k, layer in layers.items()}
 
 
 @dataclass
@@ -192,25 +199,80 @@ class Row:
     floor: float
     stock_peak_mb: float | None = None
     dna_peak_mb: float | None = None
+    arm: str = "dna"  # "dna" (full negative branch) or "lowrank r=R"
 
 
-def bench_shape(s: Shape, device, dtype, reps: int, warmup: int, memory: bool = True) -> list[Row]:
+def bench_shape(
+    s: Shape,
+    device,
+    dtype,
+    reps: int,
+    warmup: int,
+    memory: bool = True,
+    ranks: tuple[int, ...] = (),
+    modes: tuple[str, ...] = ("fwd", "fwd+bwd"),
+) -> list[Row]:
+    """Core and layer rows, forward then forward+backward; ``ranks`` add low-rank DnA layer rows, timed
+    interleaved with the same stock and full-DnA layers."""
     rows = []
-    for backward in (False, True):
+    for backward in [m == "fwd+bwd" for m in modes]:
         mode = "fwd+bwd" if backward else "fwd"
-        ctx = torch.enable_grad() if backward else torch.no_grad()
-        with ctx:
-            for what, (stock, dna), floor in (
-                (f"attention core {mode}", _core_fns(s, device, dtype, backward), 2.0),
-                (f"encoder layer {mode}", _layer_fns(s, device, dtype, backward), flop_floor(s)),
-            ):
-                m = interleaved_medians({"stock": stock, "dna": dna}, reps, warmup, device)
-                row = Row(s.name, what, m["stock"] * 1e3, m["dna"] * 1e3, m["dna"] / m["stock"], floor)
-                if memory:
-                    row.stock_peak_mb = peak_memory(stock, device) / 2**20
-                    row.dna_peak_mb = peak_memory(dna, device) / 2**20
-                rows.append(row)
+        with torch.enable_grad() if backward else torch.no_grad():
+            stock, dna = _core_fns(s, device, dtype, backward)
+            rows += _rows(s, f"attention core {mode}", {"stock": stock, "dna": dna}, {"dna": 2.0}, reps, warmup,
+                          device, memory)  # fmt: skip
+            fns = _layer_fns(s, device, dtype, backward, ranks)
+            floors = {"dna": flop_floor(s)} | {f"lowrank r={r}": flop_floor(s, r) for r in ranks}
+            rows += _rows(s, f"encoder layer {mode}", fns, floors, reps, warmup, device, memory)
     return rows
+
+
+def _rows(s: Shape, what: str, fns: dict, floors: dict, reps: int, warmup: int, device, memory: bool):
+    """One Row per non-stock fn of ``fns``, all timed interleaved with ``fns["stock"]``."""
+    m = interleaved_medians(fns, reps, warmup, device)
+    stock_mb = peak_memory(fns["stock"], device) / 2**20 if memory else None
+    rows = []
+    for arm, floor in floors.items():
+        row = Row(s.name, what, m["stock"] * 1e3, m[arm] * 1e3, m[arm] / m["stock"], floor, arm=arm)
+        if memory:
+            row.stock_peak_mb, row.dna_peak_mb = stock_mb, peak_memory(fns[arm], device) / 2**20
+        rows.append(row)
+    return rows
+
+
+def core_breakdown(s: Shape, device, dtype, reps: int, warmup: int) -> dict[str, float]:
+    """Forward+backward ms of the attention core's parts, interleaved: one SDPA (stock), two SDPA calls,
+    two calls with the negated query, DnA with autograd's ``addcmul`` combine, DnA (``_Combine``)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, qn, k, v, vn = (
+        torch.randn(s.B, s.H, s.N, s.d, generator=g).to(device, dtype).requires_grad_(True) for _ in range(5)
+    )
+    lam = torch.full((s.H,), 0.5, device=device, requires_grad=True)
+    sdpa = F.scaled_dot_product_attention
+
+    def both(a, b):
+        torch.autograd.backward([a, b], [torch.ones_like(a), torch.ones_like(b)])
+
+    def dna_addcmul():
+        o = torch.addcmul(sdpa(q, k, v), sdpa(qn.neg(), k, vn), lam.view(1, -1, 1, 1).to(dtype), value=-1.0)
+        o.backward(torch.ones_like(o))
+
+    def dna():
+        o = dna_attention_fused(q, qn, k, v, vn, lam)
+        o.backward(torch.ones_like(o))
+
+    fns = {
+        "stock (1 SDPA)": lambda: sdpa(q, k, v).backward(
+            torch.ones(s.B, s.H, s.N, s.d, device=device, dtype=dtype)
+        ),
+        "2 SDPA": lambda: both(sdpa(q, k, v), sdpa(qn, k, vn)),
+        "2 SDPA, -q_neg": lambda: both(sdpa(q, k, v), sdpa(qn.neg(), k, vn)),
+        "DnA, addcmul combine": dna_addcmul,
+        "DnA (_Combine)": dna,
+    }
+    with torch.enable_grad():
+        m = interleaved_medians(fns, reps, warmup, device)
+    return {k: v * 1e3 for k, v in m.items()}
 
 
 def compare_forms(s: Shape, device, dtype, reps: int, warmup: int) -> dict[str, float]:
@@ -223,12 +285,12 @@ def compare_forms(s: Shape, device, dtype, reps: int, warmup: int) -> dict[str, 
 
 
 def format_table(rows: list[Row]) -> str:
-    head = f"{'shape':<22} {'measure':<24} {'stock ms':>9} {'DnA ms':>9} {'DnA/stock':>9} {'floor':>6} {'vs floor':>8} {'peak MB stock/DnA':>18}"
+    head = f"{'shape':<22} {'measure':<24} {'arm':<14} {'stock ms':>9} {'DnA ms':>9} {'DnA/stock':>9} {'floor':>6} {'vs floor':>8} {'peak MB stock/DnA':>18}"
     lines = [head, "-" * len(head)]
     for r in rows:
         mem = f"{r.stock_peak_mb:.1f}/{r.dna_peak_mb:.1f}" if r.stock_peak_mb is not None else "-"
         lines.append(
-            f"{r.shape:<22} {r.what:<24} {r.stock_ms:>9.2f} {r.dna_ms:>9.2f} {r.ratio:>9.3f} {r.floor:>6.2f} "
+            f"{r.shape:<22} {r.what:<24} {r.arm:<14} {r.stock_ms:>9.2f} {r.dna_ms:>9.2f} {r.ratio:>9.3f} {r.floor:>6.2f} "
             f"{r.ratio / r.floor:>8.3f} {mem:>18}"
         )
     return "\n".join(lines)
@@ -261,33 +323,67 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--compare-forms", action="store_true", help="also time two SDPA calls vs one call over 2H heads"
     )
+    p.add_argument(
+        "--lowrank-ranks",
+        default="8,32",
+        help="ranks of neg_branch='lowrank' timed beside full DnA in the encoder-layer rows ('' for none)",
+    )
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the attention core's parts fwd+bwd (one SDPA, two SDPA, negated query, combines)",
+    )
+    p.add_argument("--modes", default="fwd,fwd+bwd", help="comma list of fwd, fwd+bwd (default both)")
+    p.add_argument(
+        "--breakdown-only", action="store_true", help="only the attention core's parts (implies --breakdown)"
+    )
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument(
-        "--video", action="store_true", help="benchmark decord frame sampling vs PyAV decode-then-pick"
+        "--video",
+        action="store_true",
+        help="video decoding instead: decord vs PyAV, exact vs keyframe seek, resize paths, frame cache, "
+        "prefetch (the --video-* options below)",
     )
+    from .video_bench import add_video_bench_args
+
+    add_video_bench_args(p)
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     if args.video:
-        from .video_bench import run_video_bench
+        from .video_bench import main_video_bench
 
-        run_video_bench(quick=args.quick)
-        return 0
+        return main_video_bench(args)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     shapes = list(QUICK.values()) if args.quick else [SHAPES[n.strip()] for n in args.shapes.split(",")]
     reps, warmup = (3, 1) if args.quick else (args.reps, args.warmup)
+    ranks = tuple(int(r) for r in args.lowrank_ranks.split(",") if r.strip())
     print(f"dna-vlm bench: {machine()}, {dtype}; medians of {reps} interleaved reps")
     for s in shapes:
-        print(f"  {s.name}: B={s.B} H={s.H} N={s.N} d={s.d}; encoder-layer FLOP floor {flop_floor(s):.3f}")
+        low = "".join(f", lowrank r={r} {flop_floor(s, r):.3f}" for r in ranks)
+        print(
+            f"  {s.name}: B={s.B} H={s.H} N={s.N} d={s.d}; encoder-layer FLOP floor {flop_floor(s):.3f}{low}"
+        )
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not set(modes) <= {"fwd", "fwd+bwd"}:
+        print(f"bench: --modes takes fwd and/or fwd+bwd, got {args.modes!r}", file=sys.stderr)
+        return 2
     rows = []
-    for s in shapes:
-        rows += bench_shape(s, device, dtype, reps, warmup, memory=not args.no_memory)
-        print(format_table(rows[-4:]).split("\n", 2)[-1], flush=True)
+    for s in [] if args.breakdown_only else shapes:
+        new = bench_shape(s, device, dtype, reps, warmup, not args.no_memory, ranks, modes)
+        print(format_table(new).split("\n", 2)[-1], flush=True)
+        rows += new
     print()
     print(format_table(rows))
-    forms = {}
+    shares = attention_share(rows, shapes)
+    for key, v in shares.items():
+        print(
+            f"{key}: the second attention core alone adds {100 * v['core_extra_share']:.1f}% of the stock layer's "
+            f"time (its FLOP share: {100 * v['core_flop_share']:.1f}%)"
+        )
+    forms, parts = {}, {}
     if args.compare_forms:
         for s in shapes:
             forms[s.name] = compare_forms(s, device, dtype, reps, warmup)
@@ -295,11 +391,58 @@ def main(args: argparse.Namespace) -> int:
             print(
                 f"{s.name}: two-call {f['two-call']:.2f} ms, one-call (2H heads) {f['one-call']:.2f} ms (fwd+bwd)"
             )
+    if args.breakdown or args.breakdown_only:
+        for s in shapes:
+            parts[s.name] = core_breakdown(s, device, dtype, reps, warmup)
+        print()
+        print(format_breakdown(parts))
     if args.json:
-        from ._io import atomic_write_json
-
-        atomic_write_json(
-            args.json,
-            {"machine": machine(), "dtype": str(dtype), "rows": [asdict(r) for r in rows], "forms": forms},
-        )
+        _write_json(args.json, dtype, rows, forms, parts, shares)
     return 0
+
+
+def _write_json(path, dtype, rows: list[Row], forms: dict, parts: dict, shares: dict) -> None:
+    from ._io import atomic_write_json
+
+    atomic_write_json(
+        path,
+        {
+            "machine": machine(),
+            "dtype": str(dtype),
+            "rows": [asdict(r) for r in rows],
+            "forms": forms,
+            "breakdown": parts,
+            "attention_share": shares,
+        },
+    )
+
+
+def attention_share(rows: list[Row], shapes: list[Shape]) -> dict[str, dict[str, float]]:
+    """Per shape and mode: what the second attention call alone costs, measured, against the layer.
+
+    ``core_extra_share`` = (DnA core ms - stock core ms) / stock layer ms: the least a DnA layer of any
+    negative-branch parametrisation pays over stock (it always runs a second SDPA), next to the same share
+    in FLOPs (``core_flop_share``): when time share > FLOP share, SDPA runs at a lower FLOP rate than the
+    layer's GEMMs and the layer ratio cannot reach its FLOP floor.
+    """
+    out = {}
+    for s in shapes:
+        for mode in ("fwd", "fwd+bwd"):
+            core = next((r for r in rows if r.shape == s.name and r.what == f"attention core {mode}"), None)
+            layer = next((r for r in rows if r.shape == s.name and r.what == f"encoder layer {mode}"), None)
+            if core is None or layer is None:
+                continue
+            out[f"{s.name} {mode}"] = {
+                "core_extra_share": (core.dna_ms - core.stock_ms) / layer.stock_ms,
+                "core_flop_share": 2 * s.N * s.C / (4 * s.C**2 + 2 * s.N * s.C + 2 * s.C * s.C * s.mlp_ratio),
+            }
+    return out
+
+
+def format_breakdown(parts: dict[str, dict[str, float]]) -> str:
+    """The attention core's parts (fwd+bwd ms and / stock) per shape, as a text table."""
+    lines = [f"{'shape':<22} {'attention core part, fwd+bwd':<28} {'ms':>9} {'/ stock':>8}"]
+    for shape, m in parts.items():
+        base = m["stock (1 SDPA)"]
+        lines += [f"{shape:<22} {k:<28} {v:>9.2f} {v / base:>8.3f}" for k, v in m.items()]
+    return "\n".join(lines)

@@ -7,11 +7,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
-from ._io import atomic_save_safetensors, atomic_write_json
+from ._io import atomic_save_safetensors, atomic_write_json, load_safetensors
 from .errors import AlreadyPatchedError, CheckpointMismatchError, NotPatchedError
 from .patching import (
     dna_layers,
@@ -27,17 +26,18 @@ from .patching import (
     unwrap,
 )
 
-__all__ = ["load_dna", "save_dna"]
+__all__ = ["load_dna", "read_dna_config", "save_dna"]
 
 FORMAT = "dna-vlm/1"
 WEIGHTS, CONFIG = "dna_weights.safetensors", "dna_config.json"
 
 
 def _state_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The negative branches, plus every positive-branch tensor whose bytes changed since patch()."""
+    """The negative branches (none in the softmax control arm), plus every positive-branch tensor whose bytes
+    changed since patch()."""
     tensors, changed = {}, []
     for rec, layer in patched_layers(model):
-        for pname, p in layer.neg.named_parameters():
+        for pname, p in layer.neg.named_parameters() if layer.neg is not None else ():
             tensors[f"{rec.key}.neg.{pname}"] = p
         for pname, digest in rec.fingerprint.items():
             p = layer.get_parameter(_base_param_name(layer, pname))
@@ -84,9 +84,15 @@ def read_dna_config(dna_dir: str | os.PathLike) -> dict:
         raise FileNotFoundError(
             f"{path} not found: not a save_dna directory (expected {CONFIG} and {WEIGHTS})"
         )
-    config = json.loads(path.read_text())
-    if config.get("format") != FORMAT:
-        raise CheckpointMismatchError(f"{path}: format {config.get('format')!r}, expected {FORMAT!r}")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointMismatchError(
+            f"{path}: not valid JSON ({e}); re-save the DnA weights with save_dna"
+        ) from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        got = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise CheckpointMismatchError(f"{path}: format {got!r}, expected {FORMAT!r}")
     return config
 
 
@@ -121,7 +127,7 @@ def load_dna(model: nn.Module, dna_dir: str | os.PathLike) -> nn.Module:
     weights = Path(dna_dir) / WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: the save_dna directory is incomplete")
-    tensors = load_file(str(weights))
+    tensors = load_safetensors(weights)
     patch(base, layers=indices, **config["options"])
     try:
         _load_into(base, tensors, where)

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "dna_vlm.eval.inspect_dna",
         "DnA diagnostics: V+/V- principal angles, lambdas, attention entropies and overlays",
     ),
+    "probe": ("dna_vlm.eval.probe", "encoder-level accuracy: linear probe on the visual tokens the LLM gets"),
     "bench": ("dna_vlm.bench", "benchmark DnA against stock attention (ratios measured in one run)"),
     "demo": ("dna_vlm.eval.demo", "the whole mission end to end on the embedded default (no downloads)"),
     "tiny-model": ("dna_vlm.tiny", "write the embedded tiny LLaVA-OneVision video LLM (no download)"),
@@ -64,12 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # e.g. while the subcommand modules are still importing: no traceback
+        print("dna-vlm: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ present, ``answer`` is the option LETTER ("A", "B", ...). Any other field is kep
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import string
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, file_digest
 
-__all__ = ["LETTERS", "DatasetError", "Example", "load_dataset", "write_jsonl"]
+__all__ = ["LETTERS", "DatasetError", "Example", "dataset_identity", "load_dataset", "write_jsonl"]
 
 LETTERS = string.ascii_uppercase
 CORE_FIELDS = ("id", "video", "question", "options", "answer")
@@ -204,3 +205,10 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any] | Exam
         lines.append(json.dumps(dict(row), ensure_ascii=False, sort_keys=False))
     atomic_write_bytes(path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
     return path
+
+
+def dataset_identity(path: str | os.PathLike, examples: list[Example]) -> dict:
+    """What a resumed run checks its data against: the file's digest, its row count and a digest of its row
+    ids in order (``{"file_digest", "rows", "ids_digest"}``)."""
+    ids = hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest()
+    return {"file_digest": file_digest(path), "rows": len(examples), "ids_digest": ids}

@@ -19,6 +19,7 @@ from torch import nn
 from .kernel import dna_attention
 
 __all__ = [
+    "ARMS",
     "INITS",
     "NEG_BRANCHES",
     "DnAAttention",
@@ -31,6 +32,9 @@ __all__ = [
 ]
 
 INITS = ("preserve", "scaled", "random")
+#: what a patched attention layer computes: DnA, or the fair softmax control (the same layer and SDPA call
+#: as DnA's positive branch, with the negative branch off)
+ARMS = ("dna", "softmax")
 NEG_BRANCHES = ("full", "lowrank")
 
 
@@ -40,13 +44,21 @@ class DnAOptions:
 
     Args:
         init: ``"preserve"`` (Q- = Q+, V- = 0: output identical to the wrapped attention), ``"scaled"``
-            (Q- = a*Q+, V- = b*V+; the authors' TimeSformer conversion uses a=1e-4, b=-1e-4) or ``"random"``.
+            (Q- = a*Q+, V- = b*V+ with a = b = 1e-4) or ``"random"``. ``"scaled"`` reproduces the *effective*
+            start of the authors' conversions of pretrained models (their TimeSformer attention and their
+            ViSCoP vision-tower conversion): a negative-branch term of ``-lambda * 1e-4 * P- V+`` at step 0.
+            Their files write the branch additively (DESIGN.md section 1); under this project's subtractive
+            ``P+ V+ - lambda P- V-`` the same term needs V- = +1e-4 V+, hence ``scaled_b = +1e-4`` (the old
+            -1e-4 started with the opposite sign).
         neg_branch: ``"full"`` or ``"lowrank"``.
         neg_rank: rank r of the ``"lowrank"`` branch.
         shared_values: the paper's ablation, V- = V+ (no V- parameters).
         neg_scale_init: initial lambda for every head. With ``shared_values`` and ``"preserve"`` lambda starts
             at 0 instead, because V- = V+ cannot be zero; that is the only exact start.
         scaled_a, scaled_b: the factors of the ``"scaled"`` init.
+        attention: ``"dna"``, or ``"softmax"``: the fair control arm, the same adapter layer running the same
+            SDPA call as DnA's positive branch with no negative branch (no parameters added), so at init both
+            arms give bit-identical outputs and every later difference comes from DnA itself.
     """
 
     init: str = "preserve"
@@ -55,9 +67,12 @@ class DnAOptions:
     shared_values: bool = False
     neg_scale_init: float = 0.5
     scaled_a: float = 1e-4
-    scaled_b: float = -1e-4
+    scaled_b: float = 1e-4
+    attention: str = "dna"
 
     def __post_init__(self):
+        if self.attention not in ARMS:
+            raise ValueError(f"attention={self.attention!r} is not one of {ARMS}")
         if self.init not in INITS:
             raise ValueError(f"init={self.init!r} is not one of {INITS}")
         if self.neg_branch not in NEG_BRANCHES:
@@ -144,18 +159,28 @@ class NegativeBranch(nn.Module):
     def forward(
         self, x: torch.Tensor, q_pos: torch.Tensor, v_pos: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Runs in the activations' dtype whatever the parameters' dtype: fp32 master weights (training a bf16
+        / fp16 model) are cast on the fly, like PEFT's LoRA, so the optimiser updates the fp32 copy."""
         if self.opts.neg_branch == "full":
-            q_neg = self.q_neg(x)
-            v_neg = v_pos if self.v_neg is None else self.v_neg(x)
+            q_neg = _linear(x, self.q_neg)
+            v_neg = v_pos if self.v_neg is None else _linear(x, self.v_neg)
         else:
-            q_neg = q_pos + self.q_neg_b(self.q_neg_a(x))
-            v_neg = v_pos if self.opts.shared_values else self.v_neg_b(self.v_neg_a(x))
+            q_neg = q_pos + _linear(_linear(x, self.q_neg_a), self.q_neg_b)
+            v_neg = v_pos if self.opts.shared_values else _linear(_linear(x, self.v_neg_a), self.v_neg_b)
         return q_neg, v_neg
 
     def extra_repr(self) -> str:
         o = self.opts
         rank = f", rank={o.neg_rank}" if o.neg_branch == "lowrank" else ""
         return f"{o.neg_branch}{rank}, heads={self.num_heads}, shared_values={o.shared_values}, init={o.init}"
+
+
+def _linear(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
+    """``lin(x)`` computed in x's dtype (the weights cast when they differ, e.g. fp32 masters of a bf16 model)."""
+    if lin.weight.dtype == x.dtype:
+        return lin(x)
+    b = None if lin.bias is None else lin.bias.to(x.dtype)
+    return nn.functional.linear(x, lin.weight.to(x.dtype), b)
 
 
 def split_fused_qv(qkv: nn.Linear) -> tuple[nn.Linear, nn.Linear]:
@@ -256,7 +281,7 @@ class DnAAttention(SoftmaxAttention):
         neg_scale_init: float = 0.5,
         init: str = "random",
         scaled_a: float = 1e-4,
-        scaled_b: float = -1e-4,
+        scaled_b: float = 1e-4,
     ):
         super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)
         self.opts = DnAOptions(init, neg_branch, neg_rank, shared_values, neg_scale_init, scaled_a, scaled_b)

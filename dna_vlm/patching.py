@@ -23,6 +23,7 @@ __all__ = [
     "PatchState",
     "PatchedLayer",
     "adapter_named",
+    "attention_kernel",
     "dna_layers",
     "dna_named_parameters",
     "dna_parameters",
@@ -36,6 +37,7 @@ __all__ = [
     "patch_state",
     "patched_layers",
     "registry",
+    "set_dna_dtype",
     "supported_attention_classes",
     "supported_model_types",
     "tensor_digest",
@@ -193,10 +195,15 @@ class PatchReport:
     def __str__(self) -> str:
         o = self.options
         neg = o["neg_branch"] + (f"(r={o['neg_rank']})" if o["neg_branch"] == "lowrank" else "")
+        arm = (
+            f"  init={o['init']} neg_branch={neg} shared_values={o['shared_values']} "
+            f"neg_scale_init={o['neg_scale_init']} towers={', '.join(self.towers)}"
+            if o.get("attention", "dna") == "dna"
+            else f"  softmax control arm (DnA's layer and SDPA call, no negative branch) towers={', '.join(self.towers)}"
+        )
         head = [
             f"dna-vlm patch: family={self.family} model_type={self.model_type} attention={self.attention_class}",
-            f"  init={o['init']} neg_branch={neg} shared_values={o['shared_values']} "
-            f"neg_scale_init={o['neg_scale_init']} towers={', '.join(self.towers)}",
+            arm,
             f"  {'#':>3}  {'module':<60} {'DnA params':>12}",
         ]
         per = self.params_per_module or [self.params_added // max(len(self.modules), 1)] * len(self.modules)
@@ -223,14 +230,22 @@ def patch(
     neg_rank: int | None = None,
     shared_values: bool = False,
     neg_scale_init: float = 0.5,
+    attention: str = "dna",
+    dna_dtype: torch.dtype | None = None,
     **option_kwargs,
 ) -> PatchReport:
     """Replace the vision tower's attention modules with DnA, in place, warm-started from their weights.
 
     With the default ``init="preserve"`` the model computes exactly what it did before (Q- = Q+, V- = 0).
-    Patch *before* wrapping with PEFT (see README). Returns a :class:`PatchReport`.
+    ``attention="softmax"`` installs the fair control arm instead: the same layers and SDPA call as DnA's
+    positive branch, no negative branch, so both arms start bit-identical. ``dna_dtype``: the dtype of
+    DnA's own parameters (default: the tower's); pass ``torch.float32`` to train a bf16 / fp16 model with
+    fp32 master weights (lambda would not move in bf16). Patch *before* wrapping with PEFT (see README).
+    Returns a :class:`PatchReport`.
     """
-    opts = DnAOptions(init, neg_branch, neg_rank, shared_values, neg_scale_init, **option_kwargs)
+    opts = DnAOptions(
+        init, neg_branch, neg_rank, shared_values, neg_scale_init, attention=attention, **option_kwargs
+    )
     base = unwrap(model)
     if is_patched(base):
         raise AlreadyPatchedError(
@@ -242,6 +257,8 @@ def patch(
     records, originals, per_module = _replace_layers(adapter, plan, opts)
     state = PatchState(adapter.name, type(originals[0]).__name__, opts, tuple(records))
     object.__setattr__(base, STATE_ATTR, state)
+    if dna_dtype is not None:
+        set_dna_dtype(base, dna_dtype)
     return PatchReport(
         adapter.name,
         model_type_of(base),
@@ -269,7 +286,7 @@ def _replace_layers(adapter, plan, opts: DnAOptions):
                 _set_submodule(tower, name, layer)
                 done.append((tower, name, attn))
                 records.append(PatchedLayer(tower_path, name, idx, _fingerprint(layer)))
-                per_module.append(sum(p.numel() for p in layer.neg.parameters()))
+                per_module.append(0 if layer.neg is None else sum(p.numel() for p in layer.neg.parameters()))
     except BaseException:
         for tower, name, attn in done:  # never leave a half-patched model behind
             _set_submodule(tower, name, attn)
@@ -310,9 +327,41 @@ def dna_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def dna_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """(name, parameter) of everything DnA added; none in the softmax control arm."""
     for key, layer in dna_layers(model):
-        for pname, p in layer.neg.named_parameters():
+        for pname, p in layer.neg.named_parameters() if layer.neg is not None else ():
             yield f"{key}.neg.{pname}", p
+
+
+def set_dna_dtype(model: nn.Module, dtype: torch.dtype) -> int:
+    """Keep DnA's own parameters (lambda, Q-, V-, low-rank factors) in ``dtype``, whatever the model's dtype;
+    returns how many tensors changed. The layers cast them to the activations' dtype on the fly, so
+    ``torch.float32`` gives fp32 master weights in a bf16 / fp16 model (AdamW steps of ~lr then register:
+    in bf16 lambda = 0.5 has a spacing of 2**-8 and a 1e-4 step rounds away). Call before building the
+    optimiser (the parameter objects stay the same; only their data changes)."""
+    n = 0
+    for p in dna_parameters(model):
+        if p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            n += 1
+    return n
+
+
+def attention_kernel(model: nn.Module) -> str:
+    """What computes the vision attention of ``model``, as recorded in a run dir's ``run_config.json``:
+    ``"dna_vlm-sdpa"`` (dna-vlm's adapter layers on torch SDPA: the DnA arm and the fair softmax control) or
+    ``"dna_vlm-reference"`` under ``use_impl("reference")``; an unpatched model's
+    ``"hf-<attn_implementation>"`` (its own attention: not comparable bit for bit with a DnA arm)."""
+    from .kernel import current_impl
+
+    if patch_state(model) is not None:
+        return "dna_vlm-" + ("reference" if current_impl() == "reference" else "sdpa")
+    base = unwrap(model)
+    impls = []
+    for _, tower in find_adapter(base)[1]:
+        cfg = getattr(tower, "config", None) or getattr(base, "config", None)
+        impls.append(str(getattr(cfg, "_attn_implementation", None) or "eager"))
+    return "hf-" + "+".join(sorted(set(impls)))
 
 
 def dna_parameters(model: nn.Module) -> Iterator[nn.Parameter]:

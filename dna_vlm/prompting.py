@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MCQ_INSTRUCTION", "build_inputs", "chat_prompt", "end_of_turn_ids", "format_question"]
+__all__ = [
+    "MCQ_INSTRUCTION",
+    "build_inputs",
+    "chat_prompt",
+    "end_of_turn_ids",
+    "format_question",
+    "takes_video",
+]
 
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 IGNORE_INDEX = -100
@@ -50,8 +57,15 @@ def end_of_turn_ids(tok) -> set[int]:
     return {i for i in (getattr(tok, "eos_token_id", None), turn) if isinstance(i, int) and i >= 0}
 
 
-def _messages(prompt: str, answer: str | None, video: bool) -> list[dict]:
+def takes_video(processor) -> bool:
+    """Whether the processor takes ``videos=``; image-only ones (LLaVA-1.5) get each frame as an image."""
+    return getattr(processor, "video_processor", None) is not None
+
+
+def _messages(prompt: str, answer: str | None, video: bool, n_images: int = 0) -> list[dict]:
     user: list[dict[str, Any]] = [{"type": "video"}] if video else []
+    if video and n_images:  # an image-only processor: one image entry per frame
+        user = [{"type": "image"}] * n_images
     msgs: list[dict[str, Any]] = [{"role": "user", "content": [*user, {"type": "text", "text": prompt}]}]
     if answer is not None:
         msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
@@ -62,15 +76,21 @@ def _video_token(processor) -> str:
     return getattr(processor, "video_token", None) or "<video>"
 
 
-def chat_prompt(processor, prompt: str, answer: str | None = None, video: bool = True) -> str:
+def chat_prompt(
+    processor, prompt: str, answer: str | None = None, video: bool = True, n_frames: int | None = None
+) -> str:
     """The chat-formatted text (with the video placeholder unless ``video=False``). Without ``answer`` it ends
     with the generation prompt (the assistant turn's header); with ``answer`` it holds the full assistant turn.
-    The processor's chat template, else its tokenizer's, else a plain LLaVA-style format."""
+    The processor's chat template, else its tokenizer's, else a plain LLaVA-style format. For an image-only
+    processor the video is ``n_frames`` image placeholders."""
+    n_images = 0 if takes_video(processor) else int(n_frames or 0)
+    if video and not takes_video(processor) and not n_images:
+        raise ValueError(f"{type(processor).__name__} takes images only: pass n_frames to chat_prompt")
     tok = _tokenizer(processor)
     owner = processor if getattr(processor, "chat_template", None) else tok
     if getattr(owner, "chat_template", None):
         return owner.apply_chat_template(
-            _messages(prompt, answer, video), add_generation_prompt=answer is None, tokenize=False
+            _messages(prompt, answer, video, n_images), add_generation_prompt=answer is None, tokenize=False
         )
     placeholder = f"{_video_token(processor)}\n" if video else ""
     text = f"USER: {placeholder}{prompt} ASSISTANT:"
@@ -109,15 +129,21 @@ def build_inputs(
         raise ValueError("build_inputs: empty batch")
     videos = None if frames_list is None else [_as_video(f) for f in frames_list]
     with_video = videos is not None
-    prefixes = [chat_prompt(processor, p, video=with_video) for p in prompts]
+    lens = [None] * len(prompts) if videos is None else [len(v) for v in videos]
+    prefixes = [
+        chat_prompt(processor, p, video=with_video, n_frames=t) for p, t in zip(prompts, lens, strict=True)
+    ]
     texts = (
         prefixes
         if answers is None
-        else [chat_prompt(processor, p, a, video=with_video) for p, a in zip(prompts, answers, strict=True)]
+        else [
+            chat_prompt(processor, p, a, video=with_video, n_frames=t)
+            for p, a, t in zip(prompts, answers, lens, strict=True)
+        ]
     )
     batch = _encode(processor, texts, videos, "left" if answers is None else "right", return_tensors)
     if answers is not None:
-        batch["labels"] = _answer_labels(processor, batch, prefixes, answers, with_video)
+        batch["labels"] = _answer_labels(processor, batch, prefixes, texts, answers, with_video)
     return batch
 
 
@@ -130,31 +156,58 @@ def _encode(processor, texts: list[str], videos: list[np.ndarray] | None, side: 
     try:
         if videos is None:
             return tok(list(texts), padding=True, return_tensors=return_tensors, add_special_tokens=False)
+        if not takes_video(processor):  # image-only: every frame is one image, in order
+            images = [frame for v in videos for frame in v]
+            return processor(text=list(texts), images=images, padding=True, return_tensors=return_tensors)
         return processor(text=list(texts), videos=videos, padding=True, return_tensors=return_tensors)
     finally:
         tok.padding_side = old_side
 
 
-def _answer_labels(processor, batch, prefixes: list[str], answers: Sequence[str], with_video: bool):
-    """(B, L) labels: the answer tokens and the end-of-turn token after them; -100 elsewhere."""
+def _answer_labels(
+    processor, batch, prefixes: list[str], texts: list[str], answers: Sequence[str], with_video: bool
+):
+    """(B, L) labels: the answer tokens and the end-of-turn token after them; -100 elsewhere.
+
+    The answer is found from the END of each row: the tokens of ``text[len(prefix):]`` (the assistant turn)
+    must close the row. Processors that insert per-frame text (timestamps, "FrameN:") make the row's start
+    differ from the prefix tokenized alone, so matching from the start would put labels inside the video block.
+    Where the turn's tokens merge across the boundary, the longest common prefix of the prefix is the fallback.
+    """
     import torch
 
     tok = _tokenizer(processor)
     ids = batch["input_ids"]
     labels = torch.full_like(ids, IGNORE_INDEX)
-    video_id = getattr(processor, "video_token_id", None) if with_video else None
     eos_ids = end_of_turn_ids(tok)
-    for row, prefix in enumerate(prefixes):
+    for row, (prefix, text) in enumerate(zip(prefixes, texts, strict=True)):
         row_ids = ids[row][batch["attention_mask"][row].bool()].tolist()  # right padding: real tokens first
-        prefix_ids = tok(prefix, add_special_tokens=with_video)["input_ids"]  # as _encode tokenized it
-        if video_id is not None and _video_token(processor) in prefix:
-            prefix_ids = _expand_video(prefix_ids, row_ids, video_id)
-        start = _common_prefix(prefix_ids, row_ids)
+        start = _suffix_start(tok, prefix, text, row_ids)
+        if start is None:
+            start = _prefix_start(processor, tok, prefix, row_ids, with_video)
         end = next((j + 1 for j in range(start, len(row_ids)) if row_ids[j] in eos_ids), len(row_ids))
         if end <= start:
             raise ValueError(f"build_inputs: the answer of row {row} tokenized to nothing ({answers[row]!r})")
         labels[row, start:end] = ids[row, start:end]
     return labels
+
+
+def _suffix_start(tok, prefix: str, text: str, row_ids: list[int]) -> int | None:
+    """Where the assistant turn (``text`` after ``prefix``) starts in ``row_ids``, if it closes the row."""
+    if not text.startswith(prefix):
+        return None
+    suffix = tok(text[len(prefix) :], add_special_tokens=False)["input_ids"]
+    start = len(row_ids) - len(suffix)
+    return start if suffix and start > 0 and row_ids[start:] == suffix else None
+
+
+def _prefix_start(processor, tok, prefix: str, row_ids: list[int], with_video: bool) -> int:
+    """Where the answer starts, by matching the prefix tokenized alone against the row's start."""
+    prefix_ids = tok(prefix, add_special_tokens=with_video)["input_ids"]  # as _encode tokenized it
+    video_id = getattr(processor, "video_token_id", None) if with_video else None
+    if video_id is not None and _video_token(processor) in prefix:
+        prefix_ids = _expand_video(prefix_ids, row_ids, video_id)
+    return _common_prefix(prefix_ids, row_ids)
 
 
 def _expand_video(prefix_ids: list[int], row_ids: list[int], video_id: int) -> list[int]:

@@ -59,12 +59,21 @@ class RunConfig:
     frame_strategy: dict | None = None  # {"train": "segments", "eval": "uniform"}
     lora: dict | None = None  # {"rank", "alpha", "dropout"}
     dna: dict | None = None  # {"neg_branch", "neg_rank", "shared_values"} (DnA arm)
+    # what computed the vision attention (dna_vlm.patching.attention_kernel): "dna_vlm-sdpa" for the DnA arm
+    # and the fair softmax control (same adapter layers and SDPA call; load the control with
+    # patch(model, attention="softmax")), "hf-<attn_implementation>" for a stock model; null: not recorded
+    attention_kernel: str | None = None
     load_in_4bit: bool = False
     dtype: str | None = None
     steps: int | None = None
     seed: int | None = None
     train_data: str | None = None
     extra: dict = field(default_factory=dict)  # the caller's TrainConfig.extra, as given
+    # what the run was trained on: {"config_digest", "weights": {file: digest}} (dna_vlm.runs.base_identity)
+    base_identity: dict | None = None
+    # the manifest, {path relative to the run dir: digest} of every weight / summary file (written last,
+    # with this file): a load checks it, so a run dir is one complete write or an error
+    files: dict | None = None
 
     def __post_init__(self):
         _validate({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "RunConfig")

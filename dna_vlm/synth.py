@@ -18,10 +18,16 @@ Answer priors are balanced per split: categories, densities, answer letters and 
 values are each (near-)uniform, so a blind model is at chance. Everything is deterministic for a seed.
 
 ``dna-vlm synth-data OUT_DIR`` / :func:`generate_dataset` write ``OUT_DIR/{train,val,test}.jsonl`` (rows in
-the project's dataset format plus ``category``, ``density``, ``answer_value``, ``target`` (its attributes, start
-and end centre in pixels), ``distractors`` and ``background`` - enough to re-render the clip with
-:func:`render_clip`),
+the project's dataset format plus ``category``, ``density``, ``answer_value``, the label fields
+``target_color`` / ``target_shape`` / ``target_motion`` (the target's value of each attribute, whatever is asked:
+what ``dna-vlm probe --label`` predicts), ``target`` (its attributes, start and end centre in pixels),
+``distractors`` and ``background`` - enough to re-render the clip with :func:`render_clip`),
 ``OUT_DIR/videos/*.mp4`` and ``OUT_DIR/meta.json``.
+
+The *oracle input*: ``OUT_DIR/test_oracle.jsonl`` holds every test question again - same id, question,
+options, answer and target - re-rendered without its distractors (``density`` 0, ``distractors`` [],
+``source_density`` the test row's density) into ``OUT_DIR/videos/oracle/*.mp4``. A model's accuracy on it is
+what a perfect removal of the distractors would give (the upper reference for "denoising" the input).
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ __all__ = [
     "COLORS",
     "DIRECTIONS",
     "FORMAT",
+    "LABEL_FIELDS",
+    "ORACLE_FILE",
     "QUESTIONS",
     "SHAPES",
     "add_parser",
@@ -54,7 +62,12 @@ __all__ = [
     "shape_mask",
 ]
 
-FORMAT = "dna-vlm-synth/1"
+# /2: label fields (target_color/shape/motion) on every row and the oracle test split (test_oracle.jsonl)
+FORMAT = "dna-vlm-synth/2"
+#: the label fields every row carries: the target's value of each attribute
+LABEL_FIELDS = {c: f"target_{c}" for c in ("color", "shape", "motion")}
+ORACLE_FILE = "test_oracle.jsonl"
+ORACLE_VIDEOS = "videos/oracle"
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -227,6 +240,7 @@ def make_example(
         "category": category,
         "density": int(density),
         "answer_value": answer_value,
+        **{field: target[a] for a, field in LABEL_FIELDS.items()},
     }
     return scene, fields
 
@@ -317,6 +331,19 @@ def _generate_split(
     return rows, _histogram(rows)
 
 
+def _oracle_rows(test_rows: list[dict], out_dir: Path, frames: int, size: int, fps: float) -> list[dict]:
+    """Every test row again (same id, question, options, answer, target), its clip re-rendered without the
+    distractors into :data:`ORACLE_VIDEOS` - deterministic: the scene is the row's, nothing is sampled."""
+    rows = []
+    for row in test_rows:
+        scene = {"target": row["target"], "distractors": [], "background": row["background"]}
+        rel = f"{ORACLE_VIDEOS}/{row['id']}.mp4"
+        write_video(out_dir / rel, render_clip(scene, frames, size), fps=fps)
+        oracle = {**row, "video": rel, "density": 0, "distractors": [], "source_density": row["density"]}
+        rows.append(oracle)
+    return rows
+
+
 def _histogram(rows: list[dict]) -> dict:
     """How balanced a split came out: counts of answers, categories, densities and answer values."""
     return {
@@ -380,6 +407,7 @@ def generate_dataset(
     }
     _check_args(args)
     paths = {s: out_dir / f"{s}.jsonl" for s in SPLITS}
+    paths["test_oracle"] = out_dir / ORACLE_FILE
     meta_path = out_dir / "meta.json"
     old = None if force else _up_to_date_meta(out_dir, args, paths)
     if old is not None:
@@ -388,7 +416,7 @@ def generate_dataset(
         return {"out_dir": str(out_dir), **{s: str(p) for s, p in paths.items()}, "meta": old}
 
     t0 = time.perf_counter()
-    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    (out_dir / ORACLE_VIDEOS).mkdir(parents=True, exist_ok=True)
     meta = _new_meta(args)
     for split in SPLITS:
         n = args[f"n_{split}"]
@@ -399,6 +427,13 @@ def generate_dataset(
         meta["videos"].extend(r["video"] for r in rows)
         if verbose:
             print(f"synth-data: {split}: {n} clips")
+        if split == "test":
+            oracle = _oracle_rows(rows, out_dir, args["frames"], args["size"], args["fps"])
+            write_jsonl(paths["test_oracle"], oracle)
+            meta["oracle"] = {"file": ORACLE_FILE, "n": len(oracle), "of": "test", "density": 0}
+            meta["videos"].extend(r["video"] for r in oracle)
+            if verbose:
+                print(f"synth-data: {ORACLE_FILE}: {len(oracle)} clips without distractors (oracle input)")
     atomic_write_json(meta_path, meta)  # last: its presence marks a complete data set
     if verbose:
         print(f"synth-data: wrote {out_dir} in {time.perf_counter() - t0:.1f}s")
@@ -414,6 +449,7 @@ def _new_meta(args: dict[str, Any]) -> dict[str, Any]:
         "categories": {c: list(VALUES[c]) for c in CATEGORIES},
         "questions": QUESTIONS,
         "target_cue": "white outline",
+        "label_fields": dict(LABEL_FIELDS),
         "splits": {},
         "videos": [],
     }
@@ -454,7 +490,7 @@ def _up_to_date_meta(out_dir: Path, args: dict[str, Any], paths: dict[str, Path]
         and old.get("format") == FORMAT
         and old.get("args") == args
         and old.get("render") == _render_params()
-        and all(paths[s].is_file() for s in SPLITS)
+        and all(p.is_file() for p in paths.values())
         and all((out_dir / v).is_file() for v in old.get("videos", []))
     ):
         return old
@@ -471,6 +507,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="generate the synthetic dense-scene video QA set",
         description=(
             "Generate the procedurally generated 'semantically dense' video QA set: OUT_DIR/{train,val,test}.jsonl, "
+            "OUT_DIR/test_oracle.jsonl (the test questions re-rendered without distractors: the oracle input), "
             "OUT_DIR/videos/*.mp4, OUT_DIR/meta.json. Deterministic for a seed; skipped if OUT_DIR already "
             "holds the same set."
         ),
@@ -514,7 +551,7 @@ def _main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"dna-vlm synth-data: error: {e}", file=sys.stderr)
         return 2
-    for split in SPLITS:
+    for split in (*SPLITS, "test_oracle"):
         print(f"{split}: {res[split]}")
     print(f"meta: {Path(res['out_dir']) / 'meta.json'}")
     return 0

@@ -1,4 +1,5 @@
-"""The embedded default video LLM: a tiny LLaVA-OneVision built from a config (DESIGN.md §6).
+"""The embedded default video LLM: a tiny LLaVA-OneVision built from a config (DESIGN.md §6), and tiny
+models of every other supported family (:mod:`dna_vlm.tiny_families`, ``--family``).
 
 No download: real HF classes (``LlavaOnevisionForConditionalGeneration`` with a SigLIP tower, the
 projector and a Qwen2 LM) at tiny sizes, random weights from ``seed``, a byte-level BPE tokenizer trained
@@ -6,7 +7,7 @@ in code on the synthetic data's vocabulary (any text still tokenizes, via the by
 ``LlavaOnevisionProcessor`` whose image/video processors resize to the tower's input size, so the
 processor expands ``<video>`` to exactly the number of features the model produces.
 
-CLI: ``dna-vlm tiny-model OUT_DIR [--seed S] [--size small|medium]``.
+CLI: ``dna-vlm tiny-model OUT_DIR [--family F] [--seed S] [--size small|medium]``.
 """
 
 from __future__ import annotations
@@ -19,26 +20,43 @@ from pathlib import Path
 
 from ._io import atomic_write_bytes
 
-__all__ = ["CHAT_TEMPLATE", "SIZES", "SPECIAL_TOKENS", "build_tiny_model", "build_tokenizer"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "DEFAULT_FAMILY",
+    "SIZES",
+    "SPECIAL_TOKENS",
+    "build_tiny_model",
+    "build_tokenizer",
+    "chat_template",
+    "tiny_families",
+]
+
+DEFAULT_FAMILY = "llava_onevision"
 
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 IMAGE, VIDEO = "<image>", "<video>"
 SPECIAL_TOKENS = [PAD, IM_START, IM_END, IMAGE, VIDEO]
 
-# Qwen2-style chat: a video item renders as "<video>\n" before the text (as in LLaVA-OneVision's own template).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'video' %}{{ '<video>\n' }}"
-    "{% elif item['type'] == 'image' %}{{ '<image>\n' }}"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+
+def chat_template(video: str = "<video>\n", image: str = "<image>\n") -> str:
+    """A Qwen2-style (ChatML) chat template; a video / image item renders as ``video`` / ``image`` before the
+    text (LLaVA-OneVision's own template writes "<video>\n"; Qwen-VL's "<|vision_start|><|video_pad|>...")."""
+    return (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for item in message['content'] %}"
+        f"{{% if item['type'] == 'video' %}}{{{{ {video!r} }}}}"
+        f"{{% elif item['type'] == 'image' %}}{{{{ {image!r} }}}}"
+        "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{{ '<|im_end|>\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chat_template()
 
 HEAD_SCALE = 12.0  # lm_head std 0.02 -> 0.24: logits a frozen random LM can move far enough to answer
 
@@ -87,8 +105,17 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 1024):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` with Qwen2-style special tokens and chat template."""
+def build_tokenizer(
+    vocab_size: int = 1024,
+    special: tuple[str, ...] = (IMAGE, VIDEO),
+    attrs: dict | None = None,
+    template: str = CHAT_TEMPLATE,
+):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` with Qwen2-style special tokens and chat template.
+
+    ``special``: the family's media tokens (besides PAD / IM_START / IM_END); ``attrs``: named special tokens
+    the family's processor reads from the tokenizer (InternVL's ``start_image_token`` ...)."""
+    special_tokens = [PAD, IM_START, IM_END, *[t for t in special if t not in (PAD, IM_START, IM_END)]]
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -98,7 +125,7 @@ def build_tokenizer(vocab_size: int = 1024):
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -109,22 +136,37 @@ def build_tokenizer(vocab_size: int = 1024):
         pad_token=PAD,
         bos_token=None,
         unk_token=None,
-        additional_special_tokens=[IM_START, IMAGE, VIDEO],
+        additional_special_tokens=[IM_START, *special_tokens[3:]],
         model_max_length=4096,
         padding_side="right",
         clean_up_tokenization_spaces=False,
+        **({"extra_special_tokens": attrs} if attrs else {}),
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = template
     return fast
 
 
+def tiny_families() -> list[str]:
+    """The ``model_type`` values :func:`build_tiny_model` builds (``family=``)."""
+    from .tiny_families import FAMILIES
+
+    return [DEFAULT_FAMILY, *FAMILIES]
+
+
 def build_tiny_model(
-    out_dir: str | os.PathLike, seed: int = 0, size: str = "small", pretrain_steps: int = 0
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    size: str = "small",
+    pretrain_steps: int = 0,
+    family: str = DEFAULT_FAMILY,
 ) -> Path:
     """Write a tiny LLaVA-OneVision (model + tokenizer + processor) to ``out_dir``; returns the path.
 
     Loads offline with ``AutoProcessor.from_pretrained(out_dir)`` and
-    ``LlavaOnevisionForConditionalGeneration.from_pretrained(out_dir)``.
+    ``LlavaOnevisionForConditionalGeneration.from_pretrained(out_dir)``. ``family``: another HF
+    ``model_type`` of :func:`tiny_families` (llava, llava_next_video, video_llava, qwen2_vl, qwen2_5_vl,
+    qwen3_vl, video_llama_3, internvl) builds that family's tiny model instead, with its own processor
+    (``size`` applies to the default family only; the others have one fixed tiny size).
 
     Weights are random, except that the output head is scaled up (std ~0.25) so a frozen LM can still express
     confident answers. ``pretrain_steps > 0`` first teaches the LM (alone) the answer *format* on text-only
@@ -136,13 +178,20 @@ def build_tiny_model(
 
     if size not in SIZES:
         raise ValueError(f"size={size!r}: expected one of {sorted(SIZES)}")
+    if family not in tiny_families():
+        raise ValueError(f"family={family!r}: expected one of {tiny_families()}")
     s = SIZES[size]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = build_tokenizer()
-    torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(_tiny_config(s, tokenizer)).eval()
+    if family == DEFAULT_FAMILY:
+        tokenizer = build_tokenizer()
+        torch.manual_seed(seed)
+        model = LlavaOnevisionForConditionalGeneration(_tiny_config(s, tokenizer)).eval()
+        processor = _tiny_processor(s, tokenizer)
+    else:
+        model, processor = _build_family(family, seed)
+        tokenizer, s = processor.tokenizer, {}
     with torch.no_grad():
         model.lm_head.weight.mul_(HEAD_SCALE)
     gen = model.generation_config
@@ -152,13 +201,28 @@ def build_tiny_model(
         None,
     )
     gen.do_sample = False
-    processor = _tiny_processor(s, tokenizer)
     stats = pretrain_text(model, processor, pretrain_steps, seed) if pretrain_steps else None
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    meta = {"seed": seed, "size": size, "pretrain_steps": pretrain_steps, "pretrain": stats, **s}
+    meta = {"family": family, "seed": seed, "size": size if family == DEFAULT_FAMILY else "tiny",
+            "pretrain_steps": pretrain_steps, "pretrain": stats, **s}  # fmt: skip
     atomic_write_bytes(out / "dna_vlm_tiny.json", (json.dumps(meta, indent=2) + "\n").encode())
     return out
+
+
+def _build_family(family: str, seed: int):
+    """(model in eval mode, processor) of a :mod:`dna_vlm.tiny_families` family; output head scaled as above."""
+    import torch
+
+    from .tiny_families import FAMILIES
+
+    fam = FAMILIES[family]
+    template = chat_template(fam.video_placeholder, fam.image_placeholder)
+    tokenizer = build_tokenizer(special=fam.special, attrs=fam.token_attrs or None, template=template)
+    torch.manual_seed(seed)
+    model, processor = fam.build(tokenizer)
+    processor.chat_template = template
+    return model.eval(), processor
 
 
 def _pinpoints(px: int) -> list[list[int]]:
@@ -265,7 +329,8 @@ def pretrain_text(
     from .prompting import build_inputs
 
     rng = np.random.default_rng(seed)
-    side = model.config.vision_config.image_size
+    side = getattr(model.config.vision_config, "image_size", 32)
+    side = side[0] if isinstance(side, (list, tuple)) else side
     lm = [p for n, p in model.named_parameters() if "language_model" in n or n.startswith("lm_head")]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -299,11 +364,19 @@ def pretrain_text(
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "tiny-model",
-        help="write the embedded tiny LLaVA-OneVision video LLM (no download)",
-        description="Build a tiny LLaVA-OneVision (SigLIP tower + projector + Qwen2 LM, random weights) "
+        help="write the embedded tiny LLaVA-OneVision (or --family) video LLM (no download)",
+        description="Build a tiny LLaVA-OneVision (SigLIP tower + projector + Qwen2 LM, random weights), or "
+        "with --family a tiny model of another supported family, "
         "with a locally built tokenizer and processor, and save it to OUT_DIR.",
     )
     p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument(
+        "--family",
+        choices=tiny_families(),
+        default=DEFAULT_FAMILY,
+        help="which video-LLM family to build (HF model_type; processor, tokenizer and chat template "
+        "included, offline)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument(
@@ -319,6 +392,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.pretrain_steps < 0:
         print("dna-vlm tiny-model: error: --pretrain-steps must be >= 0", file=sys.stderr)
         return 2
-    path = build_tiny_model(args.out_dir, seed=args.seed, size=args.size, pretrain_steps=args.pretrain_steps)
-    print(f"tiny model ({args.size}, seed {args.seed}) written to {path}")
+    path = build_tiny_model(
+        args.out_dir, seed=args.seed, size=args.size, pretrain_steps=args.pretrain_steps, family=args.family
+    )
+    print(f"tiny {args.family} model ({args.size}, seed {args.seed}) written to {path}")
     return 0

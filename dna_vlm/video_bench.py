@@ -10,6 +10,10 @@ and cached in the temp dir. For each frame count it then times, interleaved over
   as RGB - the way lmms-eval 0.7.3's default video loader (``record_video_length_stream``) works.
 
 and prints sampled frames per second of wall time for both, and the ratio decord / PyAV.
+
+Then (``speed=True``, the default) the tables of :mod:`dna_vlm.video_speed_bench` on a 60 s 720p clip with a
+keyframe every 2 s and camera-like grain: exact vs keyframe seeking, decoder-side vs PIL resizing, cold vs
+cached frames, and the share of wall time a model waits for frames with and without prefetch.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ import numpy as np
 
 from .video import sample_frames, uniform_indices, video_info, write_video
 
-__all__ = ["add_video_bench_args", "main_video_bench", "make_bench_clip", "run_video_bench"]
+__all__ = [
+    "add_video_bench_args",
+    "format_speed_tables",
+    "main_video_bench",
+    "make_bench_clip",
+    "run_speed_bench",
+    "run_video_bench",
+]
 
 
 def make_bench_clip(
@@ -36,12 +47,20 @@ def make_bench_clip(
     gop_seconds: float = 3.0,
     cache_dir: str | Path | None = None,
     verbose: bool = False,
+    grain: float = 0.0,
 ) -> Path:
-    """The benchmark clip (generated once, cached by its parameters in ``cache_dir`` or the temp dir)."""
+    """The benchmark clip (generated once, cached by its parameters in ``cache_dir`` or the temp dir).
+
+    ``grain`` is the standard deviation of fresh per-frame noise (2x2 pixel grains, like a camera sensor's):
+    0 gives a static texture that only moves, so predicted frames cost almost nothing to decode (about 1%
+    of a keyframe's bytes); ``grain=4`` gives predicted frames about 20% of a keyframe's size, typical of
+    camera footage at CRF 23.
+    """
     cache = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "dna-vlm-video-bench"
     n = max(1, round(seconds * fps))
     gop = max(1, round(gop_seconds * fps))
-    path = cache / f"clip_{width}x{height}_{fps}fps_{n}f_gop{gop}.mp4"
+    tag = f"_grain{grain:g}" if grain else ""
+    path = cache / f"clip_{width}x{height}_{fps}fps_{n}f_gop{gop}{tag}.mp4"
     if path.is_file():
         return path
     if verbose:
@@ -56,9 +75,14 @@ def make_bench_clip(
     base = np.clip(base + rng.integers(-12, 13, size=base.shape), 0, 255).astype(np.uint8)
     box_h, box_w = height // 4, width // 6
 
+    noise = np.random.default_rng(1)
+
     def frames():
         for t in range(n):
             f = np.roll(base, 6 * t, axis=1)
+            if grain:
+                g = noise.normal(0.0, grain, size=(height // 2, width // 2, 1)).repeat(2, 0).repeat(2, 1)
+                f = np.clip(f + g, 0, 255).astype(np.uint8)
             x = (20 + 7 * t) % max(1, width - box_w)
             y = height // 3 + int(height / 6 * np.sin(t / 15))
             f[y : y + box_h, x : x + box_w] = (255, (3 * t) % 256, 0)
@@ -101,13 +125,23 @@ def run_video_bench(
     cache_dir: str | Path | None = None,
     verbose: bool = True,
     quick: bool = False,
+    speed: bool = False,
 ) -> list[dict]:
     """Time decord vs PyAV per frame count; returns one dict per count (and prints a table if verbose).
 
     ``quick=True`` is a smoke test: a 4 s 320x240 clip, 8 and 16 frames, 2 repeats (overrides those args).
+    ``speed=True`` appends the rows of :func:`run_speed_bench` (each with a ``"table"`` key).
     """
     if quick:
         frame_counts, repeats, seconds, width, height = (8, 16), 2, 4.0, 320, 240
+    rows = _decord_vs_pyav(frame_counts, repeats, seconds, width, height, fps, threads, cache_dir, verbose)
+    if speed:
+        rows += run_speed_bench(frame_counts, repeats, seconds, width, height, fps, threads, cache_dir,
+                                verbose, quick)  # fmt: skip
+    return rows
+
+
+def _decord_vs_pyav(frame_counts, repeats, seconds, width, height, fps, threads, cache_dir, verbose):
     path = make_bench_clip(seconds, width, height, fps, cache_dir=cache_dir, verbose=verbose)
     info = video_info(path)
     # warm up both (imports, page cache)
@@ -120,6 +154,7 @@ def run_video_bench(
         p = statistics.median(times[("pyav", n)])
         rows.append(
             {
+                "table": "decord_vs_pyav",
                 "frames": n,
                 "decord_s": d,
                 "pyav_s": p,
@@ -175,6 +210,100 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_speed_bench(
+    frame_counts=(8, 16, 32),
+    repeats: int = 5,
+    seconds: float = 60.0,
+    width: int = 1280,
+    height: int = 720,
+    fps: int = 30,
+    threads: int = 0,
+    cache_dir: str | Path | None = None,
+    verbose: bool = True,
+    quick: bool = False,
+    gop_seconds: float = 2.0,
+    grain: float = 4.0,
+    size: tuple[int, int] = (384, 384),
+    prefetch_videos: int = 8,
+) -> list[dict]:
+    """Issue 14's rows (seek, resize, cache, prefetch) on a clip with a keyframe every ``gop_seconds``."""
+    from . import video_speed_bench as vs
+
+    if quick:
+        frame_counts, repeats, seconds, width, height, prefetch_videos = (8,), 1, 4.0, 320, 240, 3
+        size = (64, 64)
+    path = make_bench_clip(seconds, width, height, fps, gop_seconds, cache_dir, verbose, grain=grain)
+    n = frame_counts[0]
+    steps = [
+        ("seek", lambda: vs.bench_seek(path, frame_counts, repeats, threads)),
+        ("resize", lambda: vs.bench_resize(path, frame_counts, repeats, size, "keyframe", threads)),
+        ("cache", lambda: vs.bench_cache(path, frame_counts, repeats, "exact", threads)),
+        ("prefetch", lambda: vs.bench_prefetch(path, n, "keyframe", prefetch_videos, 1.5, repeats)),
+        ("loader", lambda: vs.bench_train_loader(path, n, "keyframe", prefetch_videos, 1.5, repeats)),
+    ]
+    rows: list[dict] = []
+    for name, run in steps:
+        if verbose:
+            print(f"video-bench: {name} ...", flush=True)
+        rows += run()
+    if verbose:
+        info = video_info(path)
+        print(
+            f"\nclip: {info.width}x{info.height}, {info.fps:g} fps, {info.duration:.0f}s, keyframe every "
+            f"{gop_seconds:g}s, grain {grain:g}; {repeats} interleaved repeats, medians"
+        )
+        print(format_speed_tables(rows))
+    return rows
+
+
+def format_speed_tables(rows: list[dict]) -> str:
+    """The seek / resize / cache / prefetch rows as four text tables (each row starts with its table)."""
+    out = []
+    seek = [r for r in rows if r.get("table") == "seek"]
+    if seek:
+        out.append(
+            "seek   | frames | exact fr/s | keyframe fr/s | keyframe/exact | keys | mean err s | max err s"
+        )
+        out += [
+            f"seek   | {r['frames']:>6} | {r['exact_fps']:>10.1f} | {r['keyframe_fps']:>13.1f} | "
+            f"{r['speedup']:>13.2f}x | {r['distinct_keyframes']:>4} | {r['mean_error_s']:>10.3f} | "
+            f"{r['max_error_s']:>9.3f}"
+            for r in seek
+        ]
+    resize = [r for r in rows if r.get("table") == "resize"]
+    if resize:
+        out.append("\nresize | frames | seek | size | decoder-side s | full + PIL s | speed-up | mean |diff|")
+        out += [
+            f"resize | {r['frames']:>6} | {r['seek']} | {r['size'][0]}x{r['size'][1]} | {r['decoder_s']:>14.3f} | "
+            f"{r['full_plus_pil_s']:>12.3f} | {r['speedup']:>7.2f}x | {r['mean_abs_pixel_diff']:.2f}"
+            for r in resize
+        ]
+    cache = [r for r in rows if r.get("table") == "cache"]
+    if cache:
+        out.append(
+            "\ncache  | frames | seek | cold (decode+write) s | cached (read) s | cached/cold | identical"
+        )
+        out += [
+            f"cache  | {r['frames']:>6} | {r['seek']} | {r['cold_s']:>21.3f} | {r['warm_s']:>15.4f} | "
+            f"{100 * r['warm_share']:>10.2f}% | {r['identical']}"
+            for r in cache
+        ]
+    pre = [r for r in rows if r.get("table") == "prefetch"]
+    if pre:
+        out.append(
+            "\nprefetch | step | items | load s | step s | wait share off / on | steady wait off / on | "
+            "wall off / on s"
+        )
+        out += [
+            f"prefetch | {r['step']} | {r['videos']} | {r['decode_s']:.3f} | {r['step_s']:.3f} | "
+            f"{100 * r['wait_share_off']:.1f}% / {100 * r['wait_share_on']:.1f}% | "
+            f"{100 * r['steady_wait_share_off']:.1f}% / {100 * r['steady_wait_share_on']:.1f}% | "
+            f"{r['wall_off_s']:.2f} / {r['wall_on_s']:.2f}"
+            for r in pre
+        ]
+    return "\n".join(out)
+
+
 def add_video_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the video benchmark's options (all prefixed ``--video-``, plus ``--quick``) to ``parser``.
 
@@ -192,6 +321,11 @@ def add_video_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     g.add_argument("--video-repeats", type=int, default=5, help="interleaved repetitions (default 5)")
     g.add_argument("--video-seconds", type=float, default=60.0, help="clip length in seconds (default 60)")
     g.add_argument("--video-threads", type=int, default=0, help="decord decoder threads (0 = auto)")
+    g.add_argument(
+        "--video-no-speed",
+        action="store_true",
+        help="only decord vs PyAV (skip the seek / resize / cache / prefetch tables)",
+    )
     g.add_argument(
         "--video-cache-dir", default=None, help="where the generated clip is cached (default: temp dir)"
     )
@@ -213,7 +347,14 @@ def main_video_bench(args: argparse.Namespace) -> int:
     if any(n < 1 for n in kw["frame_counts"]) or kw["repeats"] < 1 or kw["seconds"] <= 0:
         print("video-bench: frame counts and --repeats must be >= 1 and --seconds > 0", file=sys.stderr)
         return 2
-    run_video_bench(**kw, quick=bool(getattr(args, "quick", False)))
+    rows = run_video_bench(
+        **kw, quick=bool(getattr(args, "quick", False)), speed=not getattr(args, "video_no_speed", False)
+    )
+    if getattr(args, "json", None):
+        from ._io import atomic_write_json
+        from .bench import machine
+
+        atomic_write_json(args.json, {"machine": machine(), "rows": rows})
     return 0
 
 

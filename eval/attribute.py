@@ -1,9 +1,11 @@
 """`dna-vlm attribute`: paired, per-question comparison of two lmms-eval sample logs (baseline vs candidate,
 optionally a video-blind run of the same questions), with statistics a reviewer can check.
 
-Input: the JSONL files lmms-eval writes with ``--log_samples`` (``*_samples_<task>.jsonl``), read by
-:mod:`dna_vlm.eval.samples`: one row per question, whose metric is a 0/1 number or a record dict such as the
-dna_vlm tasks' ``dna_vlm`` (:mod:`dna_vlm.eval.records`). Rows are matched across files by the question id.
+Input: the JSONL files lmms-eval writes with ``--log_samples`` (``<date>_samples_<task>.jsonl``), one or
+several per arm (files, globs, folders), read by :mod:`dna_vlm.eval.samples`: one row per question, its
+right/wrong read by the task's correctness reader (:mod:`dna_vlm.eval.readers`) or, for the dna_vlm tasks, from
+their record dict (:mod:`dna_vlm.eval.records`). Rows pair across arms by (task, doc id) and must be the same
+question (:func:`dna_vlm.eval.samples.check_pairing`).
 
 Python API: :func:`attribute` (returns the report dict and writes ``report.json``, ``report.md`` and PNG plots
 when ``out_dir`` is given), :func:`summary_table`, :func:`load_samples`. The statistics live in
@@ -14,6 +16,7 @@ in ``DEFINITIONS`` below (also appended to this docstring and written into each 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import sys
 from collections.abc import Sequence
@@ -22,16 +25,25 @@ from pathlib import Path
 import numpy as np
 
 from .attribute_report import summary_table, write_report
+from .encoder import EncoderError, add_encoder_args, encoder_section_from_args
 from .records import SampleRecord
-from .samples import AttributionError, SampleLog, check_same_ids, load_samples
+from .samples import Arm, AttributionError, SampleLog, load_arms, load_samples
 from .stats import compare, excludes_zero, holm, mcnemar_exact, ols_trend, paired_bootstrap_ci, wilson_ci
 
-__all__ = ["DEFINITIONS", "AttributionError", "SampleLog", "attribute", "load_samples", "summary_table"]
+__all__ = [
+    "DEFINITIONS",
+    "AttributionError",
+    "SampleLog",
+    "attribute",
+    "describe_arm",
+    "load_samples",
+    "summary_table",
+]
 
 DEFINITIONS = """\
 ## Definitions
 
-Notation: the compared set holds n questions (docs) present in every log. For doc i, b_i, c_i, k_i in {0, 1}
+Notation: the compared set holds n questions (docs) present in every arm. For doc i, b_i, c_i, k_i in {0, 1}
 say whether the baseline, the candidate and the blind model (same questions, no video) answered it
 correctly. Cell names use the order baseline, candidate, blind: "RW" = baseline right, candidate wrong.
 
@@ -61,6 +73,19 @@ correctly. Cell names use the order baseline, candidate, blind: "RW" = baseline 
   refit), `p_value` = the OLS t-test of slope = 0 (`scipy.stats.linregress`; approximate for 0/1 data);
   `baseline_slope` / `candidate_slope` are the same fit of b_i and c_i (accuracy per unit of x). A positive
   `slope` means the candidate's gain grows with the field, e.g. with semantic density.
+- **pooling and pairing**: an arm is one sample log or several (e.g. the 20 MVBench subtasks); docs pair by
+  (task, doc id), the task read from lmms-eval's file name `<date>_samples_<task>.jsonl` (a video-free twin
+  such as `videomme_no_visual` or `*_blind` pairs with its video task; with one log per arm, docs pair by id
+  alone). Every statistic above is over the pooled docs (micro average: each question counts once, so a
+  task's weight is its number of questions); `--by task` gives the per-task rows. Per-question correctness
+  comes from the task's reader in `dna_vlm.eval.readers.READERS` (it reproduces the stock task's rule).
+  Checks (errors): every arm holds the same (task, doc id)s; paired docs are the same question (`pairing`:
+  the logged `doc` fields, file locations compared by base name, else lmms-eval's `doc_hash`;
+  `questions_unverified` counts pairs where neither was logged); no file is given to two arms; a `--blind`
+  log was answered without the video (`blind_verified`: from the plugin's provenance, the records' `blind`
+  field or a `*_no_visual`/`*_blind` task; null/false = could not be told).
+- **arms**: what each arm was, from the dna_vlm plugin's provenance beside the logs (`<date>_dna_vlm.json`):
+  base model, run dir and weights digest, DnA or stock, controls, frame sampling.
 - **failed samples**: rows the plugin marked `failed` (missing/corrupt video, with a `reason`). Default
   `--failed exclude`: a doc failed in ANY supplied log (baseline, candidate or blind) is removed from every
   comparison, so all arms are scored on the same docs (`failed.excluded_docs` says how many). With
@@ -188,9 +213,9 @@ def _decomposition(cells: dict[str, int], err_b: int, err_c: int) -> dict:
 
 
 def attribute(
-    baseline: str | Path,
-    candidate: str | Path,
-    blind: str | Path | None = None,
+    baseline,
+    candidate,
+    blind=None,
     by: Sequence[str] | str = (),
     out_dir: str | Path | None = None,
     metric: str | None = None,
@@ -199,41 +224,45 @@ def attribute(
     seed: int = 0,
     plots: bool = True,
 ) -> dict:
-    """Compare two sample logs question by question; see ``DEFINITIONS`` for every reported quantity.
+    """Compare two arms question by question; see ``DEFINITIONS`` for every reported quantity.
 
     Args:
-        baseline, candidate: lmms-eval ``--log_samples`` JSONL files (or folders holding exactly one).
-        blind: optional log of the same questions answered without the video.
-        by: fields to break the comparison down by (e.g. ``("category", "density")`` or ``"category,density"``).
+        baseline, candidate: each one lmms-eval ``--log_samples`` JSONL, or several (a list of files, globs or
+            folders: every ``*samples*.jsonl`` under them), e.g. the 20 MVBench subtask logs. Docs pair by
+            (task, doc id); the task comes from lmms-eval's file name ``<date>_samples_<task>.jsonl``.
+        blind: optional log(s) of the same questions answered without the video.
+        by: fields to break the comparison down by (e.g. ``("task", "category")`` or ``"task,density"``).
         out_dir: where to write ``report.json``, ``report.md`` and the PNG plots (nothing written if None).
-        metric: the per-sample metric key. Default: the only record dict with ``correct`` (the dna-vlm tasks'
-            ``dna_vlm``), else ``accuracy``, else ``acc``, else the only numeric metric. A numeric metric still
-            takes ids, groups and failures from a record dict in the same row.
+        metric: force the generic reader on this per-sample metric key (default: the task's correctness reader
+            from :data:`dna_vlm.eval.readers.READERS`, else the only record dict with ``correct`` -- the
+            dna-vlm tasks' ``dna_vlm`` -- else ``accuracy``, else ``acc``, else the only numeric metric).
         failed: ``"exclude"`` (drop docs failed in any log) or ``"wrong"`` (failed = wrong answer).
         bootstrap: number of paired bootstrap replicates (0 disables the CIs); seed: their seed.
 
-    Returns the report dict (also ``report.json``). Raises :class:`AttributionError` for unreadable or
-    mismatched logs.
+    Returns the report dict (also ``report.json``); its keys are the contract of ``report.json`` and other
+    sections may be added beside them. Raises :class:`AttributionError` for unreadable or mismatched logs.
     """
     if failed not in ("exclude", "wrong"):
         raise AttributionError(f"failed={failed!r}: use 'exclude' or 'wrong'")
     if isinstance(by, str):
         by = [f.strip() for f in by.split(",") if f.strip()]
-    logs = _load_logs(baseline, candidate, blind, metric)
-    all_ids = logs["baseline"].ids
-    failures = {arm: [r for r in log.records.values() if r.failed] for arm, log in logs.items()}
-    ids = _compared_ids(all_ids, failures, failed)
+    arms, pairing = load_arms({"baseline": baseline, "candidate": candidate, "blind": blind}, metric)
+    all_keys = arms["baseline"].keys
+    failures = {name: [(k, r) for k, r in arm.records.items() if r.failed] for name, arm in arms.items()}
+    keys = _compared_keys(all_keys, failures, failed)
     arrays = {
-        arm: np.array([log.records[i].correct for i in ids], dtype=np.int8) for arm, log in logs.items()
+        name: np.array([arm.records[k].correct for k in keys], dtype=np.int8) for name, arm in arms.items()
     }
     b, c, k = arrays["baseline"], arrays["candidate"], arrays.get("blind")
 
-    report: dict = {"format": "dna-vlm-attribution/1"}
+    report: dict = {"format": "dna-vlm-attribution/2"}
     report.update(compare(b, c, bootstrap, seed, "all"))
-    report.update(_provenance(logs, failures, failed, len(all_ids) - len(ids), bootstrap, seed))
+    report.update(_provenance(arms, failures, failed, len(all_keys) - len(keys), bootstrap, seed))
+    report["pairing"] = pairing
+    report["arms"] = {name: describe_arm(arm) for name, arm in arms.items()}
     if k is not None:
         report["blind"] = _blind_stats(b, c, k, bootstrap, seed, "all")
-    report.update(_by_fields(list(dict.fromkeys(by)), logs, ids, (b, c, k), bootstrap, seed))
+    report.update(_by_fields(list(dict.fromkeys(by)), arms, keys, (b, c, k), bootstrap, seed))
     report["definitions"] = DEFINITIONS
 
     if out_dir is not None:
@@ -241,12 +270,14 @@ def attribute(
     return report
 
 
-def _by_fields(by: list[str], logs: dict, ids: list[str], arrays: tuple, n_boot: int, seed: int) -> dict:
+def _by_fields(
+    by: list[str], arms: dict[str, Arm], keys: list, arrays: tuple, n_boot: int, seed: int
+) -> dict:
     """``by_group``, ``group_order`` and ``trends`` for the ``--by`` fields (``arrays``: b, c, k or None)."""
     out: dict = {"by_group": {}, "group_order": {}, "trends": {}}
     for fld in by:
-        vals = [_group_value(logs, i, fld) for i in ids]
-        _require_field(fld, vals, logs)
+        vals = [_group_value(arms, key, fld) for key in keys]
+        _require_field(fld, vals, arms)
         groups, trend = _field_stats(fld, vals, *arrays, n_boot, seed)
         out["by_group"][fld] = groups
         out["group_order"][fld] = list(groups)  # report.json sorts keys; this keeps the natural order
@@ -255,54 +286,108 @@ def _by_fields(by: list[str], logs: dict, ids: list[str], arrays: tuple, n_boot:
     return out
 
 
-def _provenance(logs: dict, failures: dict, failed: str, excluded: int, bootstrap: int, seed: int) -> dict:
-    """What was compared and how: inputs with hashes, metrics, bootstrap settings, failed samples."""
+def _log_input(log) -> dict:
     return {
-        "n_total": len(logs["baseline"].records),
-        "metric": {arm: log.metric for arm, log in logs.items()},
+        "path": str(log.path), "task": log.task, "sha256": log.sha256, "rows": len(log.records),
+        "metric": log.metric, "reader": log.reader,
+    }  # fmt: skip
+
+
+def _arm_inputs(arm: Arm) -> dict:
+    """An arm's inputs: ``path``/``sha256`` of its one log (a digest over all logs when pooled), total rows,
+    and one entry per log."""
+    logs = [_log_input(log) for log in arm.logs]
+    one = len(logs) == 1
+    digest = logs[0]["sha256"] if one else hashlib.sha256("".join(sorted(x["sha256"] for x in logs)).encode())
+    return {
+        "path": logs[0]["path"] if one else None,
+        "sha256": digest if one else digest.hexdigest(),
+        "rows": len(arm.records),
+        "logs": logs,
+    }
+
+
+def _failed_item(key: tuple, rec: SampleRecord) -> dict:
+    item = {"id": rec.id, "reason": rec.reason}
+    return {"task": key[0], **item} if key[0] else item
+
+
+def _provenance(arms: dict, failures: dict, failed: str, excluded: int, bootstrap: int, seed: int) -> dict:
+    """What was compared and how: inputs with hashes, metrics, bootstrap settings, failed samples."""
+    metric = {}
+    for name, arm in arms.items():
+        per_task = {log.task: log.metric for log in arm.logs}
+        metric[name] = next(iter(per_task.values())) if len(set(per_task.values())) == 1 else per_task
+    return {
+        "n_total": len(arms["baseline"].records),
+        "tasks": sorted({key[0] for key in arms["baseline"].records}),
+        "metric": metric,
         "bootstrap": bootstrap,
         "seed": seed,
-        "inputs": {
-            arm: {"path": str(log.path), "sha256": log.sha256, "rows": len(log.records)}
-            for arm, log in logs.items()
-        },
+        "inputs": {name: _arm_inputs(arm) for name, arm in arms.items()},
         "failed": {
             "policy": failed,
             "excluded_docs": excluded,
-            "counts": {arm: len(v) for arm, v in failures.items()},
-            **{arm: [{"id": r.id, "reason": r.reason} for r in v] for arm, v in failures.items()},
+            "counts": {name: len(v) for name, v in failures.items()},
+            **{name: [_failed_item(key, r) for key, r in v] for name, v in failures.items()},
         },
     }
 
 
-def _load_logs(baseline, candidate, blind, metric: str | None) -> dict[str, SampleLog]:
-    """Read every supplied log (keyed by arm) and check they hold the same questions."""
-    logs = {"baseline": load_samples(baseline, metric), "candidate": load_samples(candidate, metric)}
-    if blind is not None:
-        logs["blind"] = load_samples(blind, metric)
-    for arm in list(logs)[1:]:
-        check_same_ids(logs["baseline"], logs[arm], "baseline", arm)
-    if logs["baseline"].path.resolve() == logs["candidate"].path.resolve():
-        print("dna-vlm attribute: warning: baseline and candidate are the same file", file=sys.stderr)
-    return logs
+def describe_arm(arm: Arm) -> dict:
+    """What an arm was, from the dna_vlm plugin's provenance of each log (base model, run dir + weights
+    digest, DnA or stock, controls, frame sampling); identical descriptions are listed once."""
+    described, unknown = [], []
+    for log in arm.logs:
+        if log.provenance is None:
+            unknown.append(str(log.path))
+            continue
+        d = _describe(log.provenance)
+        if d not in described:
+            described.append(d)
+    return {"runs": described, "without_provenance": unknown}
 
 
-def _compared_ids(all_ids: list[str], failures: dict[str, list[SampleRecord]], failed: str) -> list[str]:
-    """The doc ids every arm is scored on: under ``exclude``, a doc failed in any log is dropped from all."""
-    bad = {r.id for recs in failures.values() for r in recs}
-    ids = [i for i in all_ids if i not in bad] if failed == "exclude" else all_ids
-    if not ids:
+def _describe(prov: dict) -> dict:
+    base = prov.get("base_model") or {}
+    weights = prov.get("weights") or {}
+    table = prov.get("patch_table") or []
+    return {
+        "model": "DnA"
+        if table and prov.get("attention") != "softmax"
+        else "stock"
+        if not table
+        else "patched",
+        "attention": prov.get("attention"),
+        "base_model": base.get("pretrained") or base.get("name_or_path"),
+        "base_config_sha256": base.get("config_sha256"),
+        "run_dir": prov.get("run_dir") or prov.get("dna_dir"),
+        "weights_sha256": weights.get("sha256"),
+        "patched_modules": len(table),
+        "dna_options": prov.get("dna_options"),
+        "controls": prov.get("controls"),
+        "frame_sampling": prov.get("frame_sampling"),
+        "bad_video": prov.get("bad_video"),
+        "dna_vlm_version": prov.get("dna_vlm_version"),
+    }
+
+
+def _compared_keys(all_keys: list, failures: dict[str, list], failed: str) -> list:
+    """The docs every arm is scored on: under ``exclude``, a doc failed in any log is dropped from all."""
+    bad = {key for recs in failures.values() for key, _ in recs}
+    keys = [k for k in all_keys if k not in bad] if failed == "exclude" else all_keys
+    if not keys:
         raise AttributionError(
-            f"all {len(all_ids)} docs failed in at least one log (see the 'reason' fields); nothing to compare. "
+            f"all {len(all_keys)} docs failed in at least one log (see the 'reason' fields); nothing to compare. "
             "Fix the videos or use --failed wrong"
         )
-    return ids
+    return keys
 
 
-def _require_field(fld: str, vals: list, logs: dict[str, SampleLog]) -> None:
+def _require_field(fld: str, vals: list, arms: dict[str, Arm]) -> None:
     """Fail with the available field names when no compared doc has ``fld``."""
     if all(v is MISSING for v in vals):
-        avail = sorted({f for log in logs.values() for r in log.records.values() for f in r.fields})
+        avail = sorted({f for arm in arms.values() for r in arm.records.values() for f in r.fields})
         raise AttributionError(
             f"--by {fld}: no sample has a field {fld!r} (in the metric dict or doc); available: {avail}"
         )
@@ -338,9 +423,9 @@ def _field_stats(fld: str, vals: list, b, c, k, n_boot: int, seed: int) -> tuple
     return groups, ols_trend(x, b[mask], c[mask], n_boot, seed, f"trend/{fld}")
 
 
-def _group_value(logs: dict[str, SampleLog], doc_id: str, fld: str):
-    for log in logs.values():
-        v = log.records[doc_id].fields.get(fld, MISSING)
+def _group_value(arms: dict[str, Arm], key: tuple, fld: str):
+    for arm in arms.values():
+        v = arm.records[key].fields.get(fld, MISSING)
         if v is not MISSING and v is not None:
             return v
     return MISSING
@@ -354,45 +439,69 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """``dna-vlm attribute`` (its one-line help is in :data:`dna_vlm.cli.SUBCOMMANDS`)."""
     p = subparsers.add_parser(
         "attribute",
-        description="Compare a baseline and a candidate (and optionally a video-blind) lmms-eval --log_samples "
-        "JSONL question by question: Wilson CIs, paired bootstrap CI of the delta, exact McNemar test, flips, "
+        description="Compare a baseline and a candidate (and optionally a video-blind) arm of lmms-eval "
+        "--log_samples JSONL question by question (several logs per arm are pooled by task and doc id): Wilson CIs, paired bootstrap CI of the delta, exact McNemar test, flips, "
         "per-group breakdowns and an error decomposition. Writes report.json, report.md and PNG plots.",
     )
-    p.add_argument("--baseline", required=True, help="baseline model's samples JSONL (or a folder with one)")
-    p.add_argument("--candidate", required=True, help="candidate model's samples JSONL (e.g. the DnA run)")
-    p.add_argument("--blind", help="samples JSONL of the same questions answered without the video")
-    p.add_argument("--by", default="", help="comma-separated fields to break down by, e.g. category,density")
+    logs = "lmms-eval --log_samples JSONL file(s), glob(s) or folder(s) (every *samples*.jsonl under it)"
+    p.add_argument("--baseline", required=True, nargs="+", help=f"baseline model's {logs}")
+    p.add_argument(
+        "--candidate", required=True, nargs="+", help=f"candidate model's {logs} (e.g. the DnA run)"
+    )
+    p.add_argument("--blind", nargs="+", help="the same questions answered without the video (same forms)")
+    p.add_argument(
+        "--by",
+        default="",
+        help="comma-separated fields to break down by, e.g. task,category,density ('task': per lmms-eval task)",
+    )
     p.add_argument(
         "--metric",
         default=None,
-        help="per-sample metric key (default: the dna_vlm record, else accuracy, else acc, else the only one)",
+        help="force this per-sample metric key (default: the task's correctness reader, see eval/readers.py; "
+        "else the dna_vlm record, else accuracy, else acc, else the only one)",
     )
     p.add_argument("--failed", choices=("exclude", "wrong"), default="exclude", help="failed samples policy")
     p.add_argument("--bootstrap", type=int, default=10_000, help="paired bootstrap replicates (0: no CIs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--out", required=True, help="report folder (report.json, report.md, *.png)")
+    add_encoder_args(p)  # the Encoder section: --probe, --oracle, --control, --noise (eval/encoder.py)
     p.set_defaults(func=_main)
     return p
 
 
 def _main(args) -> int:
+    by = (
+        [f.strip() for f in args.by.split(",") if f.strip()]
+        if isinstance(args.by, str)
+        else list(args.by or ())
+    )
     try:
         report = attribute(
             args.baseline,
             args.candidate,
             blind=args.blind,
-            by=args.by,
-            out_dir=args.out,
+            by=by,
             metric=args.metric,
             failed=args.failed,
             bootstrap=args.bootstrap,
             seed=args.seed,
-            plots=not args.no_plots,
         )
-    except AttributionError as e:
+        section = encoder_section_from_args(
+            args,
+            args.baseline,
+            args.candidate,
+            by=by,
+            n_boot=args.bootstrap,
+            seed=args.seed,
+            out_dir=args.out,
+        )
+    except (AttributionError, EncoderError) as e:
         print(f"dna-vlm attribute: error: {e}", file=sys.stderr)
         return 2
+    if section is not None:
+        report["encoder"] = section
+    write_report(report, args.out, plots=not args.no_plots)
     print(summary_table(report))
     print(f"\nreport: {Path(args.out) / 'report.md'}")
     return 0

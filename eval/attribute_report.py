@@ -14,6 +14,7 @@ import numpy as np
 from dna_vlm._io import atomic_write_bytes, atomic_write_json
 
 from ._report_io import json_safe, pyplot, safe_name, save_png
+from .encoder_report import encoder_markdown
 
 __all__ = ["render_markdown", "summary_table", "write_report"]
 
@@ -89,6 +90,10 @@ def summary_table(report: dict) -> str:
             f"{_sci(rel['baseline']['delta_ci95'])}, candidate {_spct(rel['candidate']['delta'])} "
             f"{_sci(rel['candidate']['delta_ci95'])} points"
         )
+    tasks = [t for t in report.get("tasks", []) if t]
+    if len(tasks) > 1:
+        lines.append(f"pooled over {len(tasks)} tasks ({', '.join(tasks[:5])}{' ...' if len(tasks) > 5 else ''}); "
+                     "--by task for per-task rows")  # fmt: skip
     f = report.get("failed", {})
     if f.get("excluded_docs"):
         lines.append(
@@ -179,6 +184,8 @@ def render_markdown(report: dict) -> str:
     L = ["# dna-vlm attribution report", ""]
     L += _inputs_md(r)
     L += _headline_md(r)
+    if r.get("encoder"):
+        L += encoder_markdown(r["encoder"])
     L += _failed_md(r["failed"])
     if "blind" in r:
         L += ["## How much each model uses the video", "", *_blind_md(r["blind"]), ""]
@@ -193,12 +200,52 @@ def render_markdown(report: dict) -> str:
 
 
 def _inputs_md(r: dict) -> list[str]:
-    """The table of input logs (path, hash prefix, rows, metric), so a reader can check what was compared."""
-    L = ["| log | path | sha256 | rows | metric |", "|---|---|---|---:|---|"]
+    """The table of input logs (arm, task, path, hash prefix, rows, metric/reader), the pairing checks and
+    what each arm was, so a reader can check what was compared."""
+    L = ["| arm | task | path | sha256 | rows | metric (reader) |", "|---|---|---|---|---:|---|"]
     for arm, inp in r["inputs"].items():
-        L.append(
-            f"| {arm} | `{inp['path']}` | `{inp['sha256'][:16]}...` | {inp['rows']} | {r['metric'][arm]} |"
-        )
+        for log in inp.get("logs") or [{**inp, "task": "", "metric": r["metric"][arm], "reader": ""}]:
+            reader = f" ({log['reader']})" if log.get("reader") else ""
+            L.append(
+                f"| {arm} | {_cell(log['task'] or '-')} | `{log['path']}` | `{log['sha256'][:16]}...` | "
+                f"{log['rows']} | {_cell(log['metric'])}{reader} |"
+            )
+    return L + _pairing_md(r.get("pairing")) + _arms_md(r.get("arms"))
+
+
+def _pairing_md(p: dict | None) -> list[str]:
+    if not p:
+        return []
+    blind = {True: "yes", False: "could not be told (no provenance or blind field)", None: "no blind arm"}
+    return [
+        "",
+        f"Pairing checks: docs paired by (task, doc id); {p['questions_checked']} pairs verified to be the same "
+        f"question, {p['questions_unverified']} not verifiable (no doc or doc_hash logged). "
+        f"Blind arm answered without video: {blind[p['blind_verified']]}.",
+    ]
+
+
+def _arms_md(arms: dict | None) -> list[str]:
+    """One line per arm and run: DnA or stock, base model, run dir + weights digest, controls."""
+    if not arms:
+        return []
+    L = [
+        "",
+        "| arm | model | base model | run dir | weights sha256 | controls | frames |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, d in arms.items():
+        for run in d["runs"]:
+            w = run.get("weights_sha256")
+            L.append(
+                f"| {arm} | {run['model']} ({run['patched_modules']} modules) | {_cell(run['base_model'])} | "
+                f"{_cell(run['run_dir'] or '-')} | {f'`{w[:16]}...`' if w else '-'} | {_cell(run['controls'])} | "
+                f"{_cell(run['frame_sampling'])} |"
+            )
+        if d["without_provenance"]:
+            L.append(
+                f"| {arm} | unknown: no dna_vlm provenance beside {len(d['without_provenance'])} log(s) | | | | | |"
+            )
     return L
 
 
@@ -208,7 +255,12 @@ def _headline_md(r: dict) -> list[str]:
         "",
         "## Headline",
         "",
-        f"Compared on **n = {r['n']}** questions (of {r['n_total']}).",
+        f"Compared on **n = {r['n']}** questions (of {r['n_total']})"
+        + (
+            f", pooled over {len(r['tasks'])} tasks: {', '.join(r['tasks'])}."
+            if len(r.get("tasks", [])) > 1
+            else "."
+        ),
         "",
         "| | accuracy % | 95% Wilson CI |",
         "|---|---:|---|",
@@ -246,17 +298,19 @@ def _failed_md(f: dict) -> list[str]:
     L += [
         "Counts: " + ", ".join(f"{arm} {n}" for arm, n in f["counts"].items()) + ". " + how,
         "",
-        "| log | doc id | reason |",
-        "|---|---|---|",
+        "| log | task | doc id | reason |",
+        "|---|---|---|---|",
     ]
     shown = 0
     for arm in f["counts"]:
         for item in f.get(arm, []):
             if shown < 50:  # the full list is in report.json; keep the markdown readable
-                L.append(f"| {arm} | {_cell(item['id'])} | {_cell(item['reason'] or '')} |")
+                L.append(
+                    f"| {arm} | {_cell(item.get('task', '-'))} | {_cell(item['id'])} | {_cell(item['reason'] or '')} |"
+                )
             shown += 1
     if shown > 50:
-        L.append(f"| ... | {shown - 50} more in report.json | |")
+        L.append(f"| ... | | {shown - 50} more in report.json | |")
     L.append("")
     return L
 

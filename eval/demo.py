@@ -9,7 +9,13 @@ Stages (each resumable: a finished stage leaves ``OUT/stages/<name>.json`` and i
 4. ``arm-*``     from that checkpoint, softmax + LoRA and DnA (preserve init) + LoRA with the identical budget
 5. ``eval-*``    lmms-eval (real CLI, ``dna_vlm`` plugin) on the test split: baseline, both arms, blind
 6. ``attribute`` / ``inspect``  paired statistics (softmax arm vs DnA arm, with blind) and DnA diagnostics
-7. ``report``    ``OUT/report.md`` + ``OUT/report.json`` and a summary table
+7. ``probe`` / ``eval-{oracle,none,shuffled,noise*}-softmax-s*`` / ``encoder-s*``  the encoder-level
+                 measurements (issue 11): a linear probe on the visual tokens of the baseline and both arms
+                 (train split -> test and oracle rows), the softmax arm on the oracle input (test questions
+                 without distractors), under the ``video=none`` / ``video=shuffled`` controls and with
+                 encoder noise, then the Encoder section (encoder gain, carry-through, error decomposition)
+8. ``report``    ``OUT/report.md`` (opening with the answer in one paragraph) + ``OUT/report.json`` and a
+                 summary table
 
 The two arms differ only in the attention: same data, LoRA ranks, steps, learning rates and seed.
 """
@@ -26,6 +32,9 @@ from pathlib import Path
 
 from dna_vlm._io import atomic_write_bytes, atomic_write_json
 
+from .demo_encoder import ENCODER_RUNS, encoder_summary, md_probe, run_encoder_section, run_probe_stage
+from .encoder import encoder_markdown
+from .encoder_report import encoder_paragraph
 from .stats import wilson_ci
 
 
@@ -58,7 +67,7 @@ SIZES = {
 
 # Part of every stage fingerprint: bump it when a stage's result gains or changes fields, so markers written
 # by an older dna-vlm are redone instead of read.
-STAGES_FORMAT = 2
+STAGES_FORMAT = 3
 
 
 class Stages:
@@ -132,9 +141,12 @@ def run_demo(
     arms = {(a, s): run.arm(a, s) for s in seed_list for a in ("softmax", "dna")}
     evals = run.evaluate_all(arms)
     reports = {s: run.attribute(s, evals) for s in seed_list}
+    encoder = run.encoder_all(arms, evals, seed_list)
     inspect = run.inspect(arms["dna", seed])
     wall = time.perf_counter() - t_start
-    return _final_report(out, settings, run.data, run.baseline, evals, reports, inspect, run.stages, wall)
+    return _final_report(
+        out, settings, run.data, run.baseline, evals, reports, inspect, run.stages, wall, encoder=encoder
+    )
 
 
 @dataclass
@@ -213,6 +225,31 @@ class _DemoRun:
             f"attribute-s{s}",
             lambda: _attribute(dest, evals[f"softmax-s{s}"], evals[f"dna-s{s}"], evals["blind"]),
         )
+
+    def encoder_all(self, arms: dict[tuple[str, int], str], evals: dict, seeds: list[int]) -> dict:
+        """The probe (baseline and every arm, one feature pipeline), the softmax arm's oracle, control and
+        noise runs, and the Encoder section per seed: ``{seed: {"section", "evals", "probe"}}``."""
+        base, common = self.baseline["path"], (self.data, self.cfg, self.device, self.dtype)
+        runs = [f"{a}-s{s}={r}" for (a, s), r in arms.items()]
+        probe = self.stages.run(
+            "probe", lambda: run_probe_stage(self.out / "probe", base, runs, self.data, self.cfg)
+        )
+        out = {}
+        for s in seeds:
+            soft = arms["softmax", s]
+            ctl = {}
+            for name, margs, test in ENCODER_RUNS:
+                label = f"{name}-softmax-s{s}"
+                ctl[name] = self.stages.run(
+                    f"eval-{label}",
+                    lambda lb=label, m=margs, t=test, r=soft: _evaluate(
+                        self.out, lb, base, r, *common, model_args=m, test=t
+                    ),
+                )
+            args = (self.out / "encoder" / f"s{s}", evals[f"softmax-s{s}"], evals[f"dna-s{s}"], ctl, probe, s)
+            section = self.stages.run(f"encoder-s{s}", lambda a=args: run_encoder_section(*a))
+            out[s] = {"section": section, "evals": ctl, "probe": probe}
+        return out
 
     def inspect(self, dna_run: str) -> dict:
         args = (
@@ -298,8 +335,12 @@ def _evaluate(
     device: str,
     dtype: str,
     blind: bool = False,
+    model_args: dict | None = None,
+    test: str = "test",
 ) -> dict:
-    """The real lmms-eval CLI with the dna_vlm plugin on the synthetic test split, with sample logs."""
+    """The real lmms-eval CLI with the dna_vlm plugin on the synthetic test split, with sample logs.
+    ``model_args``: extra plugin options (input controls); ``test``: the data key of the questions
+    (``test_oracle``: the same questions without distractors)."""
     from .run_lmms import run_lmms
 
     task = "dna_vlm_synth_blind" if blind else "dna_vlm_synth"
@@ -309,9 +350,10 @@ def _evaluate(
         "device": device,
         "dtype": dtype,
         "max_frames": cfg.num_frames,
+        **(model_args or {}),
     }
     dest = out / "eval" / name
-    run = run_lmms(args, [task], dest, batch_size=8, env={"DNA_VLM_SYNTH_JSONL": data["test"]}, echo=False)
+    run = run_lmms(args, [task], dest, batch_size=8, env={"DNA_VLM_SYNTH_JSONL": data[test]}, echo=False)
     res = run.results["results"][task]
     return {
         "samples": str(run.samples[task]),
@@ -392,7 +434,7 @@ def _pct(x) -> str:
 
 
 def _final_report(
-    out: Path, settings, data, baseline, evals, reports, inspect, stages: Stages, wall: float
+    out: Path, settings, data, baseline, evals, reports, inspect, stages: Stages, wall: float, encoder=None
 ) -> dict:
     from dna_vlm.bench import machine
 
@@ -417,8 +459,10 @@ def _final_report(
         "mean_delta_over_seeds": sum(deltas) / len(deltas), "verdict": verdict,
         "inspect": inspect["summary"], "neg_branch": inspect["neg_branch"], "budget": BUDGET_NOTE, "baseline_final_train_loss": baseline["final_loss"],
     }  # fmt: skip
+    if encoder:
+        report["encoder"] = {s: encoder_summary(e) for s, e in encoder.items()}
     atomic_write_json(out / "report.json", report)
-    md = _markdown(report, out, reports, inspect, stages)
+    md = _markdown(report, out, reports, inspect, stages, encoder)
     atomic_write_bytes(out / "report.md", md.encode())
     print("\n" + _summary_text(report, stages), flush=True)
     return report
@@ -451,13 +495,17 @@ def _summary_text(report: dict, stages: Stages) -> str:
     return "\n".join(lines)
 
 
-def _markdown(report: dict, out: Path, reports, inspect, stages: Stages) -> str:
+def _markdown(report: dict, out: Path, reports, inspect, stages: Stages, encoder=None) -> str:
     def rel(p) -> str:
         return str(Path(p).resolve().relative_to(out))
 
     st = report["settings"]
+    opening = []
+    for s, e in (encoder or {}).items():
+        opening += [f"**The answer (seed {s}, softmax arm = baseline, DnA arm = candidate):** "
+                    + encoder_paragraph(e["section"]), ""]  # fmt: skip
     lines = [
-        "# dna-vlm demo report", "",
+        "# dna-vlm demo report", "", *opening,
         f"Machine: {report['machine']}. Wall time: {report['wall_time_s']:.0f} s. Settings: "
         f"`{json.dumps(st['cfg'])}` (size `{st['size']}`, device `{st['device']}`).", "",
         *_md_accuracy(report["accuracy"]),
@@ -466,6 +514,9 @@ def _markdown(report: dict, out: Path, reports, inspect, stages: Stages) -> str:
     ]  # fmt: skip
     for s, e in report["effect_dna_minus_softmax"].items():
         lines += _md_effect(s, e, rel)
+    for s, e in (encoder or {}).items():
+        lines += [f"# Encoder-level measurements, seed {s}", "", *md_probe(e["probe"], rel)]
+        lines += encoder_markdown(e["section"], rel)[4:]  # its heading and paragraph are the opening above
     lines += _md_inspect(report["inspect"], report["neg_branch"], inspect["dir"], rel)
     lines += ["", "## How the budget was chosen", "", report["budget"], ""]
     lines += ["## Stage times", "", "```", stages.table(), "```", ""]
@@ -538,6 +589,38 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    run_demo(args.out, size=args.size, seeds=args.seeds, device=args.device, force=args.force, seed=args.seed)
+    """Exit codes: 0 done, 2 ``--out`` is in use by another writer, 130 interrupted (Ctrl-C / SIGTERM:
+    finished stages are kept, rerunning resumes)."""
+    import signal
+    import sys
+
+    from dna_vlm.lock import LockedError, OutputLock
+    from dna_vlm.train import TrainInterrupted
+
+    def terminate(signum, frame):  # SIGTERM outside training: unwind like Ctrl-C (locks released)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with OutputLock(args.out, "dna-vlm demo"):
+            run_demo(
+                args.out,
+                size=args.size,
+                seeds=args.seeds,
+                device=args.device,
+                force=args.force,
+                seed=args.seed,
+            )
+    except LockedError as e:
+        print(f"dna-vlm demo: error: {e}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, TrainInterrupted):
+        print(
+            f"dna-vlm demo: interrupted; finished stages in {args.out} are kept: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
     print(f"\nreport: {Path(args.out).resolve() / 'report.md'}")
     return 0

@@ -270,6 +270,11 @@ def inspect_model(
     """
     state = patch_state(model)
     all_layers = list(dna_layers(model))
+    if state is not None and state.options.attention == "softmax":
+        raise NotPatchedError(
+            "inspect needs DnA layers, but this model carries the softmax control arm (attention=softmax: "
+            "no negative branch); inspect a DnA run (--run RUN_DIR of a --attention dna training)"
+        )
     if state is None or not all_layers:
         raise NotPatchedError(
             "inspect needs a DnA-patched model: load a DnA training run (--run RUN_DIR) or patch the model "

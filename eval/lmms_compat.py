@@ -10,7 +10,7 @@ lmms_eval`` CLI.
 
 Each workaround is minimal, idempotent and can be switched off for bug reports and tests with the environment
 variable ``DNA_VLM_LMMS_COMPAT``: ``0`` (or ``off``) disables all of them; a comma list of names
-(``-unwrap``, ``-filelock``) disables single ones.
+(``-unwrap``, ``-filelock``, ``-provenance``) disables single ones.
 
 1. ``unwrap`` -- ``lmms_eval/api/instance.py:44-71`` ``unwrap_generation_output`` normalises every model
    output, and its fallback ``return str(output), None`` (line 71) turns a ``loglikelihood`` result
@@ -29,7 +29,12 @@ variable ``DNA_VLM_LMMS_COMPAT``: ``0`` (or ``off``) disables all of them; a com
    (Pinning ``filelock>=3.24.2,<4`` is consistent with the installed metadata -- huggingface_hub needs
    ``>=3.10``, virtualenv ``<5,>=3.24.2``, datasets/torch unpinned -- but the shim avoids downgrading a
    user's environment.)
-3. The CLI exits 0 even when evaluation failed: ``lmms_eval/__main__.py:609-615`` catches every exception of
+3. ``provenance`` -- lmms-eval 0.7.3 records nothing about a model beyond its ``model_args`` string
+   (``evaluator.py:692-697``, the model-info hook is commented out). Fix: a wrapper around
+   ``EvaluationTracker.save_results_aggregated`` (``loggers/evaluation_tracker.py:169``) that, when the
+   ``dna_vlm`` model was loaded in this process, adds its provenance under ``results["config"]["dna_vlm"]``
+   and writes it beside the sample logs as ``<date>_dna_vlm.json`` (the samples use the same ``<date>``).
+4. The CLI exits 0 even when evaluation failed: ``lmms_eval/__main__.py:609-615`` catches every exception of
    ``cli_evaluate_single``, prints the traceback and appends ``None`` to the results (unless
    ``--verbosity DEBUG``). No code can fix that from a plugin; :mod:`dna_vlm.eval.run_lmms` runs the CLI and
    raises (with the stderr tail) when the results file is missing.
@@ -42,10 +47,19 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["ENV", "applied", "apply", "enabled", "loglikelihood_tuple", "patch_filelock_api", "patch_unwrap"]
+__all__ = [
+    "ENV",
+    "applied",
+    "apply",
+    "enabled",
+    "loglikelihood_tuple",
+    "patch_filelock_api",
+    "patch_provenance",
+    "patch_unwrap",
+]
 
 ENV = "DNA_VLM_LMMS_COMPAT"
-NAMES = ("unwrap", "filelock")
+NAMES = ("unwrap", "filelock", "provenance")
 _applied: dict[str, bool] = {}
 
 
@@ -125,9 +139,41 @@ def patch_filelock_api() -> bool:
     return True
 
 
+def patch_provenance() -> bool:
+    """Workaround 3 (see the module docstring). Returns True when the wrapper is (now) installed."""
+    from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
+
+    original = EvaluationTracker.save_results_aggregated
+    if getattr(original, "_dna_vlm_patched", False):
+        return True
+
+    def save_results_aggregated(self, results, samples, datetime_str):
+        from pathlib import Path
+
+        from .lmms_provenance import current
+        from .records import PROVENANCE_KEY
+
+        record = current()
+        if record and isinstance(results, dict):
+            results.setdefault("config", {})[PROVENANCE_KEY] = record
+        out = original(self, results, samples, datetime_str)
+        if record and self.output_path and getattr(self, "date_id", None):
+            folder = Path(self.output_path) / self.general_config_tracker.model_name_sanitized
+            from dna_vlm._io import atomic_write_json
+
+            atomic_write_json(folder / f"{self.date_id}_{PROVENANCE_KEY}.json", record)
+        return out
+
+    save_results_aggregated._dna_vlm_patched = True  # type: ignore[attr-defined]
+    save_results_aggregated.__wrapped__ = original  # type: ignore[attr-defined]
+    EvaluationTracker.save_results_aggregated = save_results_aggregated
+    return True
+
+
 def apply() -> dict[str, bool]:
     """Apply every enabled workaround once; returns ``{name: installed}``."""
-    for name, fn in (("unwrap", patch_unwrap), ("filelock", patch_filelock_api)):
+    fns = (("unwrap", patch_unwrap), ("filelock", patch_filelock_api), ("provenance", patch_provenance))
+    for name, fn in fns:
         if name in _applied or not enabled(name):
             continue
         _applied[name] = bool(fn())

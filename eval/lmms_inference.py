@@ -1,7 +1,9 @@
-"""What the ``dna_vlm`` lmms-eval model does per request, as plain functions: visuals -> frames, lmms-eval
-generation kwargs -> ``generate`` kwargs, greedy/sampled answers, and the mean NLL of continuations.
+"""What the ``dna_vlm`` lmms-eval model does per request, as plain functions: lmms-eval generation kwargs ->
+``generate`` kwargs, greedy/sampled answers, the mean NLL of continuations, and what a failed doc answers
+(the gold option via the task's own ``doc_to_target`` / ``doc_to_choice``, so that it can lose).
 
-The request bookkeeping (batching, failures, multi-round) is in :mod:`dna_vlm.eval.lmms_plugin`.
+The request bookkeeping (batching, multi-round) is in :mod:`dna_vlm.eval.lmms_plugin`, visuals in
+:mod:`dna_vlm.eval.lmms_requests` / :mod:`dna_vlm.eval.lmms_visuals`.
 """
 
 from __future__ import annotations
@@ -10,78 +12,83 @@ import inspect
 import json
 import logging
 import math
-from pathlib import Path
+import re
 from typing import Any
 
 from .records import FAILED_LOGLIKELIHOOD, FAILED_LOSS
 
 __all__ = [
-    "VisualFailure",
     "chunks_by_kwargs",
     "continuation_nll",
     "decode_answers",
+    "decoy_letter",
     "generate_kwargs",
-    "load_visual",
+    "gold_indices",
+    "task_of",
 ]
 
 log = logging.getLogger("dna_vlm.eval.lmms_plugin")
 
 
-class VisualFailure(Exception):
-    """A doc's visual cannot be loaded; the message is the reason logged with the failed sample."""
+def task_of(doc_to_visual):
+    """The lmms-eval task object behind a request: ``doc_to_visual`` is its bound method (None for a plain
+    function, as in-process tests pass)."""
+    owner = getattr(doc_to_visual, "__self__", None)
+    return owner if hasattr(owner, "doc_to_target") else None
 
 
-def load_visual(doc_to_visual, doc, doc_id, max_frames: int, fps: float | None):
-    """-> uint8 (T, H, W, 3) frames, or None for a text-only doc. Raises :class:`VisualFailure` with a reason.
-
-    A video path is sampled with :func:`dna_vlm.video.sample_frames` (``fps`` capped by ``max_frames``, else
-    ``max_frames`` uniform frames); images become a clip of still frames resized to the first one's size."""
+def _gold_strings(task, doc) -> list[str]:
+    """The gold option(s) of ``doc`` as text, from the task's own ``doc_to_target`` / ``doc_to_choice``."""
+    target = task.doc_to_target(doc)
     try:
-        visuals = doc_to_visual(doc) if doc_to_visual is not None else None
-    except (Exception, SystemExit) as e:  # some lmms-eval tasks sys.exit() on a missing video
-        raise VisualFailure(f"doc_to_visual failed: {type(e).__name__}: {e}") from None
-    if visuals is None:
+        choices = task.doc_to_choice(doc)
+    except Exception:  # not a multiple_choice task
+        choices = None
+    targets = target if isinstance(target, list) else [target]
+    out = []
+    for t in targets:
+        if isinstance(t, int) and not isinstance(t, bool) and choices and 0 <= t < len(choices):
+            out.append(str(choices[t]))
+        elif isinstance(t, str):
+            out.append(t)
+    return out
+
+
+def gold_indices(doc_to_visual, doc, continuations: list[str]) -> list[int]:
+    """Which of a doc's option ``continuations`` are gold (so a failed doc can make them lose); [] when the
+    task cannot say."""
+    task = task_of(doc_to_visual)
+    if task is None:
+        return []
+    try:
+        gold = {g.strip() for g in _gold_strings(task, doc)}
+    except Exception as e:  # a task's own function failing must not stop a skip-mode run
+        log.warning("dna_vlm: cannot find the gold option of a failed doc (%s: %s)", type(e).__name__, e)
+        return []
+    return [i for i, c in enumerate(continuations) if str(c).strip() in gold]
+
+
+_LETTER = re.compile(r"^\(?([A-Z])\)?(?:[.:)\s]|$)")
+
+
+def decoy_letter(doc_to_visual, doc) -> str | None:
+    """A wrong option letter for a failed ``generate_until`` doc (the first of A-E that is not the gold
+    letter), or None when the task's target is not an option letter / index."""
+    task = task_of(doc_to_visual)
+    if task is None:
         return None
-    if not isinstance(visuals, (list, tuple)):
-        visuals = [visuals]
-    visuals = [v for v in visuals if v is not None]
-    if not visuals:
+    try:
+        target = task.doc_to_target(doc)
+    except Exception:
         return None
-    if isinstance(visuals[0], dict) and "path" in visuals[0]:
-        try:
-            visuals = [v["path"] for v in visuals]
-        except (KeyError, TypeError) as e:
-            raise VisualFailure(f"doc_to_visual failed: {type(e).__name__}: {e}") from None
-    if isinstance(visuals[0], (str, Path)):
-        if len(visuals) > 1:
-            log.warning("dna_vlm: doc %s has %d videos; using the first", doc_id, len(visuals))
-        return _video_frames(str(visuals[0]), max_frames, fps)
-    return _still_frames(visuals, max_frames)
-
-
-def _video_frames(path: str, max_frames: int, fps: float | None):
-    from dna_vlm.video import sample_frames
-
-    try:
-        if fps is not None:
-            return sample_frames(path, strategy="fps", fps=fps, max_frames=max_frames).frames
-        return sample_frames(path, num_frames=max_frames).frames
-    except Exception as e:
-        raise VisualFailure(f"{type(e).__name__}: {e}") from None
-
-
-def _still_frames(visuals: list, max_frames: int):
-    import numpy as np
-
-    try:
-        from PIL import Image
-
-        pil = [v if isinstance(v, Image.Image) else Image.fromarray(np.asarray(v)) for v in visuals]
-        pil = [im.convert("RGB") for im in pil][:max_frames]
-        size = pil[0].size
-        return np.stack([np.asarray(im.resize(size) if im.size != size else im) for im in pil])
-    except Exception as e:
-        raise VisualFailure(f"cannot use visual of type {type(visuals[0]).__name__}: {e}") from None
+    if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < 26:
+        gold = chr(ord("A") + target)
+    else:
+        m = _LETTER.match(str(target).strip())
+        if not m:
+            return None
+        gold = m.group(1)
+    return next(c for c in "ABCDE" if c != gold)
 
 
 def generate_kwargs(gen_kwargs: dict | None, default_max_new_tokens: int) -> tuple[dict, list[str]]:

@@ -88,6 +88,7 @@ def resolve_dna_arg(dna: str | None, attention: str | None) -> tuple[dict, Path 
     """Classify ``dna=``: ``(run_config, run_dir, dna_dir)``; at most one of the two dirs is set.
 
     A training run dir is read with :func:`dna_vlm.runs.read_run_config` (validated; errors name the file)."""
+    from dna_vlm.checkpoint import read_dna_config
     from dna_vlm.runs import RUN_CONFIG, read_run_config
 
     if dna in (None, ""):
@@ -96,9 +97,11 @@ def resolve_dna_arg(dna: str | None, attention: str | None) -> tuple[dict, Path 
     if (p / RUN_CONFIG).is_file():
         return read_run_config(p), p, None
     if (p / DNA_CONFIG).is_file():
-        if attention == "softmax":
+        saved = read_dna_config(p).get("options", {}).get("attention", "dna")
+        if attention not in (None, "", saved):
             raise ValueError(
-                f"dna_vlm: dna={dna} holds DnA weights but attention=softmax was asked; drop one of the two"
+                f"dna_vlm: dna={dna} was saved with attention={saved} but attention={attention} was asked; "
+                "drop attention= or pass the matching value"
             )
         return {}, None, p
     raise ValueError(
@@ -117,7 +120,7 @@ def load_eval_model(
 ):
     """``(model, processor)`` in eval mode: the base model or a training run (:func:`dna_vlm.runs.load_model`),
     then a ``save_dna`` dir's weights if given. ``load_kwargs``: ``attn_implementation``, ``load_in_4bit``,
-    ``trust_remote_code`` (as ``model_args`` strings)."""
+    ``trust_remote_code``, ``allow_base_mismatch`` (as ``model_args`` strings)."""
     from dna_vlm.runs import load_model
 
     model, processor = load_model(
@@ -130,6 +133,7 @@ def load_eval_model(
         attn_implementation=load_kwargs.get("attn_implementation") or None,
         load_in_4bit=as_bool(load_kwargs.get("load_in_4bit", False)),
         trust_remote_code=as_bool(load_kwargs.get("trust_remote_code", False)),
+        allow_base_mismatch=as_bool(load_kwargs.get("allow_base_mismatch", False)),
     )
     if dna_dir is not None:
         model = _apply_saved_dna(model, dna_dir, dtype, device)

@@ -28,7 +28,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TASKS_DIR", "LmmsEvalError", "LmmsRun", "build_command", "main", "run_lmms"]
+__all__ = [
+    "TASKS_DIR",
+    "LmmsEvalError",
+    "LmmsRun",
+    "bad_video_block",
+    "build_command",
+    "failure_summary",
+    "format_failures",
+    "main",
+    "run_lmms",
+]
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
@@ -47,6 +57,7 @@ class LmmsRun:
     stderr: str = ""
     command: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    failures: dict[str, dict] = field(default_factory=dict)  # task -> failure_summary's entry
 
 
 def _model_args(model_args: str | Mapping) -> str:
@@ -137,10 +148,16 @@ def run_lmms(
     proc = _run(cmd, {**os.environ, **(env or {})}, timeout, echo)
     stdout, stderr = proc.stdout or "", proc.stderr or ""
     where = f"command: {' '.join(cmd)}\n--- stderr (tail) ---\n{_tail(stderr)}\n--- stdout (tail) ---\n{_tail(stdout, 20)}"
+    block = bad_video_block(stderr)
+    if block:  # the plugin's whole list of unreadable videos, however long
+        where = f"{block}\n{where}"
     if proc.returncode != 0:
         raise LmmsEvalError(f"lmms-eval exited with status {proc.returncode}\n{where}")
     results_path, results = _results(output_path, t0, task_list, where)
     samples = _sample_logs(results_path, output_path, t0, task_list, where) if log_samples else {}
+    failures = failure_summary(results, samples)
+    if failures:
+        print(format_failures(failures), file=sys.stderr)
     return LmmsRun(
         results_path=results_path,
         results=results,
@@ -150,7 +167,70 @@ def run_lmms(
         stderr=stderr,
         command=cmd,
         seconds=time.time() - t0,
+        failures=failures,
     )
+
+
+def bad_video_block(stderr: str) -> str:
+    """The plugin's ``bad_video=fail`` error(s): each first line and the ``task=`` lines after it (one block
+    per process that raised), or ""."""
+    lines = (stderr or "").splitlines()
+    blocks: list[str] = []
+    for i, line in enumerate(lines):
+        if "unreadable video" in line and "bad_video=fail" in line:
+            end = i + 1
+            while end < len(lines) and lines[end].startswith("  task="):
+                end += 1
+            block = "\n".join(lines[i:end])
+            if block not in blocks:
+                blocks.append(block)
+    return "\n".join(blocks)
+
+
+def _metric_names(task_results: dict) -> list[str]:
+    names = {k.split(",")[0] for k in task_results if "," in k and not k.split(",")[0].endswith("_stderr")}
+    return sorted(names)
+
+
+def failure_summary(results: dict, samples: dict[str, Path]) -> dict[str, dict]:
+    """Per task with failed samples (:func:`dna_vlm.eval.records.row_failure`): ``{"failed", "total",
+    "scored": {metric: [value of each failed sample]}, "doc_ids"}``."""
+    from .records import row_failure
+
+    out: dict[str, dict] = {}
+    for task, path in samples.items():
+        rows = read_samples(path)
+        failed = [r for r in rows if row_failure(r)[0]]
+        if not failed:
+            continue
+        names = _metric_names((results.get("results") or {}).get(task, {}))
+        scored = {m: [r.get(m) for r in failed] for m in names if any(m in r for r in failed)}
+        out[task] = {
+            "failed": len(failed),
+            "total": len(rows),
+            "scored": scored,
+            "doc_ids": [r.get("doc_id") for r in failed],
+        }
+    return out
+
+
+def _how_scored(values: list) -> str:
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(nums) == len(values):
+        right = sum(1 for v in nums if v > 0)
+        return f"{right} of {len(nums)} scored > 0 (values {sorted(set(nums))})"
+    shown = json.dumps(values[:3], default=str)
+    return shown[:200] + (" ..." if len(values) > 3 or len(shown) > 200 else "")
+
+
+def format_failures(failures: dict[str, dict]) -> str:
+    """The end-of-run lines: how many samples failed per task and how the stock metric scored them."""
+    lines = ["dna_vlm: failed samples (bad_video=skip; see dna_vlm.eval.records.row_failure):"]
+    for task, f in failures.items():
+        lines.append(f"  {task}: {f['failed']} of {f['total']} failed (doc ids {f['doc_ids'][:10]})")
+        for metric, values in f["scored"].items():
+            lines.append(f"    stock metric {metric}: {_how_scored(values)}")
+    return "\n".join(lines)
 
 
 def _run(cmd: list[str], env: dict, timeout: float | None, echo: bool) -> subprocess.CompletedProcess:

@@ -5,6 +5,9 @@ For each model type and attention implementation ("sdpa", plus "flash_attention_
 importable) it checks, and prints as a table:
 
 * preserve: the patched model's logits equal the unpatched ones (bf16 tolerance);
+* fair:     the softmax control arm (``patch(model, attention="softmax")``: DnA's layers and SDPA call, no
+            negative branch) and the DnA arm at init give BIT-IDENTICAL bf16 logits, with DnA's parameters in
+            bf16 and in fp32 master weights (``dna_dtype=torch.float32``, what ``dna-vlm train`` uses);
 * tuned:    with perturbed DnA parameters, bf16 logits match the same patched model in fp32 on the GPU;
 * generate: two new tokens on the video input.
 
@@ -15,6 +18,7 @@ Usage: python scripts/gpu_check_families.py [--device cuda|cpu] [model_type ...]
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 import time
@@ -71,9 +75,15 @@ def check(model_type: str, impl: str, device: str = "cuda") -> dict:
     x = _to(inputs, dev, torch.bfloat16)
     with torch.no_grad():
         ref = model(**x).logits
+        control, dna32 = copy.deepcopy(model), copy.deepcopy(model)
+        dna_vlm.patch(control, attention="softmax")
+        dna_vlm.patch(dna32, dna_dtype=torch.float32)
         report = dna_vlm.patch(model)
         row["family"], row["modules"] = report.family, len(report.modules)
-        row["preserve"] = _rel(model(**x).logits, ref)
+        at_init, ctrl = model(**x).logits, control(**x).logits
+        row["fair"] = bool(torch.equal(at_init, ctrl) and torch.equal(dna32(**x).logits, ctrl))
+        del control, dna32
+        row["preserve"] = _rel(at_init, ref)
         _perturb(model)
         tuned16 = model(**x).logits
         gen = model.generate(**x, max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=F.PAD)
@@ -87,7 +97,8 @@ def check(model_type: str, impl: str, device: str = "cuda") -> dict:
     row["tuned"] = _rel(tuned16, tuned32)
     row["changed"] = _rel(tuned16, ref)
     row["ok"] = (
-        row["preserve"] <= PRESERVE_TOL
+        row["fair"]
+        and row["preserve"] <= PRESERVE_TOL
         and row["tuned"] <= TUNED_TOL
         and row["changed"] > row["preserve"]
         and row["generate"] == 2
@@ -116,7 +127,7 @@ def main(argv: list[str]) -> int:
     if not has_flash:
         print("flash_attn not importable (or not on CUDA): flash_attention_2 not checked")
     header = (
-        f"{'model_type':<18} {'impl':<18} {'family':<12} {'mods':>4} {'preserve':>9} {'tuned':>9} "
+        f"{'model_type':<18} {'impl':<18} {'family':<12} {'mods':>4} {'fair':>5} {'preserve':>9} {'tuned':>9} "
         f"{'changed':>9} {'gen':>4} {'time':>6}  result"
     )
     print(header)
@@ -129,7 +140,8 @@ def main(argv: list[str]) -> int:
                 r = check(mt, impl, device)
                 status = "ok" if r["ok"] else "FAIL"
                 print(
-                    f"{mt:<18} {impl:<18} {r['family']:<12} {r['modules']:>4} {r['preserve']:>9.2e} "
+                    f"{mt:<18} {impl:<18} {r['family']:<12} {r['modules']:>4} {r['fair']!s:>5} "
+                    f"{r['preserve']:>9.2e} "
                     f"{r['tuned']:>9.2e} {r['changed']:>9.2e} {r['generate']:>4} {time.time() - t0:>5.1f}s  {status}"
                 )
             except Skip as e:
@@ -142,7 +154,8 @@ def main(argv: list[str]) -> int:
             failed += status != "ok"
     print(
         f"\n{failed} failed of {len(types) * len(impls)} "
-        f"(preserve <= {PRESERVE_TOL}, tuned bf16-vs-fp32 <= {TUNED_TOL}; relative max-abs logit error)"
+        f"(fair: control == DnA at init bit for bit; preserve <= {PRESERVE_TOL}, tuned bf16-vs-fp32 <= "
+        f"{TUNED_TOL}; relative max-abs logit error)"
     )
     return 1 if failed else 0
 

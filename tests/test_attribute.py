@@ -42,7 +42,9 @@ TABLE = (
 )
 
 
-def row(doc_id, correct, category, density, *, failed=False, reason=None, uid=None, style="plugin"):
+def row(
+    doc_id, correct, category, density, *, failed=False, reason=None, uid=None, style="plugin", blind=False
+):
     """One line as lmms-eval 0.7.3 writes it (``doc`` popped). style "plugin": the dna_vlm tasks' metrics
     (``acc``, ``failed``, ``dna_vlm`` record; see eval/records.py); "dict": one ``accuracy`` dict metric."""
     record = {
@@ -55,7 +57,7 @@ def row(doc_id, correct, category, density, *, failed=False, reason=None, uid=No
         "answer": "A",
         "failed": failed,
         "reason": reason,
-        "blind": False,
+        "blind": blind,
     }
     line = {
         "doc_id": doc_id,
@@ -78,7 +80,7 @@ def write(path, rows):
 def logs(tmp_path):
     paths = {}
     for j, arm in enumerate(("baseline", "candidate", "blind")):
-        rows = [row(i, t[j], t[3], t[4]) for i, t in enumerate(TABLE)]
+        rows = [row(i, t[j], t[3], t[4], blind=arm == "blind") for i, t in enumerate(TABLE)]
         if arm == "candidate":
             rows = rows[::-1]  # order must not matter
         paths[arm] = write(tmp_path / f"{arm}.jsonl", rows)
@@ -240,7 +242,7 @@ def test_records_round_trip(tmp_path):
     assert (
         recs["8"].failed
         and not recs["8"].correct
-        and recs["8"].reason == "VideoError: /x/8.mp4: cannot decode"
+        and recs["8"].reason == reason == "videoerror: /x/8.mp4: cannot decode"  # records.py lower-cases it
     )
     assert recs["8"].fields["blind"] is True
 
@@ -357,3 +359,148 @@ def test_report_files_and_cli(tmp_path, logs, capsys):
         ]
     )
     assert rc == 2 and "no such sample log" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ pooling, pairing
+
+
+def lmms_log(folder, task, rows, date="20260101_000000"):
+    """A sample log under lmms-eval's own name (the task is read from it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return write(folder / f"{date}_samples_{task}.jsonl", rows)
+
+
+def test_pooled_logs_pair_by_task_and_doc_id(tmp_path):
+    """Several logs per arm (files, a folder, a glob) pool by (task, doc id): the same doc ids in two tasks
+    are different docs; --by task gives the per-task rows."""
+    tasks = {"sub_a": TABLE[:10], "sub_b": TABLE[10:]}
+    for arm, j in (("base", 0), ("cand", 1)):
+        for task, table in tasks.items():
+            lmms_log(tmp_path / arm, task, [row(i, t[j], t[3], t[4]) for i, t in enumerate(table)])
+    files = sorted((tmp_path / "base").glob("*.jsonl"))
+    r = attribute(files, tmp_path / "cand", by="task", bootstrap=0)
+    assert r["n"] == 20 and (r["fixed"], r["broken"]) == (8, 2) and r["tasks"] == ["sub_a", "sub_b"]
+    assert {k: g["n"] for k, g in r["by_group"]["task"].items()} == {"sub_a": 10, "sub_b": 10}
+    assert r["by_group"]["task"]["sub_a"]["fixed"] == 4  # TABLE[:10]: 6 R->R, then 4 of the 5 W->R
+    assert len(r["inputs"]["baseline"]["logs"]) == 2 and r["inputs"]["baseline"]["rows"] == 20
+    g = attribute(str(tmp_path / "base" / "*_samples_sub_*.jsonl"), [str(tmp_path / "cand")], bootstrap=0)
+    assert g["n"] == 20
+    argv = ["attribute", "--baseline", *map(str, files), "--candidate", str(tmp_path / "cand" / "*.jsonl")]
+    assert (
+        cli_main([*argv, "--by", "task", "--bootstrap", "0", "--no-plots", "--out", str(tmp_path / "r")]) == 0
+    )
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["group_order"]["task"] == [
+        "sub_a",
+        "sub_b",
+    ]
+    # the same task twice in one arm, an arm without one of the tasks, an unnamed log among several
+    lmms_log(tmp_path / "twice", "sub_a", [row(i, 1, "c", 1) for i in range(10)], date="20260102")
+    with pytest.raises(AttributionError, match=r"task 'sub_a' is given twice .*pass one run's log per task"):
+        attribute([*files, tmp_path / "twice"], tmp_path / "cand")
+    with pytest.raises(AttributionError, match=r"10 doc ids only in .*sub_b/'q000'"):
+        attribute(files, files[0].parent.parent / "cand" / files[0].name)
+    anon = write(tmp_path / "anon.jsonl", [row(i, 1, "c", 1) for i in range(10)])
+    with pytest.raises(AttributionError, match=r"anon.jsonl: cannot tell which task"):
+        attribute([files[0], anon], tmp_path / "cand")
+    with pytest.raises(AttributionError, match=r"nope\*.jsonl: no such sample log"):
+        attribute(str(tmp_path / "nope*.jsonl"), tmp_path / "cand")
+
+
+def test_pairing_checks(tmp_path):
+    """Issue 13 item 4: paired docs must be the same question; no file in two arms; a video log is no --blind."""
+
+    def docs(seed, folder="/data/a"):
+        return [
+            {
+                **row(i, i % 2, "c", 1),
+                "doc": {"id": f"q{i:03d}", "question": f"q{seed}-{i}", "video": f"{folder}/{i}.mp4"},
+            }
+            for i in range(8)
+        ]
+
+    a = lmms_log(tmp_path / "a", "synth", docs(0))
+    moved = lmms_log(
+        tmp_path / "m", "synth", docs(0, folder="/other/machine")
+    )  # same questions, files elsewhere
+    r = attribute(a, moved, bootstrap=0)
+    assert r["pairing"]["questions_checked"] == 8 and r["pairing"]["questions_unverified"] == 0
+    other_seed = docs(1)
+    other_seed[0]["doc"]["question"] = "q0-0"  # the first doc agrees, the other 7 do not
+    b = lmms_log(tmp_path / "b", "synth", other_seed)
+    with pytest.raises(
+        AttributionError, match=r"pair 7 doc ids with different questions.*synth/'q001', synth/'q002'"
+    ):
+        attribute(a, b)
+    # without `doc` (lmms-eval 0.7.3 drops it), doc_hash and the prompt (`input`) decide: one match suffices
+    h1 = write(
+        tmp_path / "h1.jsonl",
+        [{**row(i, 1, "c", 1), "doc_hash": f"h{i}", "input": f"Q{i}"} for i in range(4)],
+    )
+    h2 = write(
+        tmp_path / "h2.jsonl",
+        [
+            {**row(i, 1, "c", 1), "doc_hash": f"h{i}" if i else "zz", "input": f"Q{i}" if i else "Q?"}
+            for i in range(4)
+        ],
+    )
+    with pytest.raises(AttributionError, match=r"pair 1 doc ids with different questions.*'q000'"):
+        attribute(h1, h2)
+    moved = [
+        {**row(i, 1, "c", 1), "doc_hash": f"other{i}", "input": f"Q{i}"} for i in range(4)
+    ]  # paths in doc
+    assert (
+        attribute(h1, write(tmp_path / "h5.jsonl", moved), bootstrap=0)["pairing"]["questions_checked"] == 4
+    )
+    with pytest.raises(
+        AttributionError, match=r"h1.jsonl is given as both the baseline and the candidate log"
+    ):
+        attribute(h1, tmp_path / "." / "h1.jsonl")
+
+
+def test_blind_arm_must_be_blind(tmp_path):
+    """A --blind log that saw the video is refused: its records say so, or the plugin's provenance does."""
+    seeing = write(tmp_path / "seeing.jsonl", [row(i, 1, "c", 1, blind=False) for i in range(4)])
+    with pytest.raises(
+        AttributionError, match=r"seeing.jsonl is given as --blind but was answered with the video"
+    ):
+        rows = [row(i, 1, "c", 1) for i in range(4)]
+        attribute(write(tmp_path / "h3.jsonl", rows), write(tmp_path / "h4.jsonl", rows), blind=seeing)
+    plain = [{"doc_id": i, "doc": {"id": i}, "acc": i % 2} for i in range(4)]
+    vid, blind = lmms_log(tmp_path / "v", "qa", plain), lmms_log(tmp_path / "k", "qa", plain)
+    (tmp_path / "k" / "20260101_000000_dna_vlm.json").write_text(json.dumps({"controls": {"video": "full"}}))
+    with pytest.raises(
+        AttributionError, match=r"answered with the video \(its provenance says controls.video='full'\)"
+    ):
+        attribute(vid, lmms_log(tmp_path / "c", "qa", plain), blind=blind)
+    (tmp_path / "k" / "20260101_000000_dna_vlm.json").write_text(json.dumps({"controls": {"video": "none"}}))
+    r = attribute(vid, lmms_log(tmp_path / "c", "qa", plain), blind=blind, bootstrap=0)
+    assert r["pairing"]["blind_verified"] is True and r["arms"]["blind"]["runs"][0]["controls"] == {
+        "video": "none"
+    }
+    assert r["arms"]["baseline"] == {"runs": [], "without_provenance": [str(vid)]}
+    # a stock blind twin pairs with its video task by name
+    twin = lmms_log(tmp_path / "t", "qa_no_visual", plain)
+    assert attribute(vid, lmms_log(tmp_path / "c", "qa", plain), blind=twin, bootstrap=0)["blind"]["n"] == 4
+
+
+def test_provenance_names_each_arm(tmp_path):
+    prov = {
+        "base_model": {"pretrained": "/models/tiny", "config_sha256": "c" * 64},
+        "run_dir": "/runs/dna-v1", "weights": {"sha256": "w" * 64, "files": ["dna/dna.safetensors"]},
+        "attention": "dna", "patch_table": [{"index": 0}, {"index": 1}], "controls": {"video": "full"},
+        "frame_sampling": {"max_frames": 8}, "bad_video": "skip", "dna_vlm_version": "0.2",
+    }  # fmt: skip
+    rows = [row(i, i % 2, "c", 1) for i in range(6)]
+    b, c = lmms_log(tmp_path / "b", "synth", rows), lmms_log(tmp_path / "c", "synth", rows)
+    (tmp_path / "c" / "20260101_000000_dna_vlm.json").write_text(json.dumps(prov))
+    stock = {**prov, "run_dir": None, "weights": None, "attention": "softmax", "patch_table": []}
+    (tmp_path / "b" / "20260101_000000_results.json").write_text(json.dumps({"config": {"dna_vlm": stock}}))
+    r = attribute(b, c, bootstrap=0, out_dir=tmp_path / "rep", plots=False)
+    cand, base = r["arms"]["candidate"]["runs"][0], r["arms"]["baseline"]["runs"][0]
+    assert (cand["model"], cand["run_dir"], cand["weights_sha256"], cand["patched_modules"]) == (
+        "DnA", "/runs/dna-v1", "w" * 64, 2,
+    )  # fmt: skip
+    assert (base["model"], base["base_model"], base["run_dir"]) == ("stock", "/models/tiny", None)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| candidate | DnA (2 modules) | /models/tiny | /runs/dna-v1 | `wwwwwwwwwwwwwwww...`" in md
+    assert "Pairing checks: docs paired by (task, doc id); 6 pairs verified" in md

@@ -138,3 +138,17 @@ def test_write_jsonl_roundtrip_and_atomic(tmp_path):
         e.__dict__ | {"source": ""} for e in exs
     ]
     assert sorted(os.listdir(tmp_path / "sub")) == ["again.jsonl", "out.jsonl"]  # no temp files left
+
+
+def test_dataset_identity_changes_with_content_and_ids(tmp_path):
+    from dna_vlm.data import dataset_identity
+
+    p = _write(tmp_path / "d.jsonl", [_row(), _row(id="b")])
+    ident = dataset_identity(p, load_dataset(p))
+    assert ident["rows"] == 2 and ident == dataset_identity(p, load_dataset(p))
+    _write(p, [_row(), _row(id="c")])  # same row count, another id
+    changed = dataset_identity(p, load_dataset(p))
+    assert changed["ids_digest"] != ident["ids_digest"] and changed["file_digest"] != ident["file_digest"]
+    _write(p, [_row(), _row(id="b", question="Another question?")])  # same ids, other content
+    edited = dataset_identity(p, load_dataset(p))
+    assert edited["ids_digest"] == ident["ids_digest"] and edited["file_digest"] != ident["file_digest"]

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from dna_vlm.eval.demo import SIZES, run_demo
+from dna_vlm.eval.demo import ENCODER_RUNS, SIZES, run_demo
 
 from dna_vlm.cli import main
 
@@ -40,8 +40,39 @@ def test_demo_writes_report_with_every_stage(demo_dir):
         "eval-blind",
     } <= stages
     assert {"eval-softmax-s0", "eval-dna-s0", "attribute-s0", "inspect"} <= stages
+    # the encoder-level measurements (issue 11): probe, oracle input, controls, noise, the Encoder section
+    assert {"probe", "encoder-s0"} | {f"eval-{n}-softmax-s0" for n, _, _ in ENCODER_RUNS} <= stages
+    enc = report["encoder"]["0"]
+    for key in (
+        "qa_gain",
+        "encoder_gain",
+        "carry_through",
+        "oracle",
+        "decomposition",
+        "controls",
+        "noise_curve",
+    ):
+        assert enc[key], key
+    parts = enc["decomposition"]["parts"]
+    assert set(parts) == {"fixed_by_oracle", "encoder_has_it_llm_does_not", "encoder_cannot_resolve"}
+    assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0)
+    assert set(enc["controls"]) == {"none", "shuffled"} and [p["sigma"] for p in enc["noise_curve"]] == [
+        0,
+        0.5,
+        2,
+    ]
+    assert set(enc["probe"]) == {"baseline", "softmax-s0", "dna-s0"}
+    probe = json.loads((demo_dir / "probe" / "probe.json").read_text())
+    assert len(probe["arms"]["dna-s0"]["asked"]["predictions"]) == SIZES["ci"].n_test
+    assert (demo_dir / "encoder" / "s0" / "encoder.json").is_file()
+    assert (demo_dir / "encoder" / "s0" / "encoder_noise_curve.png").is_file()
     md = (demo_dir / "report.md").read_text()
     assert "95% CI" in md and "by density" in md
+    # the report opens with the answer: encoder gain, QA gain, carry-through, the encoder's share of errors
+    opening = md.split("\n\n")[1]
+    for text in ("Encoder gain", "QA gain", "carry-through", "encoder's share of the baseline's"):
+        assert text in opening, text
+    assert "encoder/s0/encoder_noise_curve.png" in md and "Error decomposition" in md
     for link in ("attribution/s0/report.md", "inspect/inspect.md"):
         assert (demo_dir / link).is_file() and link in md
     assert list((demo_dir / "inspect").glob("overlay_*.png"))

@@ -21,6 +21,7 @@ import torch
 lmms_eval = pytest.importorskip("lmms_eval")
 
 from dna_vlm.eval import lmms_compat  # noqa: E402
+from dna_vlm.eval.records import read_provenance  # noqa: E402
 from dna_vlm.eval.run_lmms import TASKS_DIR, LmmsEvalError, build_command, read_samples, run_lmms  # noqa: E402
 from train_helpers import write_dna_run  # noqa: E402
 
@@ -314,7 +315,7 @@ def plugin(assets):
     from dna_vlm.eval.lmms_plugin import DnaVLM
 
     u = _load_utils()
-    m = DnaVLM(pretrained=str(assets["tiny"]), max_frames=4, batch_size=2)
+    m = DnaVLM(pretrained=str(assets["tiny"]), max_frames=4, batch_size=2, bad_video="skip")
     docs = []
     for r in assets["rows"]:
         d = dict(r)
@@ -443,7 +444,7 @@ def test_attention_dna_run_dir_and_save_dna_dir_load(assets):
 def cli_run(assets):
     root = assets["root"]
     return run_lmms(
-        {"dna": assets["run_dir"], "max_frames": 4},
+        {"dna": assets["run_dir"], "max_frames": 4, "bad_video": "skip"},
         SYNTH_TASKS,
         root / "out",
         batch_size=2,
@@ -518,7 +519,9 @@ def test_cli_data_parallel_two_cpu_processes(assets, tmp_path):
         assets["root"], DNA_VLM_SYNTH_JSONL=str(assets["synth_jsonl"]), ACCELERATE_USE_CPU="true"
     )
     cmd = build_command(
-        {"pretrained": assets["tiny"], "max_frames": 2}, ["dna_vlm_synth_mcppl"], tmp_path / "out"
+        {"pretrained": assets["tiny"], "max_frames": 2, "bad_video": "skip"},
+        ["dna_vlm_synth_mcppl"],
+        tmp_path / "out",
     )  # python -m lmms_eval ...
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *cmd[1:]],
@@ -535,3 +538,5 @@ def test_cli_data_parallel_two_cpu_processes(assets, tmp_path):
     assert sorted(r["id"] for r in recs) == sorted(r["id"] for r in assets["rows"])
     (bad,) = [r for r in recs if r["failed"]]
     assert "corrupt.mp4" in bad["reason"]
+    prov = read_provenance(samples[0])  # failures of every process, written by rank 0
+    assert [f["doc_id"] for f in prov["failures"]] == [2] and prov["bad_video"] == "skip"

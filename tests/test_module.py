@@ -56,13 +56,27 @@ def test_negative_branch_gets_gradient_at_init(opts, grad_name):
 
 
 def test_scaled_init_matches_authors_conversion():
+    """The authors' TimeSformer / ViSCoP start: a negative-branch term of -lambda * 1e-4 * P- V+ under this
+    project's subtractive formula, i.e. V- = +1e-4 V+ (issue 12: -1e-4 gave the opposite sign)."""
+    from dna_vlm.kernel import attention_probs
+
     stock = _stock()
     dna = DnAAttention.from_attention(stock, init="scaled")
-    w = stock.qkv.weight
+    w, b = stock.qkv.weight, stock.qkv.bias
     torch.testing.assert_close(dna.neg.q_neg.weight, 1e-4 * w[:32])
-    torch.testing.assert_close(dna.neg.v_neg.weight, -1e-4 * w[64:])
+    torch.testing.assert_close(dna.neg.v_neg.weight, 1e-4 * w[64:])
     x = torch.randn(1, 5, 32)
     torch.testing.assert_close(dna(x), stock(x), atol=1e-4, rtol=1e-3)  # near-preserving, not exact
+    # the effective start, computed independently: out - stock = proj_W (-lambda * 1e-4 * P- V+)
+    with torch.no_grad():
+        q, k, v = (dna._heads(t) for t in stock.qkv(x).chunk(3, dim=-1))
+        q_neg = dna._heads(torch.nn.functional.linear(x, 1e-4 * w[:32], 1e-4 * b[:32]))
+        _, p_neg = attention_probs(q, q_neg, k)
+        lam = dna.neg.neg_scale.view(1, -1, 1, 1)
+        term = (-lam * 1e-4 * (p_neg @ v)).transpose(1, 2).reshape(1, 5, 32)
+        expected = term @ dna.proj.weight.T
+        got = dna(x) - stock(x)
+    assert torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0) > 0.99
 
 
 def test_random_init_changes_output():

@@ -313,7 +313,7 @@ def test_save_dna_writes_only_dna_tensors_when_nothing_else_changed(tmp_path):
     assert cfg["format"] == "dna-vlm/1" and cfg["family"] == "internvl"
     assert cfg["options"] == {
         "init": "preserve", "neg_branch": "full", "neg_rank": None, "shared_values": False,
-        "neg_scale_init": 0.5, "scaled_a": 1e-4, "scaled_b": -1e-4,
+        "neg_scale_init": 0.5, "scaled_a": 1e-4, "scaled_b": 1e-4, "attention": "dna",
     }  # fmt: skip
     assert cfg["shapes"] == {k: list(v.shape) for k, v in tensors.items()}
     assert not list(tmp_path.glob("*.tmp"))

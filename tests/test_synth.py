@@ -227,3 +227,72 @@ def test_changed_rendering_regenerates(tmp_path, monkeypatch):
     monkeypatch.setattr(synth, "OBJECT_RADIUS", 0.12)
     res = generate_dataset(tmp_path / "s", **small)
     assert meta.stat().st_mtime_ns != mtime and res["meta"]["render"]["object_radius"] == 0.12
+
+
+# ----------------------------------------------------------------------------------------------------------
+# label fields and the oracle input (issue 11)
+
+
+def test_label_fields_name_the_target(dataset):
+    for split in ("train", "val", "test"):
+        for row in _rows(dataset[split]):
+            for attr, field in synth.LABEL_FIELDS.items():
+                assert row[field] == row["target"][attr] and row[field] in VALUES[attr], row["id"]
+            assert row[synth.LABEL_FIELDS[row["category"]]] == row["answer_value"]
+
+
+def test_oracle_rows_match_test_rows(dataset):
+    out = Path(dataset["out_dir"])
+    test, oracle = _rows(dataset["test"]), _rows(dataset["test_oracle"])
+    assert Path(dataset["test_oracle"]) == out / "test_oracle.jsonl"
+    assert [r["id"] for r in oracle] == [r["id"] for r in test]
+    same = ("question", "options", "answer", "category", "answer_value", "target", "background")
+    for t, o in zip(test, oracle, strict=True):
+        assert {k: o[k] for k in same} == {k: t[k] for k in same}, t["id"]
+        assert {k: o[k] for k in synth.LABEL_FIELDS.values()} == {
+            k: t[k] for k in synth.LABEL_FIELDS.values()
+        }
+        assert o["distractors"] == [] and o["density"] == 0 and o["source_density"] == t["density"]
+        assert o["video"] != t["video"] and (out / o["video"]).is_file()
+        # re-rendered: the decoded clip is the scene without distractors, not the test clip
+        got = sample_frames(out / o["video"], 8).frames.astype(int)
+        ref = render_clip({**t, "distractors": []}, 8, 64).astype(int)
+        assert np.abs(got - ref).mean() < 6.0
+        if t["density"] > 0:
+            test_clip = sample_frames(out / t["video"], 8).frames.astype(int)
+            assert np.abs(got - test_clip).mean() > np.abs(got - ref).mean(), t["id"]
+    assert load_dataset(dataset["test_oracle"], check_videos=True)  # a valid dataset file
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["oracle"]["n"] == len(test) and all((out / v).is_file() for v in meta["videos"])
+
+
+def _digest_without_labels(res) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        for row in _rows(res[split]):
+            for field in synth.LABEL_FIELDS.values():
+                row.pop(field)
+            h.update(json.dumps(row, sort_keys=True).encode())
+            h.update((Path(res["out_dir"]) / row["video"]).read_bytes())
+    return h.hexdigest()
+
+
+def test_existing_fields_and_videos_unchanged(tmp_path):
+    """Adding the label fields and the oracle split left every existing field and video byte as it was:
+    the digest was computed with the generator before issue 11 (dna-vlm-synth/1) for these arguments."""
+    res = generate_dataset(tmp_path / "d", n_train=6, n_val=3, n_test=8, seed=0)
+    assert _digest_without_labels(res) == "158a433240801cef5a5c39f6791909437f02ea656a5f06fe49dd3e8d2059bdd9"
+
+
+def test_missing_oracle_output_regenerates(tmp_path):
+    small = dict(n_train=4, n_val=0, n_test=4)
+    res = generate_dataset(tmp_path / "s", **small)
+    Path(res["test_oracle"]).unlink()
+    generate_dataset(tmp_path / "s", **small)
+    assert Path(res["test_oracle"]).is_file()
+    vid = next((tmp_path / "s" / "videos" / "oracle").glob("*.mp4"))
+    vid.unlink()
+    generate_dataset(tmp_path / "s", **small)
+    assert vid.is_file()

@@ -15,6 +15,7 @@ from dna_vlm.video import (
     fps_indices,
     sample_frames,
     segment_indices,
+    snap_to_keyframes,
     uniform_indices,
     video_info,
     window_to_range,
@@ -383,3 +384,103 @@ def test_run_video_bench_api(tmp_path):
         assert r["identical"]  # decord picked exactly the frames PyAV decoded
     assert "decord/PyAV" in format_table(rows)
     assert len(list(tmp_path.glob("*.mp4"))) == 1  # the clip is cached and reused
+
+
+# ----------------------------------------------------------------------------------- keyframe seeking
+
+
+def test_snap_to_keyframes():
+    keys = [0, 10, 20, 30]
+    assert snap_to_keyframes(np.array([5, 15, 26, 39]), keys).tolist() == [0, 10, 30, 30]  # tie -> earlier
+    assert snap_to_keyframes(np.array([3, 4]), keys, lo=8, hi=40).tolist() == [10, 10]  # stay in the range
+    assert snap_to_keyframes(np.array([12, 14]), keys, lo=11, hi=19).tolist() == [12, 14]  # none inside
+    assert snap_to_keyframes(np.array([7]), [10]).tolist() == [10]
+    assert snap_to_keyframes(np.array([], np.int64), keys).tolist() == []
+
+
+@given(
+    st.lists(st.integers(0, 500), min_size=1, max_size=20),
+    st.lists(st.integers(0, 500), min_size=1, max_size=20),
+)
+@settings(max_examples=100, deadline=None)
+def test_snap_properties(idx, keys):
+    got = snap_to_keyframes(np.array(idx), keys)
+    k = np.array(sorted(set(keys)))
+    assert len(got) == len(idx) and set(got.tolist()) <= set(keys)
+    for i, g in zip(idx, got, strict=True):  # nearest: no keyframe is strictly closer
+        assert abs(g - i) == np.abs(k - i).min()
+
+
+def test_keyframe_seek_decodes_keyframes_and_reports_times(clip):
+    # the clip has a keyframe every 10 frames (x264, keyint=10, no scene cuts)
+    f = sample_frames(clip, 4, seek="keyframe")
+    assert f.indices.tolist() == [0, 10, 20, 30]  # asked 5, 15, 25, 35: ties go to the earlier keyframe
+    assert _content_index(f.frames).tolist() == f.indices.tolist()  # those exact frames were decoded
+    np.testing.assert_allclose(f.timestamps, f.indices / FPS)
+    np.testing.assert_allclose(f.requested_timestamps, np.array([5, 15, 25, 35]) / FPS)
+    exact = sample_frames(clip, 4)
+    np.testing.assert_allclose(exact.requested_timestamps, exact.timestamps)
+    # more samples than keyframes: neighbours share a keyframe, the count is kept
+    many = sample_frames(clip, 8, seek="keyframe")
+    assert len(many) == 8 and set(many.indices.tolist()) <= {0, 10, 20, 30}
+    assert _content_index(many.frames).tolist() == many.indices.tolist()
+    # a window keeps its keyframes inside it; a window without keyframes is decoded exactly
+    w = sample_frames(clip, 2, seek="keyframe", window=(1.0, 4.0))
+    assert w.indices.tolist() == [10, 30] and (w.timestamps >= 1.0).all()  # asked 14, 26 in [8, 32)
+    no_key = sample_frames(clip, 2, seek="keyframe", window=(1.5, 2.4))  # frames [12, 20): no keyframe
+    assert no_key.indices.tolist() == uniform_indices(N, 2, 12, 20).tolist() == [14, 18]
+    seg = sample_frames(clip, 4, "segments", seed=0, seek="keyframe")
+    assert set(seg.indices.tolist()) <= {0, 10, 20, 30}
+
+
+# ----------------------------------------------------------------------------------- short videos
+
+
+def test_more_frames_than_the_video_has(clip, tmp_path):
+    with pytest.raises(VideoError, match=r"has 40 frames, fewer than num_frames=10000.*short='repeat'"):
+        sample_frames(clip, 10000)
+    with pytest.raises(VideoError, match=r"window \(1.0, 2.0\) has 8 frames, fewer than num_frames=9"):
+        sample_frames(clip, 9, "segments", window=(1.0, 2.0), seed=0)
+    fewer = sample_frames(clip, 100, short="fewer")
+    assert fewer.indices.tolist() == list(range(N))
+    assert _content_index(fewer.frames).tolist() == list(range(N))
+    with pytest.raises(VideoError, match="short-video policy"):
+        sample_frames(clip, 4, short="pad")
+    with pytest.raises(VideoError, match="seek mode"):
+        sample_frames(clip, 4, seek="fast")
+
+
+def test_one_frame_video_is_not_silently_repeated(tmp_path, caplog):
+    one = tmp_path / "one.mp4"
+    write_video(one, _clip(1), fps=FPS)
+    with pytest.raises(VideoError, match=r"one.mp4: the video has 1 frames, fewer than num_frames=8"):
+        sample_frames(one, 8)
+    assert len(sample_frames(one, 8, short="fewer")) == 1
+    with caplog.at_level("WARNING", logger="dna_vlm.video"):
+        rep = sample_frames(one, 8, short="repeat")
+    assert len(rep) == 8 and rep.indices.tolist() == [0] * 8
+    assert "repeating them to fill num_frames=8" in caplog.text
+    assert len(sample_frames(one, 1)) == 1
+
+
+def test_keyframe_fast_path_equals_decord(clip, monkeypatch):
+    """The one-packet PyAV path (dna_vlm.keyframes) gives decord's pixels; without it decord serves."""
+    import decord
+
+    import dna_vlm.keyframes as kf
+
+    calls = []
+    real = kf.decode_keyframes
+    monkeypatch.setattr(kf, "decode_keyframes", lambda *a, **k: calls.append(k) or real(*a, **k))
+    fast = sample_frames(clip, 4, seek="keyframe")
+    assert calls  # the fast path ran
+    ref = decord.VideoReader(clip).get_batch(fast.indices.tolist()).asnumpy()
+    np.testing.assert_array_equal(fast.frames, ref)
+    monkeypatch.setattr(kf, "decode_keyframes", lambda *a, **k: None)  # e.g. PyAV missing
+    slow = sample_frames(clip, 4, seek="keyframe")
+    np.testing.assert_array_equal(slow.frames, fast.frames)
+    assert slow.indices.tolist() == fast.indices.tolist()
+    assert sample_frames(clip, 4, seek="keyframe", size=(24, 32)).frames.shape == (4, 24, 32, 3)
+    monkeypatch.undo()
+    threaded = sample_frames(clip, 4, seek="keyframe", num_threads=3)  # keyframes shared by 3 threads
+    np.testing.assert_array_equal(threaded.frames, fast.frames)

@@ -27,17 +27,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit codes: 0 done (prints the run dir), 2 an error to fix, 3 interrupted with a checkpoint saved."""
+    """Exit codes: 0 done (prints the run dir), 2 an error to fix, 3 interrupted with a checkpoint saved,
+    130 stopped at once by a second Ctrl-C / SIGTERM (or one before training started): no new checkpoint."""
+    from .._io import SafetensorsFileError
     from ..data import DatasetError
     from ..video import VideoError
-    from .trainer import train
 
     try:
-        out = train(TrainConfig.from_args(args))
+        from .trainer import train
+
+        cfg = TrainConfig.from_args(args)
+        out = train(cfg)
     except TrainInterrupted as e:
         print(f"dna-vlm train: {e}", file=sys.stderr)
         return 3
-    except (TrainError, RunError, DatasetError, VideoError, ValueError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        print(
+            f"dna-vlm train: interrupted; stopped at once without writing a new checkpoint. What is on disk "
+            f"in {args.output} is intact (the newest checkpoint, or the finished run): rerun with --resume "
+            "to continue",
+            file=sys.stderr,
+        )
+        return 130
+    except (TrainError, RunError, DatasetError, VideoError, SafetensorsFileError, ValueError, OSError) as e:
         print(f"dna-vlm train: error: {e}", file=sys.stderr)
         return 2
     print(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import MISSING, dataclass
@@ -33,7 +34,8 @@ def _is_int(v) -> bool:
 
 
 def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite number (nan / inf are refused: they would reach the optimiser and JSON as NaN)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 #: value checks a field may name: (predicate, what is expected)
@@ -124,6 +126,13 @@ class TrainConfig:
     )
     neg_rank: int | None = option(None, group="arm", shown="none", help="rank of --neg-branch lowrank")
     shared_values: bool = option(False, group="arm", help="DnA ablation: V- = V+ (one value subspace)")
+    dna_dtype: str = option(
+        "float32",
+        choices=("float32", "model"),
+        group="arm",
+        help="dtype of DnA's own parameters (lambda, Q-, V-): float32 master weights (cast to the model's "
+        "dtype in the forward; in bf16 lambda would not move) or the model's dtype",
+    )
     # -- steps, batch and optimiser
     max_steps: int = option(100, check="positive_int", group="optim", help="optimiser steps of the whole run")
     batch_size: int = option(
@@ -163,6 +172,13 @@ class TrainConfig:
     )
     # -- the model: inputs, loading, precision
     num_frames: int = option(8, check="positive_int", group="model", help="frames sampled per video")
+    seek: str = option(
+        "exact",
+        choices=("exact", "keyframe"),
+        group="model",
+        help="exact: the sampled frames; keyframe: the nearest keyframes (much faster on long videos; "
+        "times move by up to half a keyframe interval, a whole one after the last keyframe)",
+    )
     dtype: str = option(
         "float32",
         choices=("float32", "bfloat16", "float16"),
@@ -226,6 +242,19 @@ class TrainConfig:
         0, check="count", group="run", help="evaluate every N steps (0: only at the end)"
     )
     num_workers: int = option(0, check="count", group="run", help="data loader processes decoding videos")
+    prefetch: int = option(
+        0,
+        check="count",
+        group="run",
+        help="micro-batches decoded ahead by a background thread while the model computes (0: none)",
+    )
+    frame_cache: str | None = option(
+        None,
+        check="path",
+        group="run",
+        shown="none",
+        help="directory of an on-disk frame cache shared by runs (decode each video once for all arms)",
+    )
     progress: bool = option(
         True, group="run", flag="--no-progress", shown="shown", help="hide the progress bar"
     )

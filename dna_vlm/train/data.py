@@ -8,6 +8,7 @@ are returned with the batch (``"bad"``), never raised, so the trainer applies th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ class MicroBatches(torch.utils.data.Dataset):
         self.global_bs = cfg.batch_size * world
         self.per_epoch = max(1, math.ceil(self.n / self.global_bs))
         self._perm: dict[int, np.ndarray] = {}
+        self._cache = None  # FrameCache, opened on first use
 
     def __len__(self) -> int:  # unbounded in principle; the sampler decides
         return 1 << 62
@@ -64,11 +66,19 @@ class MicroBatches(torch.utils.data.Dataset):
         return epoch, [int(perm[(start + i) % self.n]) for i in range(self.cfg.batch_size)]
 
     def _frames(self, idx: int, epoch: int):
+        """Frames of row ``idx`` in ``epoch`` (through the on-disk frame cache when ``--frame-cache``)."""
         from ..video import sample_frames
 
         ex = self.examples[idx]
         seed = mix_seed(self.cfg.seed, epoch, idx) if self.strategy == "segments" else None
-        return sample_frames(ex.video, num_frames=self.cfg.num_frames, strategy=self.strategy, seed=seed)
+        kw = dict(num_frames=self.cfg.num_frames, strategy=self.strategy, seed=seed, seek=self.cfg.seek)
+        if self.cfg.frame_cache is None:
+            return sample_frames(ex.video, **kw)
+        if self._cache is None:  # made here, not in __init__: loader worker processes each open their own
+            from ..frame_cache import FrameCache
+
+            self._cache = FrameCache(self.cfg.frame_cache)
+        return self._cache.sample(ex.video, **kw)
 
     def __getitem__(self, g: int) -> dict:
         from ..video import VideoError
@@ -125,9 +135,14 @@ class _Range(torch.utils.data.Sampler):
         return max(0, self.stop - self.start)
 
 
-def make_loader(ds: MicroBatches, start: int, stop: int, num_workers: int) -> torch.utils.data.DataLoader:
-    """Micro-batches ``start .. stop - 1`` of ``ds``, decoded by ``num_workers`` processes (0: this one)."""
-    return torch.utils.data.DataLoader(
+def make_loader(ds: MicroBatches, start: int, stop: int, num_workers: int) -> Iterable[dict]:
+    """Micro-batches ``start .. stop - 1`` of ``ds``, decoded by ``num_workers`` processes (0: this one).
+
+    With ``--prefetch N`` (``ds.cfg.prefetch``) the loader is pulled N micro-batches ahead by a background
+    thread, so decoding the next batch overlaps this one's forward and backward (worker processes already
+    overlap; the thread then only hides their hand-over).
+    """
+    loader = torch.utils.data.DataLoader(
         ds,
         sampler=_Range(start, stop),
         batch_size=None,
@@ -135,3 +150,9 @@ def make_loader(ds: MicroBatches, start: int, stop: int, num_workers: int) -> to
         collate_fn=_identity,
         persistent_workers=False,
     )
+    depth = getattr(ds.cfg, "prefetch", 0) or 0
+    if depth <= 0:
+        return loader
+    from ..prefetch import prefetch_iter
+
+    return prefetch_iter(loader, depth=depth)

@@ -5,50 +5,78 @@ OUT/adapter/                 PEFT LoRA adapter (safetensors): vision tower (+ pr
 OUT/model/                   tune="full": a plain HF checkpoint (model + processor)
 OUT/projector.safetensors    projector weights (--projector full)
 OUT/summary.json             trainable parameters by group, steps, losses, skipped videos, time
-OUT/run_config.json          what evaluation needs (:class:`dna_vlm.rundir.RunConfig`); its presence marks
-                             the run dir complete
+OUT/run_config.json          what evaluation needs (:class:`dna_vlm.rundir.RunConfig`) and the manifest
+                             (digest of every file above); written last, it commits the run dir
+
+Committed as a whole: everything is written into ``OUT/.final.tmp-PID`` first, then each artefact is swapped
+into place and ``run_config.json`` (with the manifest of the new files) is written last. A kill between two
+swaps leaves the old run_config.json beside some new files: its manifest no longer matches, so every load
+(:func:`dna_vlm.runs.verify_run_dir`) fails naming the file, and ``--resume`` finalises again from the final
+checkpoint. A reader sees the old complete run, the new complete run, or a clear error, never a mixture.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import signal
 from pathlib import Path
 
 from torch import nn
 
-from .._io import atomic_save_safetensors, atomic_write_json
+from .._io import atomic_save_safetensors, atomic_write_json, remove_path
 from ..rundir import RUN_FORMAT, RunConfig
+from ..runs import ARTEFACTS, base_identity, manifest
 from .config import TrainConfig
 from .state import RunRecord
 
-__all__ = ["WeightDirs", "make_run_config", "run_summary", "save_weights", "write_run_dir"]
+__all__ = ["FAULT_ENV", "WeightDirs", "fault_point", "make_run_config", "run_summary", "save_weights",
+           "stage_dir", "write_run_dir"]  # fmt: skip
+
+#: tests only: the name of a :func:`fault_point` at which the process SIGKILLs itself
+FAULT_ENV = "DNA_VLM_KILL_AT"
 
 #: (dna_dir, adapter_dir, projector): names in OUT, None for what the run has not
 WeightDirs = tuple[str | None, str | None, str | None]
 
 
-def save_weights(m: nn.Module, out: Path, cfg: TrainConfig, processor, proj_path: str | None) -> WeightDirs:
-    """Save the DnA branches, the adapter (or full model) and the projector of the unwrapped model ``m``."""
+def fault_point(name: str) -> None:
+    """Tests only: at the point ``name``, act as :data:`FAULT_ENV` says: ``NAME`` dies here (SIGKILL: no
+    cleanup), ``NAME=SIGINT`` / ``NAME=SIGTERM*2`` sends that signal to this process (that many times), as
+    a user's Ctrl-C or a scheduler would at that moment."""
+    want = os.environ.get(FAULT_ENV, "")
+    point, _, action = want.partition("=")
+    if point != name:
+        return
+    sig, _, times = (action or "SIGKILL").partition("*")
+    for _ in range(int(times or 1)):
+        os.kill(os.getpid(), signal.Signals[sig])
+
+
+def stage_dir(out: Path) -> Path:
+    """A fresh ``OUT/.final.tmp-PID`` to write the run dir's artefacts into before they are swapped in."""
+    stage = out / f".final.tmp-{os.getpid()}"
+    remove_path(stage)
+    stage.mkdir()
+    return stage
+
+
+def save_weights(m: nn.Module, stage: Path, cfg: TrainConfig, processor, proj_path: str | None) -> WeightDirs:
+    """Save the DnA branches, the adapter (or full model) and the projector of the unwrapped model ``m``
+    into ``stage`` (see :func:`stage_dir`); :func:`write_run_dir` swaps them into the run dir."""
     from ..checkpoint import save_dna
 
     dna_dir = projector = None
     if cfg.attention == "dna":
-        save_dna(m, out / "dna")
+        save_dna(m, stage / "dna")
         dna_dir = "dna"
     sub = "model" if cfg.tune == "full" else "adapter"
-    tmp = out / f".{sub}.tmp-{os.getpid()}"  # written aside, then swapped in whole
-    shutil.rmtree(tmp, ignore_errors=True)
-    m.save_pretrained(str(tmp), safe_serialization=True)  # full: a normal HF checkpoint
+    m.save_pretrained(str(stage / sub), safe_serialization=True)  # full: a normal HF checkpoint
     if cfg.tune == "full":
-        processor.save_pretrained(str(tmp))
-    if (out / sub).exists():
-        shutil.rmtree(out / sub)
-    os.replace(tmp, out / sub)
+        processor.save_pretrained(str(stage / sub))
     adapter_dir = "adapter" if cfg.tune == "lora" else None
     if cfg.tune == "lora" and cfg.projector == "full" and proj_path is not None:
         proj = m.get_base_model().get_submodule(proj_path)
-        atomic_save_safetensors(proj.state_dict(), out / "projector.safetensors")
+        atomic_save_safetensors(proj.state_dict(), stage / "projector.safetensors")
         projector = "projector.safetensors"
     return dna_dir, adapter_dir, projector
 
@@ -59,9 +87,11 @@ def _resolved(path: str) -> str:
 
 
 def make_run_config(
-    cfg: TrainConfig, out: Path, proj_path: str | None, step: int, dirs: WeightDirs
-) -> RunConfig:
-    """What evaluation needs to rebuild the trained model."""
+    cfg: TrainConfig, out: Path, proj_path: str | None, step: int, dirs: WeightDirs,
+    attention_kernel: str | None = None,
+) -> RunConfig:  # fmt: skip
+    """What evaluation needs to rebuild the trained model (``attention_kernel``: see
+    :func:`dna_vlm.train.model.attention_kernel_of`)."""
     from .. import __version__
 
     dna_dir, adapter_dir, projector = dirs
@@ -74,6 +104,7 @@ def make_run_config(
         dna_vlm_version=__version__,
         base_model=_resolved(base),
         attention=cfg.attention,
+        attention_kernel=attention_kernel,
         tune=cfg.tune,
         trained_from=_resolved(cfg.model),
         dna_dir=dna_dir,
@@ -111,7 +142,22 @@ def run_summary(step: int, trainable: dict, record: RunRecord, eval_loss: float 
     }
 
 
-def write_run_dir(out: Path, run_config: RunConfig, summary: dict) -> None:
-    """summary.json, then run_config.json (after the weights): written last, it marks the run dir complete."""
-    atomic_write_json(out / "summary.json", summary)
-    run_config.write(out)
+def write_run_dir(out: Path, stage: Path, run_config: RunConfig, summary: dict) -> None:
+    """Commit the staged artefacts: summary.json into the stage, each artefact swapped into ``out`` (the
+    old one removed first: symlinks are replaced, never followed), then run_config.json with the manifest
+    and the base model's identity, last."""
+    import dataclasses
+
+    atomic_write_json(stage / "summary.json", summary)
+    files = manifest(stage)
+    fault_point("finalize:staged")
+    for name in ARTEFACTS:
+        if (stage / name).exists():
+            remove_path(out / name)
+            os.replace(stage / name, out / name)
+            fault_point(f"finalize:swapped:{name}")
+        elif name != "model":  # (OUT/model is only ever written by tune="full")
+            remove_path(out / name)  # an artefact of an older write this run no longer has
+    remove_path(stage)
+    identity = base_identity(run_config.base_model)
+    dataclasses.replace(run_config, files=files, base_identity=identity).write(out)

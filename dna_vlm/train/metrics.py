@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+from .._io import atomic_write_bytes
 
 __all__ = ["MetricsLog"]
 
@@ -12,7 +15,9 @@ class MetricsLog:
     """Appends metric records; on the non-main processes of a multi-process run it does nothing.
 
     Opening truncates the file to the records up to ``resume_step``, so lines logged after the checkpoint a
-    run resumes from (a hard kill) are replaced by the resumed run's, not duplicated.
+    run resumes from (a hard kill) are replaced by the resumed run's, not duplicated. That rewrite is atomic
+    (temp + rename: a symlink at the path is replaced, its target untouched) and appends never follow a
+    symlink (``O_NOFOLLOW``).
     """
 
     def __init__(self, out: Path, resume_step: int, enabled: bool):
@@ -21,10 +26,9 @@ class MetricsLog:
         self.tb = None
         if not enabled:
             return
-        if resume_step == 0:
-            self.path.write_text("")
-        elif self.path.exists():
-            self.path.write_text("".join(x + "\n" for x in self._lines_up_to(resume_step)))
+        real = self.path.is_file() and not self.path.is_symlink()  # a symlink is replaced, never read
+        keep = self._lines_up_to(resume_step) if resume_step > 0 and real else []
+        atomic_write_bytes(self.path, "".join(x + "\n" for x in keep).encode())
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -46,7 +50,8 @@ class MetricsLog:
     def write(self, rec: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.tb is not None:
             for k, v in rec.items():

@@ -1,9 +1,17 @@
 """The model side of training: load the base model frozen, DnA-patch it, wrap it with PEFT LoRA, decide
 what trains, and the optimiser (groups, learning rates, schedule) over it.
 
-What trains: LoRA on the vision tower's linear layers (q/k/v/out/fc1/fc2; never DnA's ``neg.*``), the DnA
-negative branches fully, and the projector (full, LoRA or frozen). The LLM stays frozen (optionally 4-bit).
-``tune="full"`` instead trains every weight of a stock model (one group, ``"full"``).
+What trains: LoRA on the vision tower's linear layers (q/k/v/out/fc1/fc2; never DnA's ``neg.*`` and never
+the projector's, even where the projector sits inside the tower's module path as Qwen-VL's ``visual.merger``
+does; Qwen3-VL's ``deepstack_merger_list`` counts as tower layers, LoRA'd like them), the DnA negative
+branches fully (fp32 master weights by default, whatever the model's dtype), and the
+projector as ``projector`` says: ``full`` (its own weights, no LoRA), ``lora`` (LoRA on its linears only) or
+``frozen`` (nothing). The LLM stays frozen (optionally 4-bit). ``tune="full"`` instead trains every weight of
+a stock model (one group, ``"full"``).
+
+Both arms of a LoRA run go through dna-vlm's adapter layers: ``attention="dna"`` patches DnA, and
+``attention="softmax"`` installs the fair control (``patch(model, attention="softmax")``: the same layers and
+the same SDPA call as DnA's positive branch), so at init the arms are bit-identical.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from .errors import TrainError
 __all__ = [
     "TOWER_LINEARS",
     "BuiltModel",
+    "attention_kernel_of",
     "build_model",
     "describe_patch",
     "format_summary",
@@ -35,7 +44,7 @@ __all__ = [
 
 #: leaf names of the vision tower's linear layers LoRA adapts (attention q/k/v/out + MLP), across families
 TOWER_LINEARS = (
-    "q_proj", "k_proj", "v_proj", "out_proj", "o_proj", "qkv", "proj", "fc1", "fc2",
+    "q_proj", "k_proj", "v_proj", "out_proj", "o_proj", "qkv", "proj", "projection_layer", "fc1", "fc2",
     "linear_fc1", "linear_fc2", "up_proj", "down_proj", "gate_proj",
 )  # fmt: skip
 #: optimiser groups in the order their parameter groups are built
@@ -60,20 +69,25 @@ def _tower_paths(model: nn.Module) -> tuple[list[str], str | None]:
 
 def lora_target_modules(model: nn.Module, projector: str = "full") -> str:
     """A PEFT ``target_modules`` regex naming exactly the vision tower's linear layers (q/k/v/out/fc1/fc2 and
-    the like; never DnA's ``neg.*``), plus the projector's linears when ``projector == "lora"``."""
+    the like; never DnA's ``neg.*``), plus the projector's linears when ``projector == "lora"``.
+
+    The projector is excluded from the tower's share even when it lives inside the tower's module path
+    (Qwen2/2.5/3-VL's ``visual.merger``), so ``projector`` alone decides what of it trains."""
     towers, proj_path = _tower_paths(model)
     names = []
     for full_name, mod in model.named_modules():
         if not isinstance(mod, nn.Linear):
             continue
         parts = full_name.split(".")
+        in_proj = proj_path is not None and (proj_path == "" or full_name.startswith(proj_path + "."))
         tower = next((t for t in towers if t == "" or full_name.startswith(t + ".")), None)
-        if tower is not None:
+        if in_proj:
+            if projector == "lora":
+                names.append(full_name)
+        elif tower is not None:
             rel = full_name[len(tower) + 1 :] if tower else full_name
             if parts[-1] in TOWER_LINEARS and "neg" not in rel.split(".") and not rel.startswith("head."):
                 names.append(full_name)
-        elif projector == "lora" and proj_path and full_name.startswith(proj_path + "."):
-            names.append(full_name)
     if not names:
         raise TrainError(f"found no linear layers to LoRA-adapt in the vision tower(s) {towers}")
     return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
@@ -113,10 +127,25 @@ def _load_frozen(cfg: TrainConfig, device: torch.device):
         p.requires_grad_(False)
     report = None
     if cfg.attention == "dna":
+        dna_dtype = torch.float32 if cfg.dna_dtype == "float32" else None  # None: the model's dtype
         report = patch(
-            model, neg_branch=cfg.neg_branch, neg_rank=cfg.neg_rank, shared_values=cfg.shared_values
+            model,
+            neg_branch=cfg.neg_branch,
+            neg_rank=cfg.neg_rank,
+            shared_values=cfg.shared_values,
+            dna_dtype=dna_dtype,
         )
+    elif cfg.tune == "lora":  # the fair control: DnA's layers and SDPA call, no negative branch
+        report = patch(model, attention="softmax")
     return model, processor, report
+
+
+def attention_kernel_of(model: nn.Module) -> str:
+    """What computed the vision attention (run_config.json's ``attention_kernel``): see
+    :func:`dna_vlm.patching.attention_kernel`."""
+    from ..patching import attention_kernel
+
+    return attention_kernel(model)
 
 
 def _unfreeze_dna_and_projector(
@@ -207,6 +236,11 @@ def format_summary(s: dict) -> str:
 
 def describe_patch(report) -> str:
     """One line on what ``dna_vlm.patch`` did (its PatchReport)."""
+    if report.options.get("attention") == "softmax":
+        return (
+            f"softmax control: {len(report.modules)} attention modules ({report.family}) run DnA's layer and "
+            "SDPA call with the negative branch off (bit-identical to the DnA arm at init)"
+        )
     return (
         f"DnA: {len(report.modules)} attention modules patched ({report.family}), "
         f"{report.params_added:,} parameters added"
@@ -259,5 +293,6 @@ def lambda_mean(model: nn.Module) -> float | None:
     """Mean |lambda| over every DnA layer's heads, None for a model without DnA."""
     from ..patching import dna_layers
 
-    vals = [layer.neg.neg_scale.detach().float().abs().mean() for _, layer in dna_layers(model)]
+    layers = [layer for _, layer in dna_layers(model) if layer.neg is not None]
+    vals = [layer.neg.neg_scale.detach().float().abs().mean() for layer in layers]
     return float(torch.stack(vals).mean()) if vals else None

@@ -4,7 +4,10 @@
     OUT/checkpoints/latest.json   {"dir": "step-NNNNNN", "step": N}: the newest complete checkpoint
 
 A checkpoint is written aside and renamed into place whole, then the pointer moves to it, so a kill at any
-moment leaves the previous checkpoint usable. Every step reseeds the RNGs from (seed, step, rank) and the
+moment leaves the previous checkpoint usable. Resume takes the newest complete step dir (the pointer is a
+hint: a kill between a rename and the pointer write, or a deleted pointer, loses nothing), refuses changed
+data or another base model (digests recorded in state.json), and never deletes a checkpoint newer than the
+one it writes. Every step reseeds the RNGs from (seed, step, rank) and the
 data order is a function of (seed, epoch), so resuming from a checkpoint reproduces the uninterrupted run.
 """
 
@@ -14,7 +17,7 @@ import enum
 import json
 import os
 import random
-import shutil
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_save_safetensors, atomic_write_json
-from ..rundir import RUN_CONFIG
+from .._io import (
+    SafetensorsFileError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    load_safetensors,
+    remove_path,
+)
+from ..rundir import RUN_CONFIG, RunError
+from ..runs import identity_differences, verify_run_dir
 from .config import TrainConfig
 from .errors import TrainError
 
@@ -40,6 +50,7 @@ __all__ = [
     "latest_checkpoint",
     "load_trainable",
     "prepare_output",
+    "run_is_complete",
     "seed_all",
     "unflatten_optimizer",
 ]
@@ -52,8 +63,11 @@ RUN_FILES = (RUN_CONFIG, CKPT_DIR, "metrics.jsonl", "dna", "adapter", "projector
 #: keys of TrainConfig that may differ between an interrupted run and its resumption
 RESUMABLE_CHANGES = {
     "max_steps", "resume", "overwrite", "stop_after", "save_every", "keep_checkpoints", "progress",
-    "num_workers", "eval_data", "eval_every", "bad_video", "extra", "device",
+    "num_workers", "eval_data", "eval_every", "bad_video", "extra", "device", "prefetch", "frame_cache",
 }  # fmt: skip
+#: paths compared resolved, and by the identity of what they hold (a moved run dir / model / data resumes)
+PATH_KEYS = ("model", "data", "output")
+STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def seed_all(seed: int) -> None:
@@ -111,14 +125,19 @@ def prepare_output(out: Path, cfg: TrainConfig, acc) -> Start:
     ``acc``: the accelerate ``Accelerator`` (only the main process deletes; every process looks first)."""
     out.mkdir(parents=True, exist_ok=True)
     if cfg.resume:
-        ckpt = latest_checkpoint(out)
+        ckpt, note = latest_checkpoint(out)
         if ckpt is None:
+            if (out / RUN_CONFIG).exists():
+                raise TrainError(
+                    f"{out} holds a finished run but no checkpoint to resume from ({out / CKPT_DIR} has none): "
+                    "pass --overwrite to train it again from step 0, or choose another --output"
+                )
             return Start(StartKind.FRESH, note=f"{out}: no checkpoint to resume from; starting from step 0")
         step = _read_state(ckpt)["step"]
-        if step >= cfg.max_steps and (out / RUN_CONFIG).is_file():
+        if step >= cfg.max_steps and run_is_complete(out, step):
             note = f"{out}: already trained to step {step} (max_steps {cfg.max_steps})"
             return Start(StartKind.FINISHED, ckpt, note)
-        return Start(StartKind.RESUME, ckpt)
+        return Start(StartKind.RESUME, ckpt, note)
     existing = [p for p in (RUN_CONFIG, CKPT_DIR, "metrics.jsonl") if (out / p).exists()]
     acc.wait_for_everyone()  # every process has looked before the main one deletes anything
     if existing:
@@ -129,34 +148,60 @@ def prepare_output(out: Path, cfg: TrainConfig, acc) -> Start:
             )
         if acc.is_main_process:
             for p in RUN_FILES:
-                q = out / p
-                shutil.rmtree(q) if q.is_dir() else q.unlink(missing_ok=True)
+                remove_path(out / p)  # a symlink is removed, never followed
     acc.wait_for_everyone()
     return Start(StartKind.FRESH)
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    """The checkpoint ``OUT/checkpoints/latest.json`` points to, None without a pointer."""
-    pointer = out / CKPT_DIR / "latest.json"
-    if not pointer.is_file():
-        return None
+def run_is_complete(out: Path, step: int) -> bool:
+    """Whether ``out`` holds the committed run dir of ``step`` (run_config.json of that step, manifest
+    intact); False for a run dir whose finalisation was interrupted (resume then finalises again)."""
     try:
-        name = json.loads(pointer.read_text())["dir"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise TrainError(f"{pointer}: unreadable checkpoint pointer ({e}); remove it to start over") from e
-    path = out / CKPT_DIR / name
-    if not (path / "state.json").is_file():
-        raise TrainError(f"{pointer} points to {path}, which is incomplete or missing")
-    return path
+        return verify_run_dir(out).steps == step
+    except RunError:
+        return False
+
+
+def _step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """[(step, dir)] of the complete step dirs (renamed into place whole, with state.json), oldest first."""
+    found = []
+    for p in root.glob("step-*") if root.is_dir() else []:
+        m = STEP_DIR.match(p.name)
+        if m and p.is_dir() and not p.is_symlink() and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(out: Path) -> tuple[Path | None, str | None]:
+    """(the newest complete checkpoint in ``OUT/checkpoints`` or None, a note when the pointer
+    ``latest.json`` was missing, unreadable or behind and the step dirs were scanned instead)."""
+    root = out / CKPT_DIR
+    dirs = _step_dirs(root)
+    if not dirs:
+        return None, None
+    pointer, newest = root / "latest.json", dirs[-1][1]
+    try:
+        named = json.loads(pointer.read_text())["dir"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        why = "missing" if not pointer.exists() else f"unreadable ({type(e).__name__})"
+        return newest, f"{pointer} {why}: resuming from the newest complete checkpoint found, {newest.name}"
+    if named != newest.name:
+        return newest, f"{pointer} names {named}; the newest complete checkpoint is {newest.name}: using it"
+    return newest, None
 
 
 def _read_state(path: Path) -> dict:
     try:
-        return json.loads((path / "state.json").read_text())
-    except json.JSONDecodeError as e:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
         raise TrainError(
-            f"{path / 'state.json'}: not valid JSON ({e}); resume from another checkpoint"
-        ) from e
+            f"{path / 'state.json'}: not valid JSON ({e}); delete {path} to resume from the previous checkpoint"
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise TrainError(
+            f"{path / 'state.json'}: no integer 'step'; delete {path} to resume from the previous"
+        )
+    return state
 
 
 # -------------------------------------------------------------------------------------- optimiser
@@ -204,29 +249,33 @@ class Restored:
 class Checkpoints:
     """Writes and reads ``OUT/checkpoints`` for one run (fixed: settings, processes, data layout)."""
 
-    def __init__(self, out: Path, cfg: TrainConfig, num_processes: int, per_epoch: int, global_bs: int):
+    def __init__(self, out: Path, cfg: TrainConfig, num_processes: int, per_epoch: int, global_bs: int,
+                 identity: dict | None = None):  # fmt: skip
+        """``identity``: {"model": base_identity, "data": dataset_identity} recorded and checked on resume."""
         self.root, self.cfg, self.num_processes = out / CKPT_DIR, cfg, num_processes
-        self.per_epoch, self.global_bs = per_epoch, global_bs
+        self.per_epoch, self.global_bs, self.identity = per_epoch, global_bs, identity or {}
 
     def save(self, step: int, reason: str, trainable: dict, optimizer: dict, scheduler: dict,
              scaler: dict | None, record: RunRecord) -> Path:  # fmt: skip
         """Write ``step-NNNNNN`` whole, point latest.json at it, drop the oldest beyond keep_checkpoints."""
+        from .finalize import fault_point
+
         name = f"step-{step:06d}"
         tmp = self.root / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_path(tmp)
         tmp.mkdir(parents=True)
         opt_tensors, opt_meta = flatten_optimizer(optimizer)
         atomic_save_safetensors(trainable, tmp / "trainable.safetensors", metadata={"step": str(step)})
         atomic_save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
         atomic_write_json(tmp / "state.json", self._state(step, reason, opt_meta, scheduler, scaler, record))
         path = self.root / name
-        if path.exists():
-            shutil.rmtree(path)
+        remove_path(path)
         os.replace(tmp, path)
+        fault_point("checkpoint:renamed")
         atomic_write_json(self.root / "latest.json", {"dir": name, "step": step})
-        done = sorted(p for p in self.root.glob("step-*") if p.is_dir() and p.name != name)
-        for old in done[: max(0, len(done) - (self.cfg.keep_checkpoints - 1))]:
-            shutil.rmtree(old, ignore_errors=True)
+        older = [p for s, p in _step_dirs(self.root) if s < step]  # superseded; newer ones are never touched
+        for old in older[: max(0, len(older) - (self.cfg.keep_checkpoints - 1))]:
+            remove_path(old)
         return path
 
     def _state(self, step, reason, opt_meta, scheduler, scaler, record: RunRecord) -> dict:
@@ -249,45 +298,85 @@ class Checkpoints:
             "elapsed_s": record.elapsed(),
             "reason": reason,
             "config": cfg.to_dict(),
+            "identity": self.identity,
             "num_processes": self.num_processes,
         }  # fmt: skip
 
     def load(self, path: Path) -> Restored:
-        """Read the checkpoint at ``path``; refuses one saved with other settings or another process count."""
-        from safetensors.torch import load_file
-
+        """Read the checkpoint at ``path``; refuses one saved with other settings, other data, another base
+        model or another process count, and names the file of a damaged one."""
         state = _read_state(path)
-        old = state["config"]
-        diffs = [
-            f"{k}: {old.get(k)!r} -> {v!r}"
-            for k, v in self.cfg.to_dict().items()
-            if k not in RESUMABLE_CHANGES and old.get(k) != v
-        ]
-        if diffs:
-            raise TrainError(
-                f"{path}: cannot resume with different settings ({'; '.join(diffs)}); "
-                "use the original settings or a new --output"
-            )
+        self._check_settings(path, state)
         if state["num_processes"] != self.num_processes:
             raise TrainError(
                 f"{path}: saved with {state['num_processes']} processes, resuming with {self.num_processes}; "
                 "the data order would differ: resume with the same number of processes"
             )
         record = RunRecord(state["losses"], state["skipped"], state["skip_events"], state["elapsed_s"])
-        opt = unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
-        trainable = load_file(str(path / "trainable.safetensors"))
+        try:
+            opt = unflatten_optimizer(load_safetensors(path / "optimizer.safetensors"), state["optimizer"])
+            trainable = load_safetensors(path / "trainable.safetensors")
+        except SafetensorsFileError as e:
+            raise TrainError(
+                f"{e}. Delete {path} to resume from the previous checkpoint, or restore the file"
+            ) from None
         return Restored(int(state["step"]), trainable, opt, state["scheduler"], state.get("scaler"), record)
+
+    def _check_settings(self, path: Path, state: dict) -> None:
+        """Settings, paths (resolved) and identities (data, base model) must match the checkpoint's."""
+        old, new = state["config"], self.cfg.to_dict()
+        diffs = [
+            f"{k}: {old.get(k)!r} -> {v!r}"
+            for k, v in new.items()
+            if k not in RESUMABLE_CHANGES and k not in PATH_KEYS and old.get(k) != v
+        ]
+        ident = state.get("identity") or {}
+        for key, what in (("model", "base model"), ("data", "training data")):
+            changed = _identity_changes(key, ident.get(key), self.identity.get(key))
+            if changed:
+                diffs.append(f"{what} {new[key]} changed since the checkpoint ({changed})")
+            elif not ident.get(key) and _resolved(old.get(key)) != _resolved(new[key]):
+                diffs.append(f"{key}: {old.get(key)!r} -> {new[key]!r}")
+        if diffs:
+            raise TrainError(
+                f"{path}: cannot resume with different settings ({'; '.join(diffs)}); "
+                "use the original settings and data, or a new --output"
+            )
+
+
+def _resolved(path) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _identity_changes(key: str, old: dict | None, new: dict | None) -> str:
+    """Words for what differs between two recorded identities ('' when equal or unknown)."""
+    if not old or not new:
+        return ""
+    if key == "model":
+        return "; ".join(identity_differences(old, new))
+    parts = []
+    if old.get("rows") != new.get("rows"):
+        parts.append(f"{old.get('rows')} rows then, {new.get('rows')} now")
+    if old.get("ids_digest") != new.get("ids_digest"):
+        parts.append("row ids differ")
+    if old.get("file_digest") != new.get("file_digest"):
+        parts.append("file content differs")
+    return ", ".join(parts)
 
 
 def load_trainable(
     params: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor], path: Path
 ) -> None:
-    """Copy a checkpoint's trainable tensors into ``params`` (name -> parameter); the names must match."""
+    """Copy a checkpoint's trainable tensors into ``params`` (name -> parameter); names and shapes must match."""
     if set(tensors) != set(params):
         missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         raise TrainError(
             f"{path}: trainable weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    bad = [f"{n}: {tuple(t.shape)} vs {tuple(params[n].shape)}" for n, t in tensors.items()
+           if t.shape != params[n].shape]  # fmt: skip
+    if bad:
+        raise TrainError(f"{path}: trainable weights of another model size ({'; '.join(bad[:3])})")
     with torch.no_grad():
         for n, t in tensors.items():
             params[n].copy_(t.to(params[n]))

@@ -18,16 +18,27 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_write_json, batch_to_device
-from ..runs import find_language_model
+from .._io import atomic_write_json, batch_to_device, remove_stale_temps
+from ..data import dataset_identity
+from ..lock import LockedError, OutputLock
+from ..runs import base_identity, find_language_model, quiet_bitsandbytes
 from .config import TrainConfig
 from .data import MicroBatches, load_examples, make_loader, mix_seed
 from .errors import TrainError, TrainInterrupted
-from .finalize import make_run_config, run_summary, save_weights, write_run_dir
+from .finalize import fault_point, make_run_config, run_summary, save_weights, stage_dir, write_run_dir
 from .metrics import MetricsLog
-from .model import build_model, describe_patch, format_summary, lambda_mean, make_optimizer, param_summary
+from .model import (
+    attention_kernel_of,
+    build_model,
+    describe_patch,
+    format_summary,
+    lambda_mean,
+    make_optimizer,
+    param_summary,
+)
 from .state import (
     CKPT_DIR,
+    RUN_FILES,
     Checkpoints,
     RunRecord,
     Start,
@@ -69,21 +80,62 @@ def make_accelerator(cfg: TrainConfig):
 
 @dataclass(frozen=True)
 class RunSetup:
-    """What a run starts from, before any model is built: the accelerator, the rows and where to start."""
+    """What a run starts from, before any model is built: the accelerator, the output dir's lock, the rows
+    and where to start."""
 
     acc: object  # accelerate.Accelerator
     examples: list
     eval_examples: list
     start: Start
     t0: float  # when this invocation started (the run's time counts from here)
+    lock: OutputLock | None = None  # held by the main process until the run ends
 
     @classmethod
     def open(cls, cfg: TrainConfig) -> RunSetup:
-        """Read the data first (bad rows fail before OUT is touched), then look at / clear OUT."""
+        """Read the data first (bad rows fail before OUT is touched), lock OUT, then look at / clear it."""
         t0 = time.time()
         acc = make_accelerator(cfg)
         examples, eval_examples = load_examples(cfg)
-        return cls(acc, examples, eval_examples, prepare_output(Path(cfg.output), cfg, acc), t0)
+        out = Path(cfg.output)
+        lock = lock_output(acc, out)
+        try:
+            if acc.is_main_process:
+                clean_temps(acc, out)
+            return cls(acc, examples, eval_examples, prepare_output(out, cfg, acc), t0, lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def lock_output(acc, out: Path) -> OutputLock | None:
+    """The main process locks ``out`` (one writer per output dir); a failure stops every process."""
+    lock, error = None, None
+    if acc.is_main_process:
+        try:
+            lock = OutputLock(out, "dna-vlm train").acquire()
+        except LockedError as e:
+            error = str(e)
+    if any_process(acc, error is not None):
+        raise TrainError(error or f"{out} is locked by another writer (see the main process's message)")
+    if lock is not None and lock.took_over:
+        log_main(acc, f"note: {out}: {lock.took_over}")
+    return lock
+
+
+def clean_temps(acc, out: Path) -> None:
+    """Remove the temp files of writes a killed run left in OUT (we hold its lock: none is live)."""
+    folders = [out, out / CKPT_DIR, *(out / CKPT_DIR).glob("step-*"), *(out / n for n in RUN_FILES)]
+    gone = [p for f in folders for p in remove_stale_temps(f)]
+    if gone:
+        log_main(
+            acc,
+            f"removed {len(gone)} temp file(s) of an interrupted write: {', '.join(p.name for p in gone[:3])}",
+        )
 
 
 @torch.no_grad()
@@ -136,7 +188,11 @@ class Trainer:
             raise TrainError(f"{setup.start.note}: nothing to train (train() returns such a run as it is)")
         if setup.start.note:
             self.log(setup.start.note)
+        self.setup = setup
         seed_all(cfg.seed)  # before building: DnA / LoRA initialisation draws from it
+        if not cfg.load_in_4bit:
+            quiet_bitsandbytes()
+        fault_point("train:model_load")
         built = build_model(cfg, self.acc.device)
         self.processor, self.proj_path = built.processor, built.proj_path
         self.summary = param_summary(built.groups, built.model)
@@ -151,8 +207,9 @@ class Trainer:
         self.ds = MicroBatches(
             setup.examples, self.processor, cfg, self.acc.process_index, self.acc.num_processes
         )
+        identity = {"model": base_identity(cfg.model), "data": dataset_identity(cfg.data, setup.examples)}
         self.checkpoints = Checkpoints(
-            self.out, cfg, self.acc.num_processes, self.ds.per_epoch, self.ds.global_bs
+            self.out, cfg, self.acc.num_processes, self.ds.per_epoch, self.ds.global_bs, identity
         )
         self.start_step, self.record = self._restore(setup.start, RunRecord(t0=setup.t0))
         self.metrics = MetricsLog(self.out, self.start_step, enabled=self.acc.is_main_process)
@@ -189,10 +246,12 @@ class Trainer:
             if eval_loss is not None:
                 self.write_metrics({"step": step, "eval_loss": eval_loss})
                 self.log(f"eval loss at step {step}: {eval_loss:.4f}")
-            self.save_checkpoint(step, "final")
+            if step > self.start_step:  # else it is on disk already (finalising again after a kill)
+                self.save_checkpoint(step, "final")
             self.finalize(step, eval_loss)
         finally:
             self.metrics.close()
+            self.setup.release()
         return self.out
 
     def loop(self, step: int) -> int:
@@ -211,6 +270,7 @@ class Trainer:
                 rec = self.train_step(items, step)
                 step = rec["step"]
                 self.write_metrics(rec)
+                fault_point(f"train:step:{step}")
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", skipped=self.record.skip_events)
                 self.after_step(step)
@@ -359,13 +419,13 @@ class Trainer:
         acc = self.acc
         acc.wait_for_everyone()
         if acc.is_main_process:
-            dirs = save_weights(
-                acc.unwrap_model(self.model), self.out, self.cfg, self.processor, self.proj_path
-            )
-            run_config = make_run_config(self.cfg, self.out, self.proj_path, step, dirs)
+            stage, m = stage_dir(self.out), acc.unwrap_model(self.model)
+            dirs = save_weights(m, stage, self.cfg, self.processor, self.proj_path)
+            kernel = attention_kernel_of(m)
+            run_config = make_run_config(self.cfg, self.out, self.proj_path, step, dirs, kernel)
             summary = run_summary(step, self.summary, self.record, eval_loss, lambda_mean(self.model),
                                   acc.num_processes)  # fmt: skip
-            write_run_dir(self.out, run_config, summary)
+            write_run_dir(self.out, stage, run_config, summary)
             self.log(
                 f"done: {step} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, "
                 f"{len(self.record.skipped)} unreadable videos skipped; run dir {self.out}"
@@ -379,11 +439,16 @@ def train(config: TrainConfig | dict) -> Path:
     Raises :class:`TrainInterrupted` (a checkpoint was saved) when stopped by a signal or ``stop_after``,
     :class:`TrainError` for unreadable videos under ``bad_video="fail"`` (after saving a checkpoint) and
     other problems the user must fix, and ``dna_vlm.data.DatasetError`` for malformed rows (file:line).
-    A ``resume`` of a run that already reached ``max_steps`` returns its run dir untouched.
+    A ``resume`` of a run that already reached ``max_steps`` returns its run dir untouched (or, when its
+    finalisation was interrupted, finalises it again from the final checkpoint). The output dir is locked
+    for the whole call (:class:`dna_vlm.lock.OutputLock`): a second writer gets a :class:`TrainError`.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
     setup = RunSetup.open(cfg)
-    if setup.start.kind is StartKind.FINISHED:
-        log_main(setup.acc, setup.start.note)
-        return Path(cfg.output)
-    return Trainer(cfg, setup).run()
+    try:
+        if setup.start.kind is StartKind.FINISHED:
+            log_main(setup.acc, setup.start.note)
+            return Path(cfg.output)
+        return Trainer(cfg, setup).run()
+    finally:
+        setup.release()

@@ -156,8 +156,8 @@ def _generate_results(doc, results, blind: bool) -> dict[str, Any]:
     record = SampleRecord.for_doc(doc, blind)
     record.response = response
     reason = failure_reason(response)
-    if reason is not None:
-        return record.mark_failed(reason).to_log()
+    if reason is not None:  # the text holds it lower-cased; the plugin noted it as it was
+        return record.mark_failed(_noted_reason(doc, default=reason)).to_log()
     options = _options(doc)
     if options:
         record.pred = parse_letter(response, options)
@@ -187,11 +187,18 @@ def _mc_results(doc, results, blind: bool) -> dict[str, Any]:
         )
     record.losses = [float(p[0]) for p in pairs]
     if any(is_failed_loss(loss) for loss in record.losses):
-        return record.mark_failed(noted_reason(record.id)).to_log()
+        return record.mark_failed(_noted_reason(doc)).to_log()
     pred = min(range(len(record.losses)), key=record.losses.__getitem__)
     record.pred = LETTERS[pred]
     record.correct = record.pred == record.answer.strip()
     return record.to_log()
+
+
+def _noted_reason(doc, **default) -> str:
+    """Why the plugin could not load ``doc``'s video: noted under the video's resolved path (a doc id is
+    not unique across tasks)."""
+    path = doc.get("video_path")
+    return noted_reason(str(Path(path).resolve()) if path else str(doc.get("id")), **default)
 
 
 def process_results_mc(doc, results, **kwargs) -> dict[str, Any]:

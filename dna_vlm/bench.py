@@ -95,14 +95,16 @@ def _time(fn: Callable[[], object], device) -> float:
 def interleaved_medians(
     fns: dict[str, Callable[[], object]], reps: int, warmup: int, device
 ) -> dict[str, float]:
-    """Median seconds of each fn, run round-robin so drift and load hit all of them alike."""
+    """Median seconds of each fn, run round-robin so drift and load hit all of them alike; the order rotates
+    each repetition, so no fn always runs first (after another fn's allocations) or last."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            times[k].append(_time(fn, device))
+    keys = list(fns)
+    for rep in range(reps):
+        for k in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
+            times[k].append(_time(fns[k], device))
     return {k: statistics.median(v) for k, v in times.items()}
 
 

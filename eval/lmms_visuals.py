@@ -167,7 +167,9 @@ class FrameLoader:
         if self.fps is not None:
             kw: dict[str, Any] = {"strategy": "fps", "fps": self.fps, "max_frames": self.max_frames}
         else:
-            kw = {"strategy": "uniform", "num_frames": self.max_frames}
+            # a clip with fewer frames than max_frames repeats frames (logged), as lmms-eval's own loaders do,
+            # instead of failing the doc
+            kw = {"strategy": "uniform", "num_frames": self.max_frames, "short": "repeat"}
         if self.seek is not None:
             kw["seek"] = self.seek
         return kw

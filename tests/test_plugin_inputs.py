@@ -401,3 +401,16 @@ def test_run_lmms_failure_summary_and_bad_video_block(tmp_path):
     err = "noise\nBadVideoError: dna_vlm: 2 unreadable video(s) (bad_video=fail; fix ...):\n  task=a doc_id=1 path=x: r\n  task=a doc_id=2 path=y: r\nTraceback tail"
     block = bad_video_block(err)
     assert block.count("task=a") == 2 and "Traceback" not in block
+
+
+def test_short_clip_repeats_frames_instead_of_failing(tmp_path):
+    """A clip with fewer frames than max_frames is evaluated (frames repeated, logged), as lmms-eval's own
+    loaders do, rather than failing the doc; the repeat policy is part of the cache key's sampling."""
+    import numpy as np
+    from dna_vlm.eval.lmms_visuals import FrameLoader, Visual
+    from dna_vlm.video import write_video
+
+    clip = write_video(tmp_path / "short.mp4", np.full((4, 32, 32, 3), 90, np.uint8), fps=4)
+    loader = FrameLoader(max_frames=8, fps=None)
+    frames = loader.frames(Visual("video", str(clip)))
+    assert frames.shape[0] == 8 and loader.sampling()["short"] == "repeat"

@@ -408,6 +408,7 @@ def test_short_clip_repeats_frames_instead_of_failing(tmp_path):
     loaders do, rather than failing the doc; the repeat policy is part of the cache key's sampling."""
     import numpy as np
     from dna_vlm.eval.lmms_visuals import FrameLoader, Visual
+
     from dna_vlm.video import write_video
 
     clip = write_video(tmp_path / "short.mp4", np.full((4, 32, 32, 3), 90, np.uint8), fps=4)

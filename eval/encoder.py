@@ -258,7 +258,10 @@ def _headroom(a: dict, n_boot: int, seed: int, name: str) -> dict:
 
 def _quantities(a: dict, n_boot: int, seed: int, name: str) -> dict:
     """Every quantity the inputs in ``a`` allow, over one set of docs (0/1 arrays keyed b, c, pb, pc, o, po)."""
-    out: dict = {"n": len(a["b"]), "qa_gain": _gain(a["b"], a["c"], n_boot, seed, f"{name}:qa_gain")}
+    # the QA gain draws from the same random stream as attribute's own delta ("all" / "field=value"), so the
+    # two reports print the same CI for the same quantity
+    qa_stream = name.removeprefix("encoder:") if name != "encoder" else "all"
+    out: dict = {"n": len(a["b"]), "qa_gain": _gain(a["b"], a["c"], n_boot, seed, qa_stream)}
     if "pb" in a:
         out["encoder_gain"] = _gain(a["pb"], a["pc"], n_boot, seed, f"{name}:encoder_gain")
         out["carry_through"] = carry_through(a["b"], a["c"], a["pb"], a["pc"], n_boot, seed, name)

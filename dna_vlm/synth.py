@@ -416,6 +416,17 @@ def generate_dataset(
         return {"out_dir": str(out_dir), **{s: str(p) for s, p in paths.items()}, "meta": old}
 
     t0 = time.perf_counter()
+    meta = _write_splits(out_dir, args, paths, verbose)
+    atomic_write_json(meta_path, meta)  # last: its presence marks a complete data set
+    if verbose:
+        print(f"synth-data: wrote {out_dir} in {time.perf_counter() - t0:.1f}s")
+    return {"out_dir": str(out_dir), **{s: str(p) for s, p in paths.items()}, "meta": meta}
+
+
+def _write_splits(
+    out_dir: Path, args: dict[str, Any], paths: dict[str, Path], verbose: bool
+) -> dict[str, Any]:
+    """Render and write every split (and the test split's oracle twin); returns meta.json's content."""
     (out_dir / ORACLE_VIDEOS).mkdir(parents=True, exist_ok=True)
     meta = _new_meta(args)
     for split in SPLITS:
@@ -434,10 +445,7 @@ def generate_dataset(
             meta["videos"].extend(r["video"] for r in oracle)
             if verbose:
                 print(f"synth-data: {ORACLE_FILE}: {len(oracle)} clips without distractors (oracle input)")
-    atomic_write_json(meta_path, meta)  # last: its presence marks a complete data set
-    if verbose:
-        print(f"synth-data: wrote {out_dir} in {time.perf_counter() - t0:.1f}s")
-    return {"out_dir": str(out_dir), **{s: str(p) for s, p in paths.items()}, "meta": meta}
+    return meta
 
 
 def _new_meta(args: dict[str, Any]) -> dict[str, Any]:

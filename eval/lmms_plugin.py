@@ -140,12 +140,7 @@ class DnaVLM(lmms):
         **kwargs,
     ) -> None:
         super().__init__()
-        kwargs.pop("max_batch_size", None)
-        if kwargs:
-            log.warning("dna_vlm: ignoring unknown model_args %s", sorted(kwargs))
-        if attention not in (None, "", "dna", "softmax"):
-            raise ValueError(f"dna_vlm: model_args attention must be 'dna' or 'softmax', got {attention!r}")
-        attention = attention or None
+        attention = _check_model_args(attention, kwargs)
         self.bad_video = _choice(bad_video, BAD_VIDEO, "bad_video", "fail")
         self.controls = Controls.parse(video, encoder_noise, control_seed)
         seek = _choice(seek, SEEK_MODES, "seek", "exact")
@@ -167,14 +162,9 @@ class DnaVLM(lmms):
             trust_remote_code=trust_remote_code, allow_base_mismatch=allow_base_mismatch,
         )  # fmt: skip
         self._set_tokens()
-        self.info = {
-            "pretrained": pretrained or run_config.get("base_model"),
-            "dna": str(dna) if dna else None,
-            "attention": attention or run_config.get("attention") or ("dna" if dna_dir else "softmax"),
-            "max_frames": self.max_frames,
-            "fps": self.fps,
-            "dtype": dtype,
-        }
+        self.info = _eval_info(
+            pretrained, dna, dna_dir, attention, run_config, self.max_frames, self.fps, dtype
+        )
         loader = FrameLoader(
             self.max_frames, self.fps, seek=seek, cache_dir=frame_cache, prefetch=self.prefetch
         )
@@ -387,3 +377,25 @@ def _conversation(lm: DnaVLM, args, doc, x: Loaded, doc_to_text, gk: tuple[dict,
         rounds.append(lm._generate(None if x.frames is None else [x], [x.context], *gk)[0])
     log.warning("dna_vlm: doc %s: stopping multi-round after %d rounds", args[-3], MAX_ROUNDS)
     return rounds
+
+
+def _check_model_args(attention, unknown: dict) -> str | None:
+    """Warn about unknown ``model_args``; validate ``attention`` (None, "dna" or "softmax")."""
+    unknown.pop("max_batch_size", None)
+    if unknown:
+        log.warning("dna_vlm: ignoring unknown model_args %s", sorted(unknown))
+    if attention not in (None, "", "dna", "softmax"):
+        raise ValueError(f"dna_vlm: model_args attention must be 'dna' or 'softmax', got {attention!r}")
+    return attention or None
+
+
+def _eval_info(pretrained, dna, dna_dir, attention, run_config: dict, max_frames, fps, dtype) -> dict:
+    """What is evaluated, in short (the provenance's ``model`` part and lmms-eval's model info)."""
+    return {
+        "pretrained": pretrained or run_config.get("base_model"),
+        "dna": str(dna) if dna else None,
+        "attention": attention or run_config.get("attention") or ("dna" if dna_dir else "softmax"),
+        "max_frames": max_frames,
+        "fps": fps,
+        "dtype": dtype,
+    }

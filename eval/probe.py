@@ -266,19 +266,7 @@ def run_probe(
 
     t0 = time.perf_counter()
     specs = _arm_specs(model, list(runs), stock, stock_name)
-    rows = {"train": _load_rows(train), "test": _load_rows(test)}
-    if test_oracle:
-        rows["oracle"] = _load_rows(test_oracle)
-        _check_oracle(rows["test"], rows["oracle"], test, test_oracle)
-    for split, rs in rows.items():  # fail before the (slow) model loads and feature extraction
-        for field in labels:
-            _labels(rs, field, str({"train": train, "test": test, "oracle": test_oracle}[split]))
-        if asked:
-            missing = {_asked_field(asked, r, split) for r in rs} - set(labels)
-            if missing:
-                raise ProbeError(
-                    f"--asked {asked!r} names fields {sorted(missing)} that are not among --label"
-                )
+    rows = _load_splits(train, test, test_oracle, labels, asked)  # fails before the (slow) model loads
     if num_frames is None:
         run_dirs = [r for _, r in specs.values() if r]
         num_frames = int(read_run_config(run_dirs[0]).get("num_frames") or 8) if run_dirs else 8
@@ -309,6 +297,24 @@ def run_probe(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "probe.json", result)
     return result
+
+
+def _load_splits(train, test, test_oracle, labels, asked) -> dict[str, list[dict]]:
+    """The rows of each split, with every ``labels`` field (and the ``asked`` field) checked present."""
+    rows = {"train": _load_rows(train), "test": _load_rows(test)}
+    if test_oracle:
+        rows["oracle"] = _load_rows(test_oracle)
+        _check_oracle(rows["test"], rows["oracle"], test, test_oracle)
+    for split, rs in rows.items():
+        for field in labels:
+            _labels(rs, field, str({"train": train, "test": test, "oracle": test_oracle}[split]))
+        if asked:
+            missing = {_asked_field(asked, r, split) for r in rs} - set(labels)
+            if missing:
+                raise ProbeError(
+                    f"--asked {asked!r} names fields {sorted(missing)} that are not among --label"
+                )
+    return rows
 
 
 def _check_oracle(test: list[dict], oracle: list[dict], test_path, oracle_path) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "check_safetensors",
     "file_digest",
     "load_safetensors",
+    "read_json",
     "remove_path",
     "remove_stale_temps",
     "sampled_digest",
@@ -182,3 +183,15 @@ def batch_to_device(batch: Mapping[str, Any], device, float_dtype: torch.dtype |
             v = v.to(device=device, dtype=dtype)
         out[k] = v
     return out
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], missing: str, damaged: str) -> Any:
+    """The JSON document at ``path``; ``error(f"{path} not found: {missing}")`` when there is no file and
+    ``error(f"{path}: not valid JSON (...); {damaged}")`` when it does not parse (never a bare JSONDecodeError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} not found: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e}); {damaged}") from None

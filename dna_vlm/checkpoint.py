@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._io import atomic_save_safetensors, atomic_write_json, load_safetensors
+from ._io import atomic_save_safetensors, atomic_write_json, load_safetensors, read_json
 from .errors import AlreadyPatchedError, CheckpointMismatchError, NotPatchedError
 from .patching import (
     dna_layers,
@@ -84,12 +83,9 @@ def read_dna_config(dna_dir: str | os.PathLike) -> dict:
         raise FileNotFoundError(
             f"{path} not found: not a save_dna directory (expected {CONFIG} and {WEIGHTS})"
         )
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointMismatchError(
-            f"{path}: not valid JSON ({e}); re-save the DnA weights with save_dna"
-        ) from None
+    config = read_json(
+        path, CheckpointMismatchError, missing="", damaged="re-save the DnA weights with save_dna"
+    )
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         got = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise CheckpointMismatchError(f"{path}: format {got!r}, expected {FORMAT!r}")

@@ -14,7 +14,6 @@ Only ``format``, ``base_model``, ``attention`` and ``num_frames`` are required: 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import types
 import typing
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_json
+from ._io import atomic_write_json, read_json
 
 __all__ = ["ATTENTIONS", "RUN_CONFIG", "RUN_FORMAT", "RunConfig", "RunError", "run_config_path"]
 
@@ -111,16 +110,12 @@ class RunConfig:
     def read(cls, run_dir: str | os.PathLike) -> RunConfig:
         """The validated ``run_dir/run_config.json``; :class:`RunError` names the file and what is wrong."""
         path = run_config_path(run_dir)
-        if not path.is_file():
-            raise RunError(
-                f"{path} not found: {run_dir} is not a dna-vlm run dir (the output of `dna-vlm train`)"
-            )
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RunError(
-                f"{path}: not valid JSON ({e}); the run dir is damaged: retrain or restore the file"
-            ) from None
+        data = read_json(
+            path,
+            RunError,
+            missing=f"{run_dir} is not a dna-vlm run dir (the output of `dna-vlm train`)",
+            damaged="the run dir is damaged: retrain or restore the file",
+        )
         return cls.from_dict(data, path)
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import make_dataset
+from train_helpers import lmms_env, make_dataset
 
 from dna_vlm.tiny import build_tiny_model, tiny_families
 
@@ -134,14 +134,6 @@ def _batch(processor, data: Path):
     return build_inputs(processor, frames, qs, [r["answer"] for r in rows])
 
 
-def _lmms_env(root: Path, data: Path) -> dict:
-    return dict(
-        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(root / "hf"),
-        HF_DATASETS_CACHE=str(root / "hf" / "datasets"), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-        WANDB_MODE="disabled", DNA_VLM_SYNTH_JSONL=str(data),
-    )  # fmt: skip
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
 def test_family_trains_saves_loads_and_evaluates(dirs, tmp_path, family):
@@ -169,7 +161,7 @@ def test_family_trains_saves_loads_and_evaluates(dirs, tmp_path, family):
     # lmms-eval: generation and loglikelihood in one invocation
     tasks = ["dna_vlm_synth", "dna_vlm_synth_mcppl"]
     res = run_lmms({"dna": out, "max_frames": 4}, tasks, tmp_path / "eval", batch_size=2,
-                   env=_lmms_env(tmp_path, Path(dirs["data"])), timeout=600).results["results"]  # fmt: skip
+                   env=lmms_env(tmp_path, inherit=False, DNA_VLM_SYNTH_JSONL=str(dirs["data"])), timeout=600).results["results"]  # fmt: skip
     for t in tasks:
         assert res[t]["failed,none"] == 0 and 0.0 <= res[t]["acc,none"] <= 1.0, res[t]
         assert res[t]["dna_vlm,none"] == 4

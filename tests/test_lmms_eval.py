@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ lmms_eval = pytest.importorskip("lmms_eval")
 from dna_vlm.eval import lmms_compat  # noqa: E402
 from dna_vlm.eval.records import read_provenance  # noqa: E402
 from dna_vlm.eval.run_lmms import TASKS_DIR, LmmsEvalError, build_command, read_samples, run_lmms  # noqa: E402
-from train_helpers import write_dna_run  # noqa: E402
+from train_helpers import lmms_env, write_dna_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTH_TASKS = ["dna_vlm_synth", "dna_vlm_synth_mcppl", "dna_vlm_synth_blind", "dna_vlm_mcq"]
@@ -101,19 +100,7 @@ def _entry_point_installed() -> bool:
 
 def _subprocess_env(root: Path, **extra) -> dict[str, str]:
     """Offline env for the lmms-eval CLI; the installed package must declare the entry point."""
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_HOME=str(root / "hf"),
-        HF_DATASETS_CACHE=str(root / "hf" / "datasets"),
-        LMMS_EVAL_DATASETS_CACHE=str(root / "hf" / "lmms_datasets"),
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        WANDB_MODE="disabled",
-    )
-    env.pop(lmms_compat.ENV, None)
+    env = lmms_env(root, LMMS_EVAL_DATASETS_CACHE=str(root / "hf" / "lmms_datasets"))
     assert _entry_point_installed(), (
         "the installed dna-vlm metadata has no lmms_eval.models entry point: reinstall (pip install -e .)"
     )

@@ -13,7 +13,6 @@ when no letter parses, the stock ``multiple_choice`` metric), two of them with c
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -25,7 +24,7 @@ pytest.importorskip("lmms_eval")
 
 from dna_vlm.eval.records import read_provenance, row_failure
 from dna_vlm.eval.run_lmms import read_samples, run_lmms
-from train_helpers import make_clip
+from train_helpers import lmms_env, make_clip
 
 pytestmark = pytest.mark.slow
 
@@ -150,18 +149,7 @@ def setup(tmp_path_factory):
         ("coll_a_gen", GEN_YAML, a),
     ):
         (tasks / f"{name}.yaml").write_text(yaml.format(task=name, data=data))
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_HOME=str(root / "hf"),
-        HF_DATASETS_CACHE=str(root / "hf" / "datasets"),
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        WANDB_MODE="disabled",
-    )
-    env.pop("DNA_VLM_LMMS_COMPAT", None)
+    env = lmms_env(root)
     return {"root": root, "tiny": tiny, "tasks": tasks, "env": env}
 
 

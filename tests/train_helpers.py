@@ -73,3 +73,25 @@ def write_dna_run(model, run_dir: Path, base_model: Path, num_frames: int = 4) -
     config = RunConfig(base_model=str(base_model), attention="dna", num_frames=num_frames, dna_dir="dna")
     config.write(run_dir)
     return run_dir
+
+
+def lmms_env(root: Path, inherit: bool = True, **extra: str) -> dict[str, str]:
+    """The offline environment every lmms-eval subprocess in the tests runs with: no hub, caches under
+    ``root``, one thread, no wandb, and the plugin's lmms-eval workarounds on (``DNA_VLM_LMMS_COMPAT`` unset).
+    ``inherit``: start from ``os.environ``; ``extra`` is added last."""
+    import os
+
+    env = dict(os.environ) if inherit else {}
+    env.pop("DNA_VLM_LMMS_COMPAT", None)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HOME=str(root / "hf"),
+        HF_DATASETS_CACHE=str(root / "hf" / "datasets"),
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        WANDB_MODE="disabled",
+    )
+    env.update(extra)
+    return env

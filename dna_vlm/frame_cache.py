@@ -17,6 +17,11 @@ decode every video again; with ``FrameCache(DIR)`` the first one decodes and sto
   (disk full, truncated by a crash of the machine) counts as a miss and is rewritten.
 
 The cache never evicts; delete ``DIR`` (or old shards) to reclaim space.
+
+:class:`FrameMemory` is the in-process layer in front of it (training): an LRU of decoded frames bounded in
+bytes and keyed by what was decoded -- the video's identity, the frame indices and the decode size -- rather
+than by the sampling parameters, so a training draw with a new seed that lands on frames already decoded
+(every epoch, when a clip has no more frames than the model takes) costs no decoding at all.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import numpy as np
 __all__ = [
     "CacheStats",
     "FrameCache",
+    "FrameMemory",
     "frame_key",
     "sample_key",
     "sample_params",
@@ -43,6 +49,13 @@ __all__ = [
 ]
 
 _FORMAT = 1  # bump when the stored layout changes: old entries are then never read
+
+
+def _full_identity(path: str | os.PathLike) -> tuple:
+    """:func:`video_identity` plus device, inode and ctime (what :func:`frame_key` mixes in)."""
+    ident = video_identity(path)
+    st = os.stat(ident[0])
+    return (*ident, int(st.st_dev), int(st.st_ino), int(st.st_ctime_ns))
 
 
 def video_identity(path: str | os.PathLike) -> tuple[str, int, int]:
@@ -83,12 +96,11 @@ def frame_key(path: str | os.PathLike, **sampling) -> str:
     changes which pixels come back must be passed (two calls differing in one parameter get different
     keys). Raises ``FileNotFoundError`` for a missing file and ``TypeError`` for an unhashable parameter.
     """
-    ident = video_identity(path)
-    st = os.stat(ident[0])
+    ident = _full_identity(path)
     payload = {
         "format": _FORMAT,
-        "video": list(ident),
-        "inode": [int(st.st_dev), int(st.st_ino), int(st.st_ctime_ns)],
+        "video": list(ident[:3]),
+        "inode": list(ident[3:]),
         "sampling": sampling_params(**sampling),
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
@@ -224,3 +236,94 @@ def _load_entry(p: Path):
         num_source_frames=int(meta["num_source_frames"]),
         requested_timestamps=arrays["requested_timestamps"],
     )
+
+
+class FrameMemory:
+    """In-process LRU of decoded frames, at most ``max_mb`` MiB, in front of an optional on-disk ``disk``
+    :class:`FrameCache` (see the module docstring).
+
+    ``memory.sample(path, **sampling)`` returns what ``sample_frames(path, **sampling)`` returns. The first
+    decode of a video records its frame count and rate; later calls plan their indices with
+    :func:`dna_vlm.video.plan_indices` and are served from memory when those frames (same identity -- path,
+    size, mtime, inode, ctime --, same indices, same decode size) were decoded before. ``seek="keyframe"``
+    needs the keyframe list and always decodes (through ``disk`` when given). Every call returns arrays the
+    caller owns (the memory keeps its own copy). Not shared between processes: each loader worker has its own.
+    """
+
+    def __init__(self, max_mb: float = 512, disk: FrameCache | None = None):
+        from collections import OrderedDict
+
+        if not max_mb >= 0:
+            raise ValueError(f"FrameMemory: max_mb must be >= 0, got {max_mb!r}")
+        self.max_bytes, self.disk, self.bytes = int(max_mb * 2**20), disk, 0
+        self.stats = CacheStats()
+        self._lru: OrderedDict = OrderedDict()  # key -> Frames
+        self._videos: dict[tuple, tuple[int, float]] = {}  # identity -> (frame count, fps)
+
+    def sample(self, path: str | os.PathLike, **sampling):
+        kw = sample_params(**sampling)
+        ident = _full_identity(path) if self.max_bytes and kw["seek"] == "exact" else None
+        key = self._key(path, ident, kw) if ident in self._videos else None
+        hit = self._lru.get(key) if key is not None else None
+        if hit is not None:
+            self._lru.move_to_end(key)
+            self.stats.hits += 1
+            return _view(hit, path)
+        self.stats.misses += 1
+        frames = (
+            self.disk.sample(path, **sampling) if self.disk is not None else _decode_frames(path, sampling)
+        )
+        if ident is not None:
+            self._videos[ident] = (int(frames.num_source_frames), float(frames.source_fps))
+            self._put((ident, tuple(int(i) for i in frames.indices), _size(kw["size"])), frames)
+        return frames
+
+    def _key(self, path, ident: tuple, kw: dict) -> tuple:
+        from .video import plan_indices
+
+        n, fps = self._videos[ident]
+        plan = {k: kw[k] for k in ("num_frames", "strategy", "fps", "max_frames", "window", "seed", "short")}
+        idx = plan_indices(path, n, fps, **plan)
+        return (ident, tuple(int(i) for i in idx), _size(kw["size"]))
+
+    def _put(self, key: tuple, frames) -> None:
+        nbytes = int(frames.frames.nbytes)
+        if nbytes > self.max_bytes or key in self._lru:
+            return
+        self._lru[key] = _copy(frames)
+        self.bytes += nbytes
+        self.stats.writes += 1
+        while self.bytes > self.max_bytes:
+            _, old = self._lru.popitem(last=False)
+            self.bytes -= int(old.frames.nbytes)
+
+
+def _size(size) -> tuple | None:
+    """The decode size in one spelling: None, or (H, W) for an int or a pair."""
+    if size is None:
+        return None
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(v) for v in size)
+
+
+def _decode_frames(path, sampling: dict):
+    from .video import sample_frames
+
+    return sample_frames(path, **sampling)
+
+
+def _view(frames, path):
+    """A hit: a copy of the stored frames under the caller's spelling of ``path``."""
+    from dataclasses import replace
+
+    return replace(_copy(frames), path=str(path))
+
+
+def _copy(frames):
+    """``frames`` with its own arrays (the caller may write into them; the memory's copy stays intact)."""
+    from dataclasses import replace
+
+    rt = frames.requested_timestamps
+    return replace(
+        frames, frames=frames.frames.copy(), timestamps=frames.timestamps.copy(),
+        indices=frames.indices.copy(), requested_timestamps=None if rt is None else rt.copy(),
+    )  # fmt: skip

@@ -47,6 +47,7 @@ __all__ = [
     "VideoError",
     "VideoInfo",
     "fps_indices",
+    "plan_indices",
     "rgb_to_yuv420p",
     "sample_frames",
     "segment_indices",
@@ -389,6 +390,29 @@ def _indices(path, n, src_fps, strategy, num_frames, fps, max_frames, window, se
         if isinstance(e, VideoError):
             raise
         raise VideoError(f"{path}: {e}") from None
+
+
+def plan_indices(
+    path: str | os.PathLike,
+    num_source_frames: int,
+    source_fps: float,
+    num_frames: int = 8,
+    strategy: str = "uniform",
+    fps: float | None = None,
+    max_frames: int | None = None,
+    window: Sequence[float] | None = None,
+    seed: int | None = None,
+    short: str = "error",
+) -> np.ndarray:
+    """The frame indices :func:`sample_frames` decodes with ``seek="exact"`` for a video of
+    ``num_source_frames`` frames at ``source_fps``, without opening it (same checks and errors)."""
+    path = str(path)
+    _check_sampling(path, strategy, num_frames, fps, max_frames, "exact", short)
+    if window is not None:
+        window = tuple(window)
+    return _indices(
+        path, num_source_frames, source_fps, strategy, num_frames, fps, max_frames, window, seed, short
+    )
 
 
 def _decode(vr, path: str, idx: np.ndarray) -> np.ndarray:

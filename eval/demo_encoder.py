@@ -15,13 +15,13 @@ from .encoder_report import encoder_paragraph
 __all__ = ["ENCODER_RUNS", "encoder_summary", "md_probe", "run_encoder_section", "run_probe_stage"]
 
 
-#: the softmax arm's extra runs for the Encoder section: (name, plugin model_args, data key)
+#: the softmax arm's extra runs for the Encoder section: (name, plugin model_args, lmms-eval task)
 ENCODER_RUNS = (
-    ("oracle", {}, "test_oracle"),
-    ("none", {"video": "none"}, "test"),
-    ("shuffled", {"video": "shuffled"}, "test"),
-    ("noise0.5", {"encoder_noise": 0.5}, "test"),
-    ("noise2", {"encoder_noise": 2.0}, "test"),
+    ("oracle", {}, "dna_vlm_synth_oracle"),
+    ("none", {"video": "none"}, "dna_vlm_synth"),
+    ("shuffled", {"video": "shuffled"}, "dna_vlm_synth"),
+    ("noise0.5", {"encoder_noise": 0.5}, "dna_vlm_synth"),
+    ("noise2", {"encoder_noise": 2.0}, "dna_vlm_synth"),
 )
 
 

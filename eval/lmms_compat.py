@@ -10,7 +10,7 @@ lmms_eval`` CLI.
 
 Each workaround is minimal, idempotent and can be switched off for bug reports and tests with the environment
 variable ``DNA_VLM_LMMS_COMPAT``: ``0`` (or ``off``) disables all of them; a comma list of names
-(``-unwrap``, ``-filelock``, ``-provenance``) disables single ones.
+(``-unwrap``, ``-filelock``, ``-provenance``, ``-task_index``) disables single ones.
 
 1. ``unwrap`` -- ``lmms_eval/api/instance.py:44-71`` ``unwrap_generation_output`` normalises every model
    output, and its fallback ``return str(output), None`` (line 71) turns a ``loglikelihood`` result
@@ -34,7 +34,14 @@ variable ``DNA_VLM_LMMS_COMPAT``: ``0`` (or ``off``) disables all of them; a com
    ``EvaluationTracker.save_results_aggregated`` (``loggers/evaluation_tracker.py:169``) that, when the
    ``dna_vlm`` model was loaded in this process, adds its provenance under ``results["config"]["dna_vlm"]``
    and writes it beside the sample logs as ``<date>_dna_vlm.json`` (the samples use the same ``<date>``).
-4. The CLI exits 0 even when evaluation failed: ``lmms_eval/__main__.py:609-615`` catches every exception of
+4. ``task_index`` (speed, not a bug) -- every evaluation builds a ``TaskManager`` whose
+   ``_get_task_and_group`` (``lmms_eval/tasks/__init__.py:383``) parses each of the ~3,200 task YAMLs with
+   PyYAML's pure-Python loader: 2.9 s per run on a 2-core EPYC, paid again by every run of one
+   ``--config`` process (:func:`dna_vlm.eval.run_lmms.run_lmms_many`). Fix: the index of a folder is kept for
+   the process and reused while no ``.yaml`` file under it was added, removed or changed (path, size,
+   mtime_ns: one ``os.walk`` of stats, ~30 ms); each caller gets its own deep copy. The first run still
+   indexes, so a single-run CLI call behaves exactly as before.
+5. The CLI exits 0 even when evaluation failed: ``lmms_eval/__main__.py:609-615`` catches every exception of
    ``cli_evaluate_single``, prints the traceback and appends ``None`` to the results (unless
    ``--verbosity DEBUG``). No code can fix that from a plugin; :mod:`dna_vlm.eval.run_lmms` runs the CLI and
    raises (with the stderr tail) when the results file is missing.
@@ -55,11 +62,12 @@ __all__ = [
     "loglikelihood_tuple",
     "patch_filelock_api",
     "patch_provenance",
+    "patch_task_index",
     "patch_unwrap",
 ]
 
 ENV = "DNA_VLM_LMMS_COMPAT"
-NAMES = ("unwrap", "filelock", "provenance")
+NAMES = ("unwrap", "filelock", "provenance", "task_index")
 _applied: dict[str, bool] = {}
 
 
@@ -150,7 +158,7 @@ def patch_provenance() -> bool:
     def save_results_aggregated(self, results, samples, datetime_str):
         from pathlib import Path
 
-        from .lmms_provenance import current
+        from .lmms_provenance import current, reset
         from .records import PROVENANCE_KEY
 
         record = current()
@@ -162,6 +170,7 @@ def patch_provenance() -> bool:
             from dna_vlm._io import atomic_write_json
 
             atomic_write_json(folder / f"{self.date_id}_{PROVENANCE_KEY}.json", record)
+        reset()  # this run is done: the next run in this process records its own model or nothing
         return out
 
     save_results_aggregated._dna_vlm_patched = True  # type: ignore[attr-defined]
@@ -170,9 +179,45 @@ def patch_provenance() -> bool:
     return True
 
 
+def _yaml_signature(task_dir: str) -> tuple:
+    """(path, size, mtime_ns) of every ``.yaml`` under ``task_dir``, sorted: what the task index reads."""
+    sig = []
+    for root, _dirs, files in os.walk(task_dir):
+        for f in files:
+            if f.endswith(".yaml"):
+                st = os.stat(os.path.join(root, f))
+                sig.append((os.path.join(root, f), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(sig))
+
+
+def patch_task_index() -> bool:
+    """Workaround 4 (see the module docstring). Returns True when the wrapper is (now) installed."""
+    import copy
+
+    from lmms_eval.tasks import TaskManager
+
+    original = TaskManager._get_task_and_group
+    if getattr(original, "_dna_vlm_patched", False):
+        return True
+    memo: dict[str, tuple[tuple, Any]] = {}
+
+    def _get_task_and_group(self, task_dir: str):
+        sig = _yaml_signature(task_dir)
+        hit = memo.get(task_dir)
+        if hit is None or hit[0] != sig:
+            memo[task_dir] = hit = (sig, original(self, task_dir))
+        return copy.deepcopy(hit[1])
+
+    _get_task_and_group._dna_vlm_patched = True  # type: ignore[attr-defined]
+    _get_task_and_group.__wrapped__ = original  # type: ignore[attr-defined]
+    TaskManager._get_task_and_group = _get_task_and_group
+    return True
+
+
 def apply() -> dict[str, bool]:
     """Apply every enabled workaround once; returns ``{name: installed}``."""
-    fns = (("unwrap", patch_unwrap), ("filelock", patch_filelock_api), ("provenance", patch_provenance))
+    fns = (("unwrap", patch_unwrap), ("filelock", patch_filelock_api), ("provenance", patch_provenance),
+           ("task_index", patch_task_index))  # fmt: skip
     for name, fn in fns:
         if name in _applied or not enabled(name):
             continue

@@ -15,11 +15,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_failure", "build_provenance", "current", "patch_table", "weights_digest"]
+__all__ = ["add_failure", "build_provenance", "current", "patch_table", "reset", "weights_digest"]
 
 log = logging.getLogger("dna_vlm.eval.lmms_plugin")
 
-#: the record of the model loaded last in this process (lmms-eval loads one per process)
+#: the record of the dna_vlm model loaded last in this process, until its run's results are saved
 _CURRENT: list[dict[str, Any]] = []
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -129,6 +129,12 @@ def _log_table(record: dict) -> None:
 def current() -> dict:
     """The provenance of the model loaded last in this process ({} before one is loaded)."""
     return _CURRENT[0] if _CURRENT else {}
+
+
+def reset() -> None:
+    """Forget the current record: called once a run's results are saved, so a later run in the same process
+    (lmms-eval ``--config`` with several runs) of a model that is not ``dna_vlm`` records none."""
+    _CURRENT.clear()
 
 
 def add_failure(record: dict, task: str, doc_id, path: str | None, reason: str) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .probe_fit import fit_probe, score_rows
+from .probe_fit import default_jobs, fit_many, score_rows
 from .stats import compare, wilson_ci
 
 __all__ = [
@@ -111,29 +111,41 @@ def _result(rows, labels, preds, by, n_train: int) -> dict:
     }
 
 
-def probe_arms(features: dict, rows: dict, labels: list[str], asked: str | None, by, seed: int) -> dict:
+def probe_arms(
+    features: dict, rows: dict, labels: list[str], asked: str | None, by, seed: int, n_jobs: int = 1
+) -> dict:
     """Fit and score every arm's probes. ``features[arm][split]``: ``(n, F)``; ``rows[split]``: dataset rows
-    (splits ``train``, ``test`` and optionally ``oracle``). Returns ``{arm: {"labels": {field: block},
-    "asked": block | None}}``."""
+    (splits ``train``, ``test`` and optionally ``oracle``). Every fit (each arm x label, real and permuted
+    labels) runs through :func:`fit_many` (``n_jobs`` processes). Returns ``{arm: {"labels": {field:
+    block}, "asked": block | None}}``."""
+    n_test = len(rows["test"])
+    jobs = {}
+    for arm, f in features.items():
+        for field in labels:
+            y_train = _labels(rows["train"], field, "train")
+            jobs[arm, field, None] = (f["train"], y_train)
+            for k in range(N_PERMUTATIONS):
+                perm, _ = _permutations(seed, k, len(y_train), n_test)
+                jobs[arm, field, k] = (f["train"], [y_train[i] for i in perm])
+    fits = fit_many(jobs, seed=seed, n_jobs=n_jobs)
     out: dict = {}
     for arm, f in features.items():
         out[arm] = {"labels": {}, "asked": None}
-        fitted = {}
+        fitted = {field: fits[arm, field, None] for field in labels}
         for field in labels:
-            y_train = _labels(rows["train"], field, "train")
-            fitted[field] = fit_probe(f["train"], y_train, seed=seed)
-            out[arm]["labels"][field] = _label_block(fitted[field], f, rows, field, by, seed)
+            shuffled = [fits[arm, field, k] for k in range(N_PERMUTATIONS)]
+            out[arm]["labels"][field] = _label_block(fitted[field], shuffled, f, rows, field, by, seed)
         if asked:
             out[arm]["asked"] = _asked_block(fitted, f, rows, asked, by)
     return out
 
 
-def _label_block(probe, f: dict, rows: dict, field: str, by, seed: int) -> dict:
+def _label_block(probe, shuffled: list, f: dict, rows: dict, field: str, by, seed: int) -> dict:
     y_train = _labels(rows["train"], field, "train")
     y_test = _labels(rows["test"], field, "test")
     block = _result(rows["test"], y_test, list(probe.predict(f["test"])), by, len(y_train))
     block.update(C=probe.C, cv_acc=probe.cv_acc, classes=probe.classes)
-    block["shuffled_labels_control"] = _shuffled_control(f, y_train, y_test, seed)
+    block["shuffled_labels_control"] = _shuffled_control(shuffled, f, y_test, seed)
     if "oracle" in f:
         y_or = _labels(rows["oracle"], field, "test-oracle")
         block["oracle"] = _result(rows["oracle"], y_or, list(probe.predict(f["oracle"])), by, len(y_train))
@@ -145,30 +157,35 @@ def _label_block(probe, f: dict, rows: dict, field: str, by, seed: int) -> dict:
 N_PERMUTATIONS = 3
 
 
-def _shuffled_control(f: dict, y_train: list[str], y_test: list[str], seed: int) -> dict:
-    """The probe fitted and scored with labels shuffled among the rows of each split (they carry no
-    information about the features): a sound pipeline (CV, scaling, no leak through row order) lands at
-    chance: its CI holds ``expected_if_independent`` (what its predictions score on labels independent of them,
-    at most ``chance``, the majority share). Correct counts pooled over :data:`N_PERMUTATIONS` permutations
-    (Wilson CI)."""
+def _permutations(seed: int, k: int, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation ``k`` of the train and of the test labels (one generator, train drawn first)."""
+    rng = np.random.default_rng([seed, k])
+    return rng.permutation(n_train), rng.permutation(n_test)
+
+
+def _shuffled_control(fits: list, f: dict, y_test: list[str], seed: int) -> dict:
+    """The probe fitted and scored with labels shuffled among the rows of each split (``fits[k]``: fitted on
+    the train labels of permutation k; they carry no information about the features): a sound pipeline
+    (CV, scaling, no leak through row order) lands at chance: its CI holds ``expected_if_independent``
+    (what its predictions score on labels independent of them, at most ``chance``, the majority share).
+    Correct counts pooled over :data:`N_PERMUTATIONS` permutations (Wilson CI)."""
     k_total, accs, expected = 0, [], 0.0
-    for k in range(N_PERMUTATIONS):
-        rng = np.random.default_rng([seed, k])
-        y_perm = [y_train[i] for i in rng.permutation(len(y_train))]
-        y_test_perm = np.array(y_test, dtype=object)[rng.permutation(len(y_test))]
-        pred = fit_probe(f["train"], y_perm, seed=seed).predict(f["test"])
+    for k, fit in enumerate(fits):
+        _, test_perm = _permutations(seed, k, fit.n_train, len(y_test))
+        y_test_perm = np.array(y_test, dtype=object)[test_perm]
+        pred = fit.predict(f["test"])
         hits = int(np.sum(pred == y_test_perm))
         k_total, accs = k_total + hits, [*accs, hits / max(1, len(y_test))]
         labels, counts = np.unique(np.asarray(y_test, dtype=object), return_counts=True)
         share = dict(zip(labels, counts / max(1, len(y_test)), strict=True))
-        expected += float(np.mean([share.get(p, 0.0) for p in pred])) / N_PERMUTATIONS if len(pred) else 0.0
-    n = N_PERMUTATIONS * len(y_test)
+        expected += float(np.mean([share.get(p, 0.0) for p in pred])) / len(fits) if len(pred) else 0.0
+    n = len(fits) * len(y_test)
     top = max(np.unique(y_test, return_counts=True)[1]) if len(y_test) else 0
     return {
         "acc": k_total / n if n else math.nan,
         "acc_ci95": wilson_ci(k_total, n),
         "per_permutation": accs,
-        "n_permutations": N_PERMUTATIONS,
+        "n_permutations": len(fits),
         "chance": top / len(y_test) if len(y_test) else math.nan,
         # what these predictions score on labels independent of them: sum_c share_pred(c) * share_label(c)
         "expected_if_independent": expected,
@@ -255,6 +272,7 @@ def run_probe(
     dtype: str = "float32",
     seed: int = 0,
     n_boot: int = 10000,
+    n_jobs: int | None = None,
 ) -> dict:
     """Extract features for every arm (each video decoded once), fit and score the probes, compare the arms
     and write ``out_dir/probe.json``; returns its content. The stock ``model`` is the arm ``stock_name``. ``num_frames`` defaults to the first run's
@@ -279,7 +297,8 @@ def run_probe(
         for n, x in got.items():
             feats[n][split] = x
     del models
-    arms = probe_arms(feats, rows, list(labels), asked, tuple(by), seed)
+    jobs = default_jobs() if n_jobs is None else n_jobs
+    arms = probe_arms(feats, rows, list(labels), asked, tuple(by), seed, n_jobs=jobs)
     result = {
         "format": PROBE_FORMAT,
         "settings": {
@@ -368,6 +387,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-boot", type=int, default=10000)
+    p.add_argument("--jobs", type=int, help="processes fitting probes (default: the CPUs available)")
     p.add_argument("--out", required=True, help="output folder (probe.json)")
     p.set_defaults(func=main)
 
@@ -378,7 +398,7 @@ def main(args: argparse.Namespace) -> int:
             args.out, args.train, args.test, args.label, model=args.model, runs=args.run,
             stock=not args.no_stock, test_oracle=args.test_oracle, asked=args.asked, pooling=args.pooling,
             num_frames=args.num_frames, by=tuple(args.by), batch_size=args.batch_size, device=args.device,
-            dtype=args.dtype, seed=args.seed, n_boot=args.n_boot,
+            dtype=args.dtype, seed=args.seed, n_boot=args.n_boot, n_jobs=args.jobs,
         )  # fmt: skip
     except (ProbeError, ValueError) as e:
         print(f"dna-vlm probe: error: {e}", file=sys.stderr)

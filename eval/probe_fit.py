@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["C_GRID", "FittedProbe", "fit_probe", "score_rows"]
+__all__ = ["C_GRID", "FittedProbe", "default_jobs", "fit_many", "fit_probe", "score_rows"]
 
 #: candidate inverse L2 strengths (the same for every arm and label)
 C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 6))
@@ -41,7 +41,9 @@ class FittedProbe:
 def fit_probe(x: np.ndarray, y: Sequence[str], seed: int = 0, n_jobs: int | None = None) -> FittedProbe:
     """Fit the probe on ``(n, F)`` training features and their labels.
 
-    ``StandardScaler`` then ``LogisticRegressionCV`` (lbfgs, multinomial for > 2 classes, L2) over
+    ``StandardScaler`` then ``LogisticRegressionCV`` (newton-cholesky: a few exact Newton steps per C, the
+    same optimum lbfgs creeps toward in hundreds of iterations, 2x faster here; multinomial for > 2 classes,
+    L2) over
     :data:`C_GRID` with ``StratifiedKFold`` (up to 5 folds, fewer when a class has fewer rows, shuffled with
     ``seed``), refitted on the whole training split at the best C."""
     from sklearn.exceptions import ConvergenceWarning
@@ -63,7 +65,13 @@ def fit_probe(x: np.ndarray, y: Sequence[str], seed: int = 0, n_jobs: int | None
         )
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     lr = LogisticRegressionCV(
-        Cs=list(C_GRID), cv=cv, scoring="accuracy", max_iter=1000, n_jobs=n_jobs, **_l2_kwargs()
+        Cs=list(C_GRID),
+        cv=cv,
+        scoring="accuracy",
+        max_iter=1000,
+        n_jobs=n_jobs,
+        solver="newton-cholesky",
+        **_l2_kwargs(),
     )
     # one BLAS thread: the problems are small, and threads on a busy machine cost 10-20x (measured: 5.3 s
     # against 0.3 s per fit on 2 loaded cores)
@@ -75,6 +83,24 @@ def fit_probe(x: np.ndarray, y: Sequence[str], seed: int = 0, n_jobs: int | None
     cv_acc = np.asarray(scores).reshape(-1, len(C_GRID)).mean(axis=0)  # mean over folds, per C
     best = float(np.ravel(lr.C_)[0])
     return FittedProbe(pipe, [str(c) for c in classes], best, float(cv_acc.max()), len(y))
+
+
+def default_jobs() -> int:
+    """Processes for :func:`fit_many`: the CPUs this process may use (each fit runs on one thread)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def fit_many(jobs: dict, seed: int = 0, n_jobs: int = 1) -> dict:
+    """``{key: (x, y)}`` -> ``{key: FittedProbe}``: :func:`fit_probe` on each, in ``n_jobs`` joblib worker
+    processes when > 1 (whole fits per worker, one BLAS thread each: the same results as serially)."""
+    if n_jobs <= 1 or len(jobs) < 2:
+        return {k: fit_probe(x, y, seed=seed) for k, (x, y) in jobs.items()}
+    from joblib import Parallel, delayed
+
+    fits = Parallel(n_jobs=min(n_jobs, len(jobs)))(delayed(fit_probe)(x, y, seed) for x, y in jobs.values())
+    return dict(zip(jobs, fits, strict=True))
 
 
 def _l2_kwargs() -> dict:

@@ -24,6 +24,7 @@ from typing import Any
 __all__ = [
     "BLIND_SUFFIXES",
     "GRADED_METRICS",
+    "ORACLE_SUFFIXES",
     "READERS",
     "ReadError",
     "Reading",
@@ -31,11 +32,15 @@ __all__ = [
     "find_reader",
     "graded_metric",
     "pairing_task",
+    "video_free",
 ]
 
 #: task-name parts of a task's video-free twin (stock ``videomme_no_visual``, the project's ``*_blind``)
 BLIND_SUFFIXES = ("_no_visual", "_blind")
+#: task-name parts of a task's oracle twin: the same questions on a cleaner input (``dna_vlm_synth_oracle``)
+ORACLE_SUFFIXES = ("_oracle",)
 _BLIND_PART = re.compile("(" + "|".join(BLIND_SUFFIXES) + r")(?=_|$)")
+_TWIN_PART = re.compile("(" + "|".join(BLIND_SUFFIXES + ORACLE_SUFFIXES) + r")(?=_|$)")
 _LETTERS = "ABCDEFGHIJ"
 
 
@@ -285,7 +290,12 @@ def graded_metric(metric: str) -> ReadError | None:
 
 
 def pairing_task(task: str) -> str:
-    """The task a log's docs pair with: a video-free twin pairs with its video task (``videomme_no_visual``
-    -> ``videomme``, ``videomme_no_visual_local`` -> ``videomme_local``, ``dna_vlm_synth_blind`` ->
-    ``dna_vlm_synth``)."""
-    return _BLIND_PART.sub("", task)
+    """The task a log's docs pair with: a video-free or oracle twin pairs with its video task
+    (``videomme_no_visual`` -> ``videomme``, ``videomme_no_visual_local`` -> ``videomme_local``,
+    ``dna_vlm_synth_blind`` / ``dna_vlm_synth_oracle`` -> ``dna_vlm_synth``)."""
+    return _TWIN_PART.sub("", task)
+
+
+def video_free(task: str) -> bool:
+    """Whether ``task`` is a video-free twin by its name (``*_no_visual*``, ``*_blind*``)."""
+    return bool(_BLIND_PART.search(task))

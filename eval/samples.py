@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .readers import ReadError, Reading, TaskReader, find_reader, graded_metric, pairing_task
+from .readers import ReadError, Reading, TaskReader, find_reader, graded_metric, pairing_task, video_free
 from .records import CORRECT_KEYS, OUTCOME_KEYS, SampleRecord, read_provenance, row_failure
 
 __all__ = [
@@ -470,7 +470,7 @@ def video_evidence(log: SampleLog) -> tuple[bool | None, str]:
     """Whether a log was answered with the video: (True/False, why) from a video-free task name
     (``*_no_visual*``, ``*_blind*``), the records' ``blind`` field or the plugin's provenance
     (``controls.video``, one per run: it says nothing of a video-free task in that run); (None, why) if unknown."""
-    if pairing_task(log.task) != log.task:
+    if video_free(log.task):
         return False, f"its task {log.task!r} is a video-free variant"
     flags = {r.fields.get("blind") for r in log.records.values()} - {None}
     if flags == {True}:

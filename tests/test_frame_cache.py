@@ -11,6 +11,7 @@ import pytest
 
 from dna_vlm.frame_cache import (
     FrameCache,
+    FrameMemory,
     frame_key,
     sample_key,
     sample_params,
@@ -117,6 +118,61 @@ def test_cache_hit_returns_identical_frames(clip, tmp_path):
     assert not list((tmp_path / "fc").rglob("*.tmp"))
 
 
+def _same(a, b):
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.indices, b.indices)
+    assert np.allclose(a.timestamps, b.timestamps) and a.num_source_frames == b.num_source_frames
+
+
+def test_frame_memory_serves_repeated_indices_whatever_the_seed(tmp_path):
+    """A clip no longer than num_frames: every segments draw picks every frame, so each new seed is a hit;
+    a longer clip: a new seed is a hit exactly when it lands on frames decoded before."""
+    short = tmp_path / "short.mp4"
+    write_video(short, _frames(n=6), fps=FPS)
+    mem = FrameMemory(max_mb=16)
+    for seed in range(5):
+        _same(mem.sample(short, num_frames=6, strategy="segments", seed=seed), sample_frames(short, 6))
+    assert (mem.stats.misses, mem.stats.hits) == (1, 4)
+    long = tmp_path / "long.mp4"
+    write_video(long, _frames(n=40), fps=FPS)
+    seen, hits = set(), 0
+    for seed in range(12):
+        ref = sample_frames(long, 4, strategy="segments", seed=seed)
+        hits += tuple(ref.indices) in seen
+        seen.add(tuple(ref.indices))
+        _same(mem.sample(long, num_frames=4, strategy="segments", seed=seed), ref)
+    assert mem.stats.hits == 4 + hits and mem.stats.misses == 1 + 12 - hits
+    # uniform sampling and another decode size are other entries
+    _same(mem.sample(long, num_frames=4), sample_frames(long, 4))
+    _same(mem.sample(long, num_frames=4, size=16), sample_frames(long, 4, size=16))
+
+
+def test_frame_memory_copies_evicts_and_sees_changed_files(clip, tmp_path):
+    mem = FrameMemory(max_mb=16)
+    a = mem.sample(clip, num_frames=4)
+    a.frames[:] = 0  # the caller owns what it got: the memory's copy is untouched
+    b = mem.sample(clip, num_frames=4)
+    assert mem.stats.hits == 1 and b.frames.flags.writeable
+    _same(b, sample_frames(clip, 4))
+    write_video(clip, _frames(offset=20), fps=FPS)  # same path, new pixels: never the old entry
+    _same(mem.sample(clip, num_frames=4), sample_frames(clip, 4))
+    assert mem.stats.hits == 1
+    # bounded: room for one 4-frame entry (4*32*48*3 bytes) only; 0 MiB keeps nothing
+    one = 4 * 32 * 48 * 3 / 2**20
+    small = FrameMemory(max_mb=one * 1.5)
+    for n in (4, 5, 4):
+        small.sample(clip, num_frames=n)
+    assert small.stats.hits == 0 and small.bytes <= one * 1.5 * 2**20
+    off = FrameMemory(max_mb=0)
+    off.sample(clip, num_frames=4), off.sample(clip, num_frames=4)
+    assert off.stats.hits == 0 and off.bytes == 0
+    # keyframe seeking needs the keyframe list: always decoded (through the disk cache when given)
+    disk = FrameMemory(max_mb=16, disk=FrameCache(tmp_path / "fc"))
+    disk.sample(clip, num_frames=4, seek="keyframe"), disk.sample(clip, num_frames=4, seek="keyframe")
+    assert disk.stats.hits == 0 and disk.disk.stats.hits == 1
+    with pytest.raises(ValueError, match="max_mb"):
+        FrameMemory(max_mb=-1)
+
+
 def test_changed_video_is_never_served_from_the_cache(clip, tmp_path):
     cache = FrameCache(tmp_path / "fc")
     old = cache.sample(clip, num_frames=4)
@@ -189,7 +245,7 @@ def test_training_with_frame_cache_and_prefetch_matches_plain_run(tmp_path):
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         return [m["loss"] for m in rows if "loss" in m]
 
-    plain = losses(train(TrainConfig(output=str(tmp_path / "plain"), **base)))
+    plain = losses(train(TrainConfig(output=str(tmp_path / "plain"), frame_memory_mb=0, **base)))
     cache = tmp_path / "frames"
     first = losses(train(TrainConfig(output=str(tmp_path / "a"), frame_cache=str(cache), prefetch=2, **base)))
     n_entries = len(list(cache.rglob("*.safetensors")))

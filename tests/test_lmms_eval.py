@@ -180,6 +180,38 @@ def test_unwrap_workaround_keeps_loglikelihood_tuples():
         instance.unwrap_generation_output = current
 
 
+def test_task_index_workaround_reuses_the_index_until_a_yaml_changes(tmp_path):
+    """Workaround 4: one index per folder per process, rebuilt when a task YAML is added or changed."""
+    from lmms_eval.tasks import TaskManager
+
+    current = TaskManager._get_task_and_group
+    original = getattr(current, "__wrapped__", current)
+    calls = []
+
+    def counting(self, task_dir):
+        calls.append(task_dir)
+        return original(self, task_dir)
+
+    def write(name, task):
+        (tmp_path / name).write_text(f"task: {task}\ndataset_path: json\noutput_type: generate_until\n")
+
+    try:
+        TaskManager._get_task_and_group = counting
+        assert lmms_compat.patch_task_index()
+        tm = TaskManager.__new__(TaskManager)  # no __init__: it would index every stock task
+        write("a.yaml", "t_a")
+        first = tm._get_task_and_group(str(tmp_path))
+        first["t_a"]["yaml_path"] = "mutated by a caller"
+        second = tm._get_task_and_group(str(tmp_path))
+        assert len(calls) == 1 and set(second) == {"t_a"} and second["t_a"]["yaml_path"].endswith("a.yaml")
+        write("b.yaml", "t_b")
+        assert set(tm._get_task_and_group(str(tmp_path))) == {"t_a", "t_b"} and len(calls) == 2
+        write("a.yaml", "t_c_longer")  # changed content (and size)
+        assert set(tm._get_task_and_group(str(tmp_path))) == {"t_c_longer", "t_b"} and len(calls) == 3
+    finally:
+        TaskManager._get_task_and_group = current
+
+
 _IMPORT_ORDER_SCRIPT = textwrap.dedent(
     """
     import json, sys

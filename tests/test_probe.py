@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from dna_vlm.eval.probe import compare_arms, probe_arms, run_probe
 from dna_vlm.eval.probe_features import pool_tokens
-from dna_vlm.eval.probe_fit import fit_probe
+from dna_vlm.eval.probe_fit import fit_many, fit_probe
 from dna_vlm.eval.stats import wilson_ci
 
 
@@ -52,6 +52,16 @@ def test_probe_recovers_planted_signal_and_not_shuffled_labels():
     noise = fit_probe(rng.normal(size=(400, 32)), y_tr, seed=0)
     lo, hi = wilson_ci(int(np.sum(noise.predict(rng.normal(size=(300, 32))) == np.array(y_te))), len(y_te))
     assert lo <= 0.25 <= hi
+
+
+def test_fit_many_in_processes_equals_serial_fits():
+    """Parallel fitting (joblib worker processes) changes where the fits run, not what they find."""
+    jobs = {k: _planted(120, 8, k, 1.0) for k in range(3)}
+    serial, parallel = fit_many(jobs, seed=0, n_jobs=1), fit_many(jobs, seed=0, n_jobs=2)
+    x_te, _ = _planted(50, 8, 9, 1.0)
+    for k in jobs:
+        assert serial[k].C == parallel[k].C and serial[k].cv_acc == parallel[k].cv_acc
+        assert list(serial[k].predict(x_te)) == list(parallel[k].predict(x_te))
 
 
 def _rows(n, split):

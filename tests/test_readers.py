@@ -18,7 +18,7 @@ import pytest
 
 lmms_eval = pytest.importorskip("lmms_eval")
 
-from dna_vlm.eval.readers import READERS, find_reader, pairing_task  # noqa: E402
+from dna_vlm.eval.readers import READERS, find_reader, pairing_task, video_free  # noqa: E402
 from dna_vlm.eval.records import failed_losses, failed_response  # noqa: E402
 from dna_vlm.eval.samples import AttributionError, load_samples  # noqa: E402
 
@@ -109,6 +109,16 @@ def test_videomme_and_no_visual(tmp_path):
     rec = log.records["0"]
     assert rec.pred == "C" and rec.answer == "C" and rec.fields["task_category"] == "Counting Problem"
     assert pairing_task("videomme_no_visual") == "videomme"
+
+
+def test_twin_tasks_pair_with_their_video_task():
+    """Blind and oracle twins pair with the task they twin; only the blind ones are video-free."""
+    for twin in ("dna_vlm_synth_blind", "dna_vlm_synth_oracle"):
+        assert pairing_task(twin) == "dna_vlm_synth"
+    assert pairing_task("videomme_no_visual_local") == "videomme_local"
+    assert video_free("dna_vlm_synth_blind") and video_free("videomme_no_visual")
+    assert not video_free("dna_vlm_synth_oracle") and not video_free("dna_vlm_synth")
+    assert pairing_task("dna_vlm_synth_oracles") == "dna_vlm_synth_oracles"  # a suffix, not any substring
 
 
 def test_videomme_v2(tmp_path):

@@ -255,6 +255,13 @@ class TrainConfig:
         shown="none",
         help="directory of an on-disk frame cache shared by runs (decode each video once for all arms)",
     )
+    frame_memory_mb: float = option(
+        512.0,
+        check="nonnegative",
+        group="run",
+        help="MiB of decoded frames kept in memory per loader process: a draw that lands on frames decoded "
+        "before (every epoch for clips no longer than --num-frames) is not decoded again (0: off)",
+    )
     progress: bool = option(
         True, group="run", flag="--no-progress", shown="shown", help="hide the progress bar"
     )

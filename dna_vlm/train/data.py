@@ -48,7 +48,7 @@ class MicroBatches(torch.utils.data.Dataset):
         self.global_bs = cfg.batch_size * world
         self.per_epoch = max(1, math.ceil(self.n / self.global_bs))
         self._perm: dict[int, np.ndarray] = {}
-        self._cache = None  # FrameCache, opened on first use
+        self._cache = None  # FrameMemory (over an optional FrameCache), made on first use
 
     def __len__(self) -> int:  # unbounded in principle; the sampler decides
         return 1 << 62
@@ -66,18 +66,20 @@ class MicroBatches(torch.utils.data.Dataset):
         return epoch, [int(perm[(start + i) % self.n]) for i in range(self.cfg.batch_size)]
 
     def _frames(self, idx: int, epoch: int):
-        """Frames of row ``idx`` in ``epoch`` (through the on-disk frame cache when ``--frame-cache``)."""
+        """Frames of row ``idx`` in ``epoch``, through the in-process :class:`~dna_vlm.frame_cache.FrameMemory`
+        (``--frame-memory-mb``) and the on-disk frame cache (``--frame-cache``)."""
         from ..video import sample_frames
 
         ex = self.examples[idx]
         seed = mix_seed(self.cfg.seed, epoch, idx) if self.strategy == "segments" else None
         kw = dict(num_frames=self.cfg.num_frames, strategy=self.strategy, seed=seed, seek=self.cfg.seek)
-        if self.cfg.frame_cache is None:
+        if self.cfg.frame_cache is None and not self.cfg.frame_memory_mb:
             return sample_frames(ex.video, **kw)
         if self._cache is None:  # made here, not in __init__: loader worker processes each open their own
-            from ..frame_cache import FrameCache
+            from ..frame_cache import FrameCache, FrameMemory
 
-            self._cache = FrameCache(self.cfg.frame_cache)
+            disk = FrameCache(self.cfg.frame_cache) if self.cfg.frame_cache is not None else None
+            self._cache = FrameMemory(self.cfg.frame_memory_mb, disk=disk)
         return self._cache.sample(ex.video, **kw)
 
     def __getitem__(self, g: int) -> dict:

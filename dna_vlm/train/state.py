@@ -64,6 +64,7 @@ RUN_FILES = (RUN_CONFIG, CKPT_DIR, "metrics.jsonl", "dna", "adapter", "projector
 RESUMABLE_CHANGES = {
     "max_steps", "resume", "overwrite", "stop_after", "save_every", "keep_checkpoints", "progress",
     "num_workers", "eval_data", "eval_every", "bad_video", "extra", "device", "prefetch", "frame_cache",
+    "frame_memory_mb",
 }  # fmt: skip
 #: paths compared resolved, and by the identity of what they hold (a moved run dir / model / data resumes)
 PATH_KEYS = ("model", "data", "output")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dna_vlm.prompting import MCQ_INSTRUCTION, build_inputs, format_question
+from dna_vlm.prompting import MCQ_INSTRUCTION, build_inputs, chat_prompt, format_question
 from dna_vlm.tiny import build_tiny_model, build_tokenizer
 
 
@@ -150,6 +150,18 @@ def test_build_inputs_labels_mask_all_but_answer(loaded):
     with torch.no_grad():
         loss = model(**batch).loss
     assert torch.isfinite(loss)
+
+
+def test_chat_prompt_memo_follows_the_template(tiny):
+    """Rendered chat texts are reused, but a changed template renders anew (never a stale text)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny)
+    first = chat_prompt(processor, "What color?", "A")
+    assert chat_prompt(processor, "What color?", "A") == first
+    processor.chat_template = processor.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    changed = chat_prompt(processor, "What color?", "A")
+    assert changed != first and "<|im_start|> " in changed
 
 
 def test_build_inputs_errors(loaded):

@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .data import MicroBatches, load_examples, make_loader, mix_seed
 from .errors import TrainError, TrainInterrupted
 from .finalize import fault_point, make_run_config, run_summary, save_weights, stage_dir, write_run_dir
+from .loss import lm_loss, takes_logits_to_keep
 from .metrics import MetricsLog
 from .model import (
     attention_kernel_of,
@@ -144,9 +145,9 @@ def answer_loss(model, ds: MicroBatches, n_rows: int, acc, float_dtype: torch.dt
     total, count = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
     for g in range(math.ceil(n_rows / ds.global_bs)):
         batch = batch_to_device(ds[g]["batch"], acc.device, float_dtype)
-        out = model(**batch)
+        loss = lm_loss(model, batch, trim=takes_logits_to_keep(model))
         n = (batch["labels"][:, 1:] != -100).sum()
-        total += out.loss.float() * n
+        total += loss.float() * n
         count += n
     total, count = acc.reduce(total, "sum"), acc.reduce(count, "sum")
     return float(total / count.clamp(min=1))
@@ -202,6 +203,7 @@ class Trainer:
         optimizer, self.scheduler = make_optimizer(built.groups, cfg)
         self.model, self.optimizer = self.acc.prepare(built.model, optimizer)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.trim_logits = takes_logits_to_keep(self.model)  # LM head only where a label is predicted
         self.float_dtype = next(p.dtype for p in self.trainable)
         self.eval_examples = setup.eval_examples
         self.ds = MicroBatches(
@@ -322,7 +324,7 @@ class Trainer:
 
     def finite_loss(self, batch: dict, item: dict, step: int) -> torch.Tensor:
         """The forward pass's loss; a non-finite one on any process saves a checkpoint and stops the run."""
-        loss = self.model(**batch).loss
+        loss = lm_loss(self.model, batch, trim=self.trim_logits)
         if any_process(self.acc, not bool(torch.isfinite(loss))):
             self.save_checkpoint(step, "non-finite loss")
             raise TrainError(

@@ -23,13 +23,24 @@ def _pct(x) -> str:
 
 
 def verdict(effects: dict) -> str:
+    """One clause per seed. "Distinguishable from zero" needs both the paired-bootstrap CI to exclude 0 and the
+    exact McNemar test to agree (p < 0.05): with few discordant questions the percentile bootstrap is too
+    narrow (attribute's ``ci_warning``) and McNemar is the test to trust."""
     parts = []
     for s, e in effects.items():
         lo, hi = e["delta_ci95"]
-        side = "distinguishable from zero" if (lo > 0 or hi < 0) else "not distinguishable from zero"
+        ci_out, p = (lo > 0 or hi < 0), e["mcnemar_p"]
+        if ci_out and p < 0.05:
+            side = "distinguishable from zero"
+        elif ci_out:
+            flips = e["fixed"] + e["broken"]
+            side = (f"not distinguishable from zero: the CI excludes 0 but the exact McNemar test does not "
+                    f"confirm it with {flips} discordant questions")  # fmt: skip
+        else:
+            side = "not distinguishable from zero"
         parts.append(
             f"seed {s}: DnA - softmax = {100 * e['delta']:+.1f} points, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}], "
-            f"McNemar p = {e['mcnemar_p']:.3g} ({side})"
+            f"McNemar p = {p:.3g} ({side})"
         )
     return "; ".join(parts)
 

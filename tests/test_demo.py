@@ -95,3 +95,16 @@ def test_demo_resumes_finished_stages(demo_dir, capsys):
     assert "[demo] attribute-s0 ..." in out and "[demo] baseline ..." not in out
     assert report["accuracy"] == before["accuracy"]
     assert report["effect_dna_minus_softmax"] == before["effect_dna_minus_softmax"]
+
+
+def test_verdict_needs_the_exact_test_to_agree_with_the_bootstrap_ci():
+    """4 one-sided flips out of 240: the percentile bootstrap CI excludes 0, exact McNemar p = 0.125."""
+    from dna_vlm.eval.demo_report import verdict
+
+    few = {"delta": -4 / 240, "delta_ci95": [-0.033, -0.004], "mcnemar_p": 0.125, "fixed": 0, "broken": 4}
+    text = verdict({0: few})
+    assert "not distinguishable from zero" in text and "4 discordant" in text
+    many = {**few, "mcnemar_p": 0.001, "fixed": 2, "broken": 20}
+    assert "(distinguishable from zero)" in verdict({0: many})
+    inside = {**few, "delta_ci95": [-0.02, 0.01], "mcnemar_p": 0.5}
+    assert verdict({0: inside}).endswith("(not distinguishable from zero)")

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -70,7 +71,15 @@ def _cli(env, out, *extra, kill_at: str | None = None, timeout=300) -> subproces
     penv.pop(FAULT_ENV, None)
     if kill_at:
         penv[FAULT_ENV] = kill_at
-    return subprocess.run(args, capture_output=True, text=True, env=penv, timeout=timeout)
+    # SIGINT at its default in the child even when pytest runs in the background (a shell starts background
+    # jobs with SIGINT ignored, children inherit that, and Python then installs no KeyboardInterrupt handler)
+    return subprocess.run(
+        args, capture_output=True, text=True, env=penv, timeout=timeout, preexec_fn=_default_sigint
+    )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _holder(path: Path) -> subprocess.Popen:

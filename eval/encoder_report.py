@@ -57,6 +57,8 @@ def encoder_paragraph(section: dict) -> str:
     o = section["overall"]
     qa, enc, ct = o["qa_gain"], o.get("encoder_gain"), o.get("carry_through")
     parts = [f"QA gain (DnA - softmax) {_spct(qa['delta'])} points {_ci(qa['delta_ci95'], True)}"]
+    if qa.get("mcnemar_p") is not None:  # with few discordant questions the bootstrap CI is too narrow
+        parts[0] += f" (McNemar p = {qa['mcnemar_p']:.2g}, {qa['fixed']} fixed / {qa['broken']} broken)"
     if enc:
         parts.insert(0, f"Encoder gain (probe accuracy, DnA - softmax) {_spct(enc['delta'])} points "
                      f"{_ci(enc['delta_ci95'], True)} (McNemar p = {enc['mcnemar_p']:.2g})")  # fmt: skip

@@ -165,8 +165,21 @@ class NegativeBranch(nn.Module):
             q_neg = _linear(x, self.q_neg)
             v_neg = v_pos if self.v_neg is None else _linear(x, self.v_neg)
         else:
-            q_neg = q_pos + _linear(_linear(x, self.q_neg_a), self.q_neg_b)
-            v_neg = v_pos if self.opts.shared_values else _linear(_linear(x, self.v_neg_a), self.v_neg_b)
+            q_neg, v_neg = self._lowrank(x, q_pos, v_pos)
+        return q_neg, v_neg
+
+    def _lowrank(self, x: torch.Tensor, q_pos: torch.Tensor, v_pos: torch.Tensor):
+        """``q_pos + B_q A_q x`` and ``B_v A_v x`` (or ``v_pos``), (..., dim) each: both A maps in one matmul
+        (x is read once) and the q sum inside the B_q matmul (``addmm``: no separate pass over q)."""
+        r, dim = self.opts.neg_rank, self.dim
+        shared = self.opts.shared_values
+        a_w = self.q_neg_a.weight if shared else torch.cat([self.q_neg_a.weight, self.v_neg_a.weight])
+        a = nn.functional.linear(x, a_w.to(x.dtype)).reshape(-1, a_w.shape[0])  # (T, r or 2r)
+        b_q = self.q_neg_b.weight.to(x.dtype)  # (dim, r)
+        q_neg = torch.addmm(q_pos.reshape(-1, dim), a[:, :r], b_q.t()).view(q_pos.shape)
+        if shared:
+            return q_neg, v_pos
+        v_neg = (a[:, r:] @ self.v_neg_b.weight.to(x.dtype).t()).view(q_pos.shape)
         return q_neg, v_neg
 
     def extra_repr(self) -> str:

@@ -136,11 +136,9 @@ def _cpu_step(seconds: float) -> Callable[[], None]:
     import torch
 
     a = torch.randn(256, 256)
-    t0, k = time.perf_counter(), 0
-    while time.perf_counter() - t0 < 0.2:
+    for _ in range(20):  # warm up first: the first calls (BLAS init) would make the loop look slow
         a @ a
-        k += 1
-    per = (time.perf_counter() - t0) / k
+    per = statistics.median(_timed(lambda: [a @ a for _ in range(20)]) / 20 for _ in range(5))
     reps = max(1, round(seconds / per))
 
     def step():
@@ -148,6 +146,12 @@ def _cpu_step(seconds: float) -> Callable[[], None]:
             a @ a
 
     return step
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _consume(items, step: Callable[[], None]) -> WaitMeter:
@@ -175,12 +179,13 @@ def bench_prefetch(path, n: int, seek: str, videos: int, step_factor: float, rep
     try:
         steps = {"sleep": lambda: time.sleep(step_s), "cpu": _cpu_step(step_s)}
         for kind, step in steps.items():
+            actual_s = statistics.median(_timed(step) for _ in range(3))  # what the row reports
             meters: dict[int, list[WaitMeter]] = {0: [], depth: []}
             for _ in range(repeats):
                 for d in (0, depth):
                     items = prefetch_map(lambda _: sample_frames(path, n, seek=seek), range(videos), depth=d)
                     meters[d].append(_consume(items, step))
-            rows.append(_prefetch_row(kind, n, seek, videos, decode_s, step_s, depth, meters))
+            rows.append(_prefetch_row(kind, n, seek, videos, decode_s, actual_s, depth, meters))
     finally:
         torch.set_num_threads(threads)
     return rows

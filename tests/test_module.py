@@ -169,3 +169,33 @@ def test_option_errors(kwargs, message):
 def test_from_attention_rejects_unknown_layout():
     with pytest.raises(TypeError, match="neither a fused `qkv` nor"):
         DnAAttention.from_attention(nn.Linear(4, 4))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lowrank_fused_projection_equals_the_plain_formula(shared, dtype):
+    """One matmul for both A maps + addmm for q: the same q_neg = q + B_q A_q x and v_neg = B_v A_v x (or v),
+    values and gradients, with q / v strided views of a fused qkv output (as in DnAAttention)."""
+    torch.manual_seed(0)
+    C, H, r = 32, 4, 3
+    attn = DnAAttention(C, H, neg_branch="lowrank", neg_rank=r, shared_values=shared, init="random").to(dtype)
+    neg = attn.neg
+    x = torch.randn(2, 5, C, dtype=dtype, requires_grad=True)
+    q, _, v = attn.qkv(x).chunk(3, dim=-1)  # non-contiguous views
+    got_q, got_v = neg(x, q, v)
+    lin = torch.nn.functional.linear
+    want_q = q + lin(lin(x, neg.q_neg_a.weight), neg.q_neg_b.weight)
+    want_v = v if shared else lin(lin(x, neg.v_neg_a.weight), neg.v_neg_b.weight)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got_q, want_q, **tol)
+    torch.testing.assert_close(got_v, want_v, **tol)
+    g = torch.randn_like(got_q)
+    params = [x, *neg.parameters()]
+    got = torch.autograd.grad(
+        (got_q * g).sum() + (got_v * g).sum(), params, allow_unused=True, retain_graph=True
+    )
+    want = torch.autograd.grad((want_q * g).sum() + (want_v * g).sum(), params, allow_unused=True)
+    for a, b in zip(got, want, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, **tol)

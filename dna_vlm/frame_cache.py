@@ -262,7 +262,12 @@ class FrameMemory:
 
     def sample(self, path: str | os.PathLike, **sampling):
         kw = sample_params(**sampling)
-        ident = _full_identity(path) if self.max_bytes and kw["seek"] == "exact" else None
+        ident = None
+        if self.max_bytes and kw["seek"] == "exact":
+            try:
+                ident = _full_identity(path)
+            except OSError:  # missing / unreadable: the decoder below raises its VideoError naming the file
+                ident = None
         key = self._key(path, ident, kw) if ident in self._videos else None
         hit = self._lru.get(key) if key is not None else None
         if hit is not None:

@@ -258,3 +258,10 @@ def test_training_with_frame_cache_and_prefetch_matches_plain_run(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors")} == mtimes  # all hits, no rewrite
     kf = losses(train(TrainConfig(output=str(tmp_path / "kf"), seek="keyframe", **base)))
     assert len(kf) == 3
+
+
+def test_frame_memory_missing_video_is_the_decoders_error(tmp_path):
+    from dna_vlm.video import VideoError
+
+    with pytest.raises(VideoError, match="video file not found"):
+        FrameMemory(max_mb=16).sample(tmp_path / "gone.mp4", num_frames=4)

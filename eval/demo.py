@@ -11,8 +11,8 @@ Stages (each resumable: a finished stage leaves ``OUT/stages/<name>.json`` and i
 5. ``eval-*``    lmms-eval (real CLI, ``dna_vlm`` plugin) on the test split: baseline, blind, both arms, and the
                  softmax arm under the ``video=none`` / ``video=shuffled`` controls, with encoder noise, and on
                  the oracle input (test questions without distractors). Every run is its own resumable stage;
-                 the runs left to do go through one lmms-eval process per question file (``--config``), with
-                 one on-disk frame cache
+                 the runs left to do go through one lmms-eval process (its ``--config`` list), with one
+                 on-disk frame cache
 6. ``attribute`` paired statistics (softmax arm vs DnA arm, with blind)
 7. ``probe`` / ``encoder-s*``  the encoder-level measurements (issue 11): a linear probe on the visual tokens of
                  the baseline and both arms (train split -> test and oracle rows), then the Encoder section
@@ -105,7 +105,7 @@ class Stages:
         return done["result"]
 
     def record(self, name: str, result: dict, seconds: float) -> dict:
-        """Write the marker of a stage that ran as part of a group (see :meth:`_DemoRun.evaluate`)."""
+        """Write the marker of a stage that ran as part of a group (see :meth:`_DemoRun._evaluate_group`)."""
         marker = self.dir / f"{name}.json"
         atomic_write_json(marker, {"fingerprint": self.fingerprint, "seconds": seconds, "result": result})
         self.times[name] = (seconds, False)
@@ -220,8 +220,8 @@ class _DemoRun:
     def evaluate_all(self, arms: dict[tuple[str, int], str]) -> dict[str, dict]:
         """Every lmms-eval run of the demo, each its own resumable stage ``eval-<name>``: 'baseline', 'blind',
         '<attention>-s<seed>' and each seed's softmax-arm runs of :data:`ENCODER_RUNS`
-        ('<control>-softmax-s<seed>'). The runs left to do go through one lmms-eval process per question
-        file (its ``--config`` list), so torch, transformers and lmms-eval are imported once, not per run."""
+        ('<control>-softmax-s<seed>'). The runs left to do go through one lmms-eval process (its ``--config``
+        list), so torch, transformers and lmms-eval are imported, and the task index built, once."""
         plan = {"baseline": EvalPlan(None), "blind": EvalPlan(None, task="dna_vlm_synth_blind")}
         for attention in ("softmax", "dna"):
             plan.update({f"{a}-s{s}": EvalPlan(r) for (a, s), r in arms.items() if a == attention})

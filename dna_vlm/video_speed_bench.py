@@ -136,9 +136,8 @@ def _cpu_step(seconds: float) -> Callable[[], None]:
     import torch
 
     a = torch.randn(256, 256)
-    for _ in range(20):  # warm up first: the first calls (BLAS init) would make the loop look slow
-        a @ a
-    per = statistics.median(_timed(lambda: [a @ a for _ in range(20)]) / 20 for _ in range(5))
+    # medians() warms up first: the first calls (BLAS start-up) would make the loop look slow
+    per = medians({"mm": lambda: [a @ a for _ in range(20)]}, 5)["mm"] / 20
     reps = max(1, round(seconds / per))
 
     def step():
@@ -146,12 +145,6 @@ def _cpu_step(seconds: float) -> Callable[[], None]:
             a @ a
 
     return step
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def _consume(items, step: Callable[[], None]) -> WaitMeter:
@@ -179,7 +172,7 @@ def bench_prefetch(path, n: int, seek: str, videos: int, step_factor: float, rep
     try:
         steps = {"sleep": lambda: time.sleep(step_s), "cpu": _cpu_step(step_s)}
         for kind, step in steps.items():
-            actual_s = statistics.median(_timed(step) for _ in range(3))  # what the row reports
+            actual_s = medians({"step": step}, 3)["step"]  # what the row reports
             meters: dict[int, list[WaitMeter]] = {0: [], depth: []}
             for _ in range(repeats):
                 for d in (0, depth):

@@ -140,12 +140,15 @@ def clean_temps(acc, out: Path) -> None:
 
 
 @torch.no_grad()
-def answer_loss(model, ds: MicroBatches, n_rows: int, acc, float_dtype: torch.dtype) -> float:
-    """Mean answer-token loss over the first ``n_rows`` rows of ``ds`` (every process's share, summed)."""
+def answer_loss(
+    model, ds: MicroBatches, n_rows: int, acc, float_dtype: torch.dtype, trim: bool = False
+) -> float:
+    """Mean answer-token loss over the first ``n_rows`` rows of ``ds`` (every process's share, summed);
+    ``trim``: the LM head only where a label is predicted (:func:`lm_loss`)."""
     total, count = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
     for g in range(math.ceil(n_rows / ds.global_bs)):
         batch = batch_to_device(ds[g]["batch"], acc.device, float_dtype)
-        loss = lm_loss(model, batch, trim=takes_logits_to_keep(model))
+        loss = lm_loss(model, batch, trim=trim)
         n = (batch["labels"][:, 1:] != -100).sum()
         total += loss.float() * n
         count += n
@@ -396,7 +399,7 @@ class Trainer:
             self.eval_examples, self.processor, cfg, acc.process_index, acc.num_processes, "uniform"
         )
         self.model.eval()
-        loss = answer_loss(self.model, ds, len(self.eval_examples), acc, self.float_dtype)
+        loss = answer_loss(self.model, ds, len(self.eval_examples), acc, self.float_dtype, self.trim_logits)
         self.train_mode()
         return loss
 

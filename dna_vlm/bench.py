@@ -1,8 +1,9 @@
 """`dna-vlm bench`: DnA vs stock softmax attention, measured side by side in one run.
 
-Every number is a ratio against the stock attention timed in the same process, with the two interleaved
-(stock, dna, stock, dna, ...) and the median taken, so machine load affects both alike. Not a test: tests
-never time anything.
+Every number is a ratio against the stock attention timed in the same process, with the arms interleaved
+(stock, dna, stock, dna, ...): each repetition times every arm back to back, the row's ratio is the median of
+the per-repetition ratios with a distribution-free 95% CI (so load that drifts over a run hits both sides of
+each ratio alike, and the CI says how far one run can be trusted). Not a test: tests never time anything.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def layer_flops(s: Shape, dna: bool, rank: int | None = None) -> float:
 
     stock: qkv (3C^2) + out (C^2) projections, QK^T and PV (2 N C per token), MLP (2 C * mlp).
     DnA adds the Q- and V- projections (2C^2) and a second QK^T + PV; with ``rank`` r (the low-rank negative
-    branch) the two projections are rank-r pairs instead (C r + r C each: 4 C r).
+    branch) the two projections are rank-r pairs instead (C r + r C each: 4 C r); ``rank=0`` counts the
+    second QK^T + PV alone (the ``2-SDPA core`` arm: DnA's attention core without negative projections).
     """
     per_token = 2 * (4 * s.C**2 + 2 * s.N * s.C + 2 * s.C * s.C * s.mlp_ratio)
     if dna:
@@ -62,8 +64,19 @@ def layer_flops(s: Shape, dna: bool, rank: int | None = None) -> float:
 
 
 def flop_floor(s: Shape, rank: int | None = None) -> float:
-    """DnA layer FLOPs / stock layer FLOPs (``rank``: the low-rank negative branch of that rank)."""
+    """DnA layer FLOPs / stock layer FLOPs (``rank``: the low-rank negative branch of that rank; 0: none)."""
     return layer_flops(s, True, rank) / layer_flops(s, False)
+
+
+class CoreFloorAttention(SoftmaxAttention):
+    """Stock attention that runs DnA's whole attention core (two SDPA calls and the combine, Q- = Q+, V- = V+):
+    DnA without its negative projections. Its layer ratio is the measured floor of every negative-branch
+    parametrisation on this machine: what the second attention call costs here, not in FLOPs."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+        lam = torch.zeros(self.num_heads, device=x.device, dtype=x.dtype)
+        return self._merge(dna_attention_fused(q, q, k, v, v, lam, attn_mask=attn_mask))
 
 
 class EncoderLayer(nn.Module):
@@ -92,20 +105,62 @@ def _time(fn: Callable[[], object], device) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved_medians(
-    fns: dict[str, Callable[[], object]], reps: int, warmup: int, device
-) -> dict[str, float]:
-    """Median seconds of each fn, run round-robin so drift and load hit all of them alike; the order rotates
-    each repetition, so no fn always runs first (after another fn's allocations) or last."""
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where getrusage is unavailable)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):
+        return 0
+
+
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int, device, faults: dict | None = None
+) -> dict[str, list[float]]:
+    """Seconds of each fn per repetition (index i = repetition i for every fn). Each repetition runs every fn
+    once, round-robin, so drift and load hit all of them alike; the order rotates each repetition, so no fn
+    always runs first (after another fn's allocations) or last. ``faults``, when given, receives each fn's
+    mean minor page faults per call over the timed repetitions (what :func:`steady_allocator` removes)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {k: [] for k in fns}
+    counts = dict.fromkeys(fns, 0)
     keys = list(fns)
     for rep in range(reps):
         for k in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
+            f0 = _minor_faults()
             times[k].append(_time(fns[k], device))
-    return {k: statistics.median(v) for k, v in times.items()}
+            counts[k] += _minor_faults() - f0
+    if faults is not None:
+        faults.update({k: c / max(reps, 1) for k, c in counts.items()})
+    return times
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int, device
+) -> dict[str, float]:
+    """Median seconds of each fn over :func:`interleaved_times`."""
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, reps, warmup, device).items()}
+
+
+def median_ci(values, conf: float = 0.95) -> tuple[float, float, float]:
+    """(median, lo, hi): the sample median and the distribution-free order-statistic CI of the population
+    median, [x_(k), x_(n-k+1)] with the largest k whose coverage 1 - 2 P(Bin(n, 1/2) <= k-1) is >= ``conf``.
+    Below 6 values no such k exists (the coverage of [min, max] is 1 - 2^(1-n)) and [min, max] is returned."""
+    from scipy.stats import binom
+
+    x = sorted(values)
+    n = len(x)
+    if n == 0:
+        raise ValueError("median_ci needs at least one value")
+    alpha = (1 - conf) / 2
+    k = int(binom.ppf(alpha, n, 0.5))  # smallest j with P(Bin <= j) >= alpha
+    if binom.cdf(k, n, 0.5) <= alpha:
+        k += 1
+    k = max(k, 1)  # k - 1 = the largest j with P(Bin <= j) <= alpha
+    return statistics.median(x), x[k - 1], x[n - k]
 
 
 @contextlib.contextmanager
@@ -166,8 +221,12 @@ def _core_fns(s: Shape, device, dtype, backward: bool, form: str = "two-call"):
     return stock, dna
 
 
+CORE_FLOOR = "2-SDPA core"
+
+
 def _layer_fns(s: Shape, device, dtype, backward: bool, ranks: tuple[int, ...] = ()) -> dict:
-    """{"stock", "dna", "lowrank r=R" for R in ranks}: callables running one encoder layer on one input."""
+    """{"stock", "dna", "lowrank r=R" for R in ranks, CORE_FLOOR}: callables running one encoder layer on one
+    input."""
     torch.manual_seed(0)
     hidden = round(s.C * s.mlp_ratio)
     attns = {"stock": SoftmaxAttention(s.C, s.H, qkv_bias=True)}
@@ -176,6 +235,7 @@ def _layer_fns(s: Shape, device, dtype, backward: bool, ranks: tuple[int, ...] =
         attns[f"lowrank r={r}"] = DnAAttention(
             s.C, s.H, qkv_bias=True, init="random", neg_branch="lowrank", neg_rank=r
         )
+    attns[CORE_FLOOR] = CoreFloorAttention(s.C, s.H, qkv_bias=True)
     layers = {k: EncoderLayer(a, s.C, hidden).to(device, dtype) for k, a in attns.items()}
     x = torch.randn(s.B, s.N, s.C, device=device, dtype=dtype, requires_grad=backward)
 
@@ -195,13 +255,19 @@ def _layer_fns(s: Shape, device, dtype, backward: bool, ranks: tuple[int, ...] =
 class Row:
     shape: str
     what: str
-    stock_ms: float
-    dna_ms: float
-    ratio: float
+    stock_ms: float  # median over repetitions
+    dna_ms: float  # median over repetitions
+    ratio: float  # median of the per-repetition ratios arm / stock
     floor: float
     stock_peak_mb: float | None = None
     dna_peak_mb: float | None = None
-    arm: str = "dna"  # "dna" (full negative branch) or "lowrank r=R"
+    arm: str = "dna"  # "dna" (full negative branch), "lowrank r=R" or CORE_FLOOR
+    ratio_lo: float | None = None  # 95% CI of the median ratio (median_ci)
+    ratio_hi: float | None = None
+    stock_times_ms: list[float] | None = None  # per repetition, index-aligned with dna_times_ms
+    dna_times_ms: list[float] | None = None
+    stock_faults: float | None = None  # mean minor page faults per call
+    dna_faults: float | None = None
 
 
 def bench_shape(
@@ -215,7 +281,7 @@ def bench_shape(
     modes: tuple[str, ...] = ("fwd", "fwd+bwd"),
 ) -> list[Row]:
     """Core and layer rows, forward then forward+backward; ``ranks`` add low-rank DnA layer rows, timed
-    interleaved with the same stock and full-DnA layers."""
+    interleaved with the same stock and full-DnA layers and the :data:`CORE_FLOOR` layer."""
     rows = []
     for backward in [m == "fwd+bwd" for m in modes]:
         mode = "fwd+bwd" if backward else "fwd"
@@ -225,17 +291,25 @@ def bench_shape(
                           device, memory)  # fmt: skip
             fns = _layer_fns(s, device, dtype, backward, ranks)
             floors = {"dna": flop_floor(s)} | {f"lowrank r={r}": flop_floor(s, r) for r in ranks}
+            floors[CORE_FLOOR] = flop_floor(s, 0)
             rows += _rows(s, f"encoder layer {mode}", fns, floors, reps, warmup, device, memory)
     return rows
 
 
 def _rows(s: Shape, what: str, fns: dict, floors: dict, reps: int, warmup: int, device, memory: bool):
     """One Row per non-stock fn of ``fns``, all timed interleaved with ``fns["stock"]``."""
-    m = interleaved_medians(fns, reps, warmup, device)
+    faults: dict[str, float] = {}
+    t = interleaved_times(fns, reps, warmup, device, faults)
     stock_mb = peak_memory(fns["stock"], device) / 2**20 if memory else None
     rows = []
     for arm, floor in floors.items():
-        row = Row(s.name, what, m["stock"] * 1e3, m[arm] * 1e3, m[arm] / m["stock"], floor, arm=arm)
+        ratio, lo, hi = median_ci([a / b for a, b in zip(t[arm], t["stock"], strict=True)])
+        row = Row(
+            s.name, what, statistics.median(t["stock"]) * 1e3, statistics.median(t[arm]) * 1e3, ratio, floor,
+            arm=arm, ratio_lo=lo, ratio_hi=hi,
+            stock_times_ms=[v * 1e3 for v in t["stock"]], dna_times_ms=[v * 1e3 for v in t[arm]],
+            stock_faults=faults["stock"], dna_faults=faults[arm],
+        )  # fmt: skip
         if memory:
             row.stock_peak_mb, row.dna_peak_mb = stock_mb, peak_memory(fns[arm], device) / 2**20
         rows.append(row)
@@ -287,15 +361,50 @@ def compare_forms(s: Shape, device, dtype, reps: int, warmup: int) -> dict[str, 
 
 
 def format_table(rows: list[Row]) -> str:
-    head = f"{'shape':<22} {'measure':<24} {'arm':<14} {'stock ms':>9} {'DnA ms':>9} {'DnA/stock':>9} {'floor':>6} {'vs floor':>8} {'peak MB stock/DnA':>18}"
+    """Rows as text; "DnA/stock" is the median per-repetition ratio, "95% CI" its interval, "faults/call" the
+    mean minor page faults per call (stock/arm)."""
+    head = (
+        f"{'shape':<22} {'measure':<24} {'arm':<14} {'stock ms':>9} {'DnA ms':>9} {'DnA/stock':>9} "
+        f"{'95% CI':>15} {'floor':>6} {'vs floor':>8} {'peak MB stock/DnA':>18} {'faults/call':>12}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         mem = f"{r.stock_peak_mb:.1f}/{r.dna_peak_mb:.1f}" if r.stock_peak_mb is not None else "-"
+        ci = f"[{r.ratio_lo:.3f}, {r.ratio_hi:.3f}]" if r.ratio_lo is not None else "-"
+        flt = f"{r.stock_faults:.0f}/{r.dna_faults:.0f}" if r.stock_faults is not None else "-"
         lines.append(
-            f"{r.shape:<22} {r.what:<24} {r.arm:<14} {r.stock_ms:>9.2f} {r.dna_ms:>9.2f} {r.ratio:>9.3f} {r.floor:>6.2f} "
-            f"{r.ratio / r.floor:>8.3f} {mem:>18}"
+            f"{r.shape:<22} {r.what:<24} {r.arm:<14} {r.stock_ms:>9.2f} {r.dna_ms:>9.2f} {r.ratio:>9.3f} "
+            f"{ci:>15} {r.floor:>6.2f} {r.ratio / r.floor:>8.3f} {mem:>18} {flt:>12}"
         )
     return "\n".join(lines)
+
+
+#: glibc mallopt parameters (malloc.h): keep freed memory in the heap instead of unmapping it
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_STEADY_BYTES = 1 << 30
+
+
+def steady_allocator() -> str:
+    """Make CPU allocations cost the same in every arm and every repetition; returns what was done.
+
+    glibc serves large blocks (a (B, N, C) activation) with mmap and returns them with munmap, and moves that
+    threshold as blocks are freed, so whether a call pays thousands of page faults (zeroing fresh pages: a few
+    percent of a ViT-B layer) depends on the process's allocation history. Measured: 0 to 3,800 minor faults
+    per encoder-layer call, differing between arms and between runs. Fixed mmap and trim thresholds of 1 GiB
+    keep freed blocks in the heap, so after warm-up no arm faults. A no-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "allocator: unchanged (no glibc mallopt)"
+    ok = mallopt(_M_MMAP_THRESHOLD, _STEADY_BYTES) == 1 and mallopt(_M_TRIM_THRESHOLD, _STEADY_BYTES) == 1
+    if not ok:
+        return "allocator: unchanged (mallopt refused)"
+    return "allocator: glibc mmap/trim thresholds 1 GiB (no page faults after warm-up)"
 
 
 def machine() -> str:
@@ -322,6 +431,11 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) | bfloat16 (CUDA default) | float16")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's adaptive mmap threshold on CPU (page faults then differ between arms and runs)",
+    )
     p.add_argument(
         "--compare-forms", action="store_true", help="also time two SDPA calls vs one call over 2H heads"
     )
@@ -362,7 +476,8 @@ def main(args: argparse.Namespace) -> int:
     shapes = list(QUICK.values()) if args.quick else [SHAPES[n.strip()] for n in args.shapes.split(",")]
     reps, warmup = (3, 1) if args.quick else (args.reps, args.warmup)
     ranks = tuple(int(r) for r in args.lowrank_ranks.split(",") if r.strip())
-    print(f"dna-vlm bench: {machine()}, {dtype}; medians of {reps} interleaved reps")
+    alloc = "allocator: default" if args.default_malloc or device.type != "cpu" else steady_allocator()
+    print(f"dna-vlm bench: {machine()}, {dtype}; medians of {reps} interleaved reps; {alloc}")
     for s in shapes:
         low = "".join(f", lowrank r={r} {flop_floor(s, r):.3f}" for r in ranks)
         print(
@@ -380,11 +495,7 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(format_table(rows))
     shares = attention_share(rows, shapes)
-    for key, v in shares.items():
-        print(
-            f"{key}: the second attention core alone adds {100 * v['core_extra_share']:.1f}% of the stock layer's "
-            f"time (its FLOP share: {100 * v['core_flop_share']:.1f}%)"
-        )
+    print(format_shares(shares))
     forms, parts = {}, {}
     if args.compare_forms:
         for s in shapes:
@@ -399,11 +510,11 @@ def main(args: argparse.Namespace) -> int:
         print()
         print(format_breakdown(parts))
     if args.json:
-        _write_json(args.json, dtype, rows, forms, parts, shares)
+        _write_json(args.json, dtype, rows, forms, parts, shares, alloc)
     return 0
 
 
-def _write_json(path, dtype, rows: list[Row], forms: dict, parts: dict, shares: dict) -> None:
+def _write_json(path, dtype, rows: list[Row], forms: dict, parts: dict, shares: dict, alloc: str) -> None:
     from ._io import atomic_write_json
 
     atomic_write_json(
@@ -411,6 +522,7 @@ def _write_json(path, dtype, rows: list[Row], forms: dict, parts: dict, shares: 
         {
             "machine": machine(),
             "dtype": str(dtype),
+            "allocator": alloc,
             "rows": [asdict(r) for r in rows],
             "forms": forms,
             "breakdown": parts,
@@ -422,10 +534,11 @@ def _write_json(path, dtype, rows: list[Row], forms: dict, parts: dict, shares: 
 def attention_share(rows: list[Row], shapes: list[Shape]) -> dict[str, dict[str, float]]:
     """Per shape and mode: what the second attention call alone costs, measured, against the layer.
 
-    ``core_extra_share`` = (DnA core ms - stock core ms) / stock layer ms: the least a DnA layer of any
-    negative-branch parametrisation pays over stock (it always runs a second SDPA), next to the same share
-    in FLOPs (``core_flop_share``): when time share > FLOP share, SDPA runs at a lower FLOP rate than the
-    layer's GEMMs and the layer ratio cannot reach its FLOP floor.
+    ``core_extra_share`` = (DnA core ms - stock core ms) / stock layer ms, from the core and layer rows, next
+    to the same share in FLOPs (``core_flop_share``): when time share > FLOP share, SDPA runs at a lower FLOP
+    rate than the layer's GEMMs and the layer ratio cannot reach its FLOP floor. ``measured_floor`` (with
+    ``_lo`` / ``_hi``) is the :data:`CORE_FLOOR` layer's ratio, timed interleaved with the other layer arms:
+    the least a DnA layer of any negative-branch parametrisation pays over stock on this machine.
     """
     out = {}
     for s in shapes:
@@ -434,11 +547,35 @@ def attention_share(rows: list[Row], shapes: list[Shape]) -> dict[str, dict[str,
             layer = next((r for r in rows if r.shape == s.name and r.what == f"encoder layer {mode}"), None)
             if core is None or layer is None:
                 continue
-            out[f"{s.name} {mode}"] = {
+            entry = {
                 "core_extra_share": (core.dna_ms - core.stock_ms) / layer.stock_ms,
                 "core_flop_share": 2 * s.N * s.C / (4 * s.C**2 + 2 * s.N * s.C + 2 * s.C * s.C * s.mlp_ratio),
             }
+            floor = next(
+                (r for r in rows if r.shape == s.name and r.what == layer.what and r.arm == CORE_FLOOR), None
+            )
+            if floor is not None:
+                entry |= {"measured_floor": floor.ratio, "measured_floor_lo": floor.ratio_lo,
+                          "measured_floor_hi": floor.ratio_hi}  # fmt: skip
+            out[f"{s.name} {mode}"] = entry
     return out
+
+
+def format_shares(shares: dict[str, dict[str, float]]) -> str:
+    lines = []
+    for key, v in shares.items():
+        line = (
+            f"{key}: the second attention core alone adds {100 * v['core_extra_share']:.1f}% of the stock layer's "
+            f"time (its FLOP share: {100 * v['core_flop_share']:.1f}%)"
+        )
+        if "measured_floor" in v:
+            line += (
+                f"; the {CORE_FLOOR} layer (DnA without negative projections, the floor of every negative "
+                f"branch here) runs at {v['measured_floor']:.3f} [{v['measured_floor_lo']:.3f}, "
+                f"{v['measured_floor_hi']:.3f}] of stock"
+            )
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def format_breakdown(parts: dict[str, dict[str, float]]) -> str:

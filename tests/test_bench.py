@@ -1,11 +1,16 @@
 """`dna-vlm bench` rows of issue 14 (smoke: structure and correctness, never a timing claim)."""
 
 import json
+import platform
+import subprocess
+import sys
 
 import pytest
+import torch
 
-from dna_vlm.bench import SHAPES, flop_floor, layer_flops
+from dna_vlm.bench import CORE_FLOOR, SHAPES, CoreFloorAttention, flop_floor, layer_flops, median_ci
 from dna_vlm.cli import main
+from dna_vlm.module import SoftmaxAttention
 
 
 def test_lowrank_flop_floors():
@@ -17,18 +22,47 @@ def test_lowrank_flop_floors():
         sh = SHAPES[name]
         assert 1.0 < flop_floor(sh, 8) < flop_floor(sh, 32) < flop_floor(sh)
     assert [round(flop_floor(SHAPES[k], 8), 3) for k in ("vit-b", "so400m")] == [1.044, 1.102]
+    # rank 0: the second QK^T / PV alone (the 2-SDPA core arm)
+    assert layer_flops(s, True, 0) == pytest.approx(layer_flops(s, False) + 2 * 2 * s.N * s.C * s.B * s.N)
+
+
+def test_median_ci_order_statistics():
+    # n = 20: P(Bin(20, 1/2) <= 5) = 0.0207 <= 0.025 < P(<= 6) = 0.0577, so the 95% CI is [x_(6), x_(15)]
+    assert median_ci(list(range(1, 21))) == (10.5, 6, 15)
+    # n = 7: only [min, max] reaches 95% (coverage 1 - 2/128); the order of the input does not matter
+    assert median_ci([7, 1, 6, 2, 5, 3, 4]) == (4, 1, 7)
+    # below 6 values no interval reaches 95%: [min, max]
+    assert median_ci([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
+    with pytest.raises(ValueError):
+        median_ci([])
+
+
+def test_core_floor_attention_is_stock_attention():
+    """DnA's core with Q- = Q+, V- = V+ and lambda = 0 gives stock attention's output exactly."""
+    torch.manual_seed(0)
+    stock = SoftmaxAttention(32, 4, qkv_bias=True)
+    floor = CoreFloorAttention(32, 4, qkv_bias=True)
+    floor.load_state_dict(stock.state_dict())
+    x = torch.randn(2, 9, 32)
+    assert torch.equal(floor(x), stock(x))
 
 
 def test_bench_quick_lowrank_and_breakdown(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--quick", "--no-memory", "--lowrank-ranks", "4", "--breakdown", "--json", str(out)]
+    argv.append("--default-malloc")  # in-process: leave the test process's allocator alone
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "lowrank r=4" in text and "DnA (_Combine)" in text
     data = json.loads(out.read_text())
     layer = [r for r in data["rows"] if r["what"].startswith("encoder layer")]
-    assert {r["arm"] for r in layer} == {"dna", "lowrank r=4"}
+    assert {r["arm"] for r in layer} == {"dna", "lowrank r=4", CORE_FLOOR}
     assert all(r["ratio"] > 0 and r["floor"] > 1 for r in layer)
+    for r in data["rows"]:  # the ratio and its CI are recomputable from the per-repetition times in the JSON
+        ratios = [a / b for a, b in zip(r["dna_times_ms"], r["stock_times_ms"], strict=True)]
+        assert len(ratios) == 3
+        assert (r["ratio"], r["ratio_lo"], r["ratio_hi"]) == pytest.approx(median_ci(ratios))
+        assert r["ratio_lo"] <= r["ratio"] <= r["ratio_hi"]
     assert {r["arm"] for r in data["rows"] if r["what"].startswith("attention core")} == {"dna"}
     (parts,) = data["breakdown"].values()
     assert set(parts) == {
@@ -41,6 +75,25 @@ def test_bench_quick_lowrank_and_breakdown(tmp_path, capsys):
     assert all(v > 0 for v in parts.values())
     (share,) = [v for k, v in data["attention_share"].items() if k.endswith(" fwd")]
     assert 0 < share["core_flop_share"] < 1
+    (floor,) = [r for r in layer if r["arm"] == CORE_FLOOR and r["what"] == "encoder layer fwd"]
+    assert share["measured_floor"] == floor["ratio"] and "2-SDPA core layer" in text
+
+
+def test_bench_steady_allocator_in_its_own_process(tmp_path):
+    """The CLI's default sets glibc's thresholds (process-wide, so only in a child) and says so in the JSON;
+    every row carries the page faults per call it measured."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--quick", "--no-memory", "--lowrank-ranks", "", "--modes", "fwd", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "dna_vlm", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert data["allocator"].startswith("allocator: glibc mmap/trim thresholds")
+    assert data["allocator"] in proc.stdout
+    assert {r["arm"] for r in data["rows"]} == {"dna", CORE_FLOOR}
+    assert all(r["stock_faults"] >= 0 and r["dna_faults"] >= 0 for r in data["rows"])
 
 
 def test_video_bench_quick_speed_rows(tmp_path, capsys):

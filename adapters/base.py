@@ -15,7 +15,9 @@ same objects), so the pretrained weights are not copied, PEFT target names stay 
 The fair control arm (``patch(model, attention="softmax")``) installs the same layer with the negative branch
 off (``self.neg is None``): the same projections, rotary, packing and the same SDPA call as DnA's positive
 branch (:func:`softmax_attention`), so at init the two arms are bit-identical and every difference a
-comparison reports comes from DnA, not from a different attention implementation.
+comparison reports comes from DnA, not from a different attention implementation. One exception: a low-rank
+branch on CPU without gradients runs the score-reuse kernel (``NegativeBranch.scores_applicable``), whose P+ V+
+is a plain softmax, equal to SDPA's to float rounding (~1e-7); ``DNA_VLM_ATTENTION_IMPL=fused`` keeps SDPA.
 """
 
 from __future__ import annotations
@@ -87,6 +89,12 @@ class DnALayer(nn.Module):
     def negative(self, x, q_pos, v_pos):
         """(q_neg, v_neg) of the negative branch in q_pos / v_pos's layout; (None, None) in the control arm."""
         return (None, None) if self.neg is None else self.neg(x, q_pos, v_pos)
+
+    @property
+    def observed(self) -> bool:
+        """Whether an observer wraps this layer's kernel call (``capture_attention`` sets ``run_kernel`` on the
+        instance): fast paths that bypass :meth:`run_kernel` must not run then."""
+        return "run_kernel" in vars(self)
 
     def _adopt(self, original: nn.Module) -> None:
         """Take over the original's children, direct tensors and plain attributes (the same objects)."""

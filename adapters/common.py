@@ -7,7 +7,7 @@ from torch import nn
 
 from dna_vlm.module import attention_dropout_p
 
-from .base import DnALayer
+from .base import DnALayer, kernel_mask
 
 
 def _split_heads_bnd(t: torch.Tensor | None, head_dim: int) -> torch.Tensor | None:
@@ -47,11 +47,29 @@ class SeparateQKVLayer(DnALayer):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         B, N, _ = hidden_states.shape
-        heads = [_split_heads_bnd(t, self.head_dim) for t in self.project(hidden_states)]
         scale = getattr(self, "scale", None) or getattr(self, "scaling", None)
-        o = self.attend(*heads, attn_mask=attention_mask, dropout_p=attention_dropout_p(self), scale=scale)
+        o = self._lowrank_scores(hidden_states, attention_mask, scale)
+        if o is None:
+            heads = [_split_heads_bnd(t, self.head_dim) for t in self.project(hidden_states)]
+            o = self.attend(
+                *heads, attn_mask=attention_mask, dropout_p=attention_dropout_p(self), scale=scale
+            )
         out = getattr(self, self.out_name)(o.transpose(1, 2).reshape(B, N, -1))
         return out, None
+
+    def _lowrank_scores(self, x: torch.Tensor, attention_mask, scale) -> torch.Tensor | None:
+        """(B, H, N, d) by the low-rank branch's score-reuse kernel (``NegativeBranch.scores_applicable``), or
+        None. Not when a subclass transforms the queries in ``project`` (InternVL's q-norm: S- is then no rank-r
+        update of S+) nor while the layer is observed (``dna-vlm inspect`` wraps :meth:`run_kernel`)."""
+        if self.neg is None or type(self).project is not SeparateQKVLayer.project or self.observed:
+            return None
+        drop = attention_dropout_p(self) if self.training else 0.0
+        if not self.neg.scores_applicable(x, kernel_mask(attention_mask), drop):
+            return None
+        q, k, v = (
+            _split_heads_bnd(t, self.head_dim) for t in (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        )
+        return self.neg.scores_attention(x, q, k, v, scale)
 
 
 class PackedRotaryLayer(DnALayer):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernel import dna_attention_fused, dna_attention_fused_onecall
+from .kernel import dna_attention_fused, dna_attention_fused_onecall, use_impl
 from .module import DnAAttention, SoftmaxAttention
 
 
@@ -48,24 +48,29 @@ SHAPES = {
 QUICK = {"tiny": Shape("tiny", 2, 4, 64, 16)}
 
 
-def layer_flops(s: Shape, dna: bool, rank: int | None = None) -> float:
+def layer_flops(s: Shape, dna: bool, rank: int | None = None, reuse_scores: bool = False) -> float:
     """Forward FLOPs of one pre-norm encoder layer (matmuls only; 2 FLOPs per multiply-add).
 
     stock: qkv (3C^2) + out (C^2) projections, QK^T and PV (2 N C per token), MLP (2 C * mlp).
     DnA adds the Q- and V- projections (2C^2) and a second QK^T + PV; with ``rank`` r (the low-rank negative
     branch) the two projections are rank-r pairs instead (C r + r C each: 4 C r); ``rank=0`` counts the
     second QK^T + PV alone (the ``2-SDPA core`` arm: DnA's attention core without negative projections).
+    ``reuse_scores`` (with a rank): the score-reuse kernel instead of a second QK^T + PV — both A maps (2 C r),
+    K B_q (C r), the rank-r update of the scores and P- a_v (H N r each) and (P- a_v) B_v (C r).
     """
     per_token = 2 * (4 * s.C**2 + 2 * s.N * s.C + 2 * s.C * s.C * s.mlp_ratio)
-    if dna:
+    if dna and reuse_scores:
+        per_token += 2 * (4 * s.C * rank + 2 * s.H * s.N * rank)
+    elif dna:
         proj = 2 * s.C**2 if rank is None else 4 * s.C * rank
         per_token += 2 * (proj + 2 * s.N * s.C)
     return per_token * s.B * s.N
 
 
-def flop_floor(s: Shape, rank: int | None = None) -> float:
-    """DnA layer FLOPs / stock layer FLOPs (``rank``: the low-rank negative branch of that rank; 0: none)."""
-    return layer_flops(s, True, rank) / layer_flops(s, False)
+def flop_floor(s: Shape, rank: int | None = None, reuse_scores: bool = False) -> float:
+    """DnA layer FLOPs / stock layer FLOPs (``rank``: the low-rank negative branch of that rank; 0: none;
+    ``reuse_scores``: that branch by the score-reuse kernel)."""
+    return layer_flops(s, True, rank, reuse_scores) / layer_flops(s, False)
 
 
 class CoreFloorAttention(SoftmaxAttention):
@@ -224,31 +229,43 @@ def _core_fns(s: Shape, device, dtype, backward: bool, form: str = "two-call"):
 CORE_FLOOR = "2-SDPA core"
 
 
-def _layer_fns(s: Shape, device, dtype, backward: bool, ranks: tuple[int, ...] = ()) -> dict:
-    """{"stock", "dna", "lowrank r=R" for R in ranks, CORE_FLOOR}: callables running one encoder layer on one
-    input."""
+def _layer_fns(s: Shape, device, dtype, backward: bool, ranks: tuple[int, ...] = ()) -> tuple[dict, dict]:
+    """({arm: callable running one encoder layer on one input}, {arm: FLOP floor}) for "stock", "dna",
+    "lowrank r=R" (the path the layers choose: in CPU inference the score-reuse kernel), in forward-only runs
+    also "lowrank r=R, 2 SDPA" (forced ``use_impl("fused")``), and :data:`CORE_FLOOR`."""
     torch.manual_seed(0)
     hidden = round(s.C * s.mlp_ratio)
+    x = torch.randn(s.B, s.N, s.C, device=device, dtype=dtype, requires_grad=backward)
     attns = {"stock": SoftmaxAttention(s.C, s.H, qkv_bias=True)}
     attns["dna"] = DnAAttention(s.C, s.H, qkv_bias=True, init="random")
+    floors = {"dna": flop_floor(s)}
+    forced = set()
     for r in ranks:
-        attns[f"lowrank r={r}"] = DnAAttention(
-            s.C, s.H, qkv_bias=True, init="random", neg_branch="lowrank", neg_rank=r
-        )
+        low = DnAAttention(s.C, s.H, qkv_bias=True, init="random", neg_branch="lowrank", neg_rank=r)
+        attns[f"lowrank r={r}"] = low
+        with torch.enable_grad() if backward else torch.no_grad():
+            reuse = low.neg.scores_applicable(x, None, 0.0)
+        floors[f"lowrank r={r}"] = flop_floor(s, r, reuse_scores=reuse)
+        if reuse:
+            attns[f"lowrank r={r}, 2 SDPA"] = low
+            floors[f"lowrank r={r}, 2 SDPA"] = flop_floor(s, r)
+            forced.add(f"lowrank r={r}, 2 SDPA")
     attns[CORE_FLOOR] = CoreFloorAttention(s.C, s.H, qkv_bias=True)
+    floors[CORE_FLOOR] = flop_floor(s, 0)
     layers = {k: EncoderLayer(a, s.C, hidden).to(device, dtype) for k, a in attns.items()}
-    x = torch.randn(s.B, s.N, s.C, device=device, dtype=dtype, requires_grad=backward)
 
-    def run(layer):
+    def run(layer, impl):
         def call():
-            out = layer(x)
-            if backward:
-                out.backward(torch.ones_like(out))
+            with use_impl(impl):
+                out = layer(x)
+                if backward:
+                    out.backward(torch.ones_like(out))
             return out
 
         return call
 
-    return {k: run(layer) for k, layer in layers.items()}
+    fns = {k: run(layer, "fused" if k in forced else "auto") for k, layer in layers.items()}
+    return fns, floors
 
 
 @dataclass
@@ -289,9 +306,7 @@ def bench_shape(
             stock, dna = _core_fns(s, device, dtype, backward)
             rows += _rows(s, f"attention core {mode}", {"stock": stock, "dna": dna}, {"dna": 2.0}, reps, warmup,
                           device, memory)  # fmt: skip
-            fns = _layer_fns(s, device, dtype, backward, ranks)
-            floors = {"dna": flop_floor(s)} | {f"lowrank r={r}": flop_floor(s, r) for r in ranks}
-            floors[CORE_FLOOR] = flop_floor(s, 0)
+            fns, floors = _layer_fns(s, device, dtype, backward, ranks)
             rows += _rows(s, f"encoder layer {mode}", fns, floors, reps, warmup, device, memory)
     return rows
 

@@ -12,6 +12,13 @@ Two implementations share one validated entry point, :func:`dna_attention`:
 
 The implementation is chosen per call: ``DNA_VLM_ATTENTION_IMPL`` (``auto`` | ``fused`` | ``reference``),
 overridden by the :func:`use_impl` context manager.
+
+A third, forward-only path serves the low-rank negative branch (Q- = Q+ + B_q A_q x, V- = B_v A_v x):
+:func:`dna_attention_lowrank_scores` computes the positive scores once per head and gets the negative ones
+from them by a rank-r update, S- = -S+ - s a_q (K B_q)^T, and P- V- as (P- a_v) B_v^T, so the negative branch
+never runs a second QK^T or a full PV. It materialises a few heads' (Nq, Nk) scores at a time, which pays on
+CPU (where SDPA runs at a lower FLOP rate than the GEMMs around it); the layers use it only under ``auto`` on
+CPU without gradients (``NegativeBranch.scores_applicable``).
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ __all__ = [
     "current_impl",
     "dna_attention",
     "dna_attention_fused",
+    "dna_attention_lowrank_scores",
     "dna_attention_reference",
     "dna_attention_varlen",
+    "requested_impl",
     "use_impl",
 ]
 
@@ -42,11 +51,17 @@ ENV_VAR = "DNA_VLM_ATTENTION_IMPL"
 _local = threading.local()
 
 
-def current_impl() -> str:
-    """The implementation the next call will use: the innermost :func:`use_impl`, else the env var."""
+def requested_impl() -> str:
+    """What was asked for: the innermost :func:`use_impl`, else the env var (``auto`` when neither)."""
     impl = getattr(_local, "impl", None) or os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if impl not in IMPLS:
         raise ValueError(f"{ENV_VAR}={impl!r} is not one of {IMPLS}; unset it or pick one of those.")
+    return impl
+
+
+def current_impl() -> str:
+    """The implementation the next :func:`dna_attention` call will use (``auto`` resolves to ``fused``)."""
+    impl = requested_impl()
     return "fused" if impl == "auto" else impl
 
 
@@ -253,6 +268,91 @@ def dna_attention_fused_onecall(
         attn_mask = torch.cat([attn_mask, attn_mask], dim=1)
     o = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     return _combine(o[:, :H], o[:, H:], neg_scale)
+
+
+#: scores materialised per step of :func:`dna_attention_lowrank_scores` (a few heads' (Nq, Nk) blocks: cache-sized)
+SCORES_STEP_BYTES = 2 << 20
+
+
+def dna_attention_lowrank_scores(
+    q_pos, k, v_pos, a_q, b_q, a_v, b_v, neg_scale, scale=None, step_bytes: int = SCORES_STEP_BYTES
+) -> torch.Tensor:
+    """DnA with a low-rank negative branch given by its factors; forward only, no mask, no dropout.
+
+    The negative branch is ``q_neg[b, h] = q_pos[b, h] + a_q[b] @ b_q[h]^T`` and ``v_neg[b, h] = a_v[b] @
+    b_v[h]^T`` (``a_v = b_v = None``: shared values, ``v_neg = v_pos``) — what ``NegativeBranch(neg_branch=
+    "lowrank")`` computes, split into heads. Per head the positive scores S+ are formed once and reused:
+    S- = -S+ - s a_q (K_h B_q,h)^T (an (Nq, r) x (r, Nk) update) and P- V- = (P- a_v) B_v,h^T.
+
+    Args:
+        q_pos, k: (B, H, Nq, d) and (B, H, Nk, d); v_pos: (B, H, Nk, dv).
+        a_q: (B, Nq, r) and a_v: (B, Nk, r), shared by all heads; b_q: (H, d, r); b_v: (H, dv, r).
+        neg_scale: (H,) lambda. scale: softmax scale s, default d ** -0.5.
+        step_bytes: how many heads' scores one step materialises (at least one head).
+
+    Returns:
+        (B, H, Nq, dv), laid out (B, Nq, H, dv) in memory so merging heads is a view.
+    """
+    B, H, Nq, d = q_pos.shape
+    Nk, dv, r = k.shape[2], v_pos.shape[-1], a_q.shape[-1]
+    _validate_lowrank(q_pos, k, v_pos, a_q, b_q, a_v, b_v, neg_scale)
+    s = d**-0.5 if scale is None else float(scale)
+    kb = torch.matmul(k, b_q.to(k.dtype))  # (B, H, Nk, r): K_h B_q,h
+    lam = neg_scale.to(q_pos.dtype)
+    w = None if b_v is None else (b_v.to(q_pos.dtype) * lam.view(H, 1, 1)).transpose(1, 2)  # (H, r, dv)
+    out = torch.empty(B, Nq, H, dv, device=q_pos.device, dtype=q_pos.dtype).transpose(1, 2)
+    step = max(1, min(H, step_bytes // max(1, Nq * Nk * q_pos.element_size())))
+    for b in range(B):
+        for h0 in range(0, H, step):
+            hs = slice(h0, min(H, h0 + step))
+            n = hs.stop - h0
+            scores = torch.bmm(q_pos[b, hs], k[b, hs].transpose(1, 2)).mul_(s)  # (n, Nq, Nk)
+            o_pos = torch.bmm(torch.softmax(scores, -1), v_pos[b, hs])
+            neg = torch.baddbmm(scores, a_q[b].expand(n, Nq, r), kb[b, hs].transpose(1, 2), beta=-1, alpha=-s)
+            p_neg = torch.softmax(neg, -1)
+            if w is None:  # shared values: o_pos - lambda P- V+
+                o_neg = torch.bmm(p_neg, v_pos[b, hs])
+                out[b, hs] = torch.addcmul(o_pos, o_neg, lam[hs].view(n, 1, 1), value=-1.0)
+            else:
+                out[b, hs] = torch.baddbmm(
+                    o_pos, torch.bmm(p_neg, a_v[b].expand(n, Nk, r)), w[hs], alpha=-1.0
+                )
+    return out
+
+
+def _validate_lowrank(q_pos, k, v_pos, a_q, b_q, a_v, b_v, neg_scale) -> None:
+    """Shapes, dtypes and the forward-only rule of :func:`dna_attention_lowrank_scores`."""
+    tensors = {"q_pos": q_pos, "k": k, "v_pos": v_pos, "a_q": a_q, "b_q": b_q, "neg_scale": neg_scale}
+    if (a_v is None) != (b_v is None):
+        raise ValueError("dna_attention_lowrank_scores: pass both a_v and b_v, or neither (shared values)")
+    if a_v is not None:
+        tensors |= {"a_v": a_v, "b_v": b_v}
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors.values()):
+        raise RuntimeError(
+            "dna_attention_lowrank_scores is forward-only (no autograd); run it under torch.no_grad() or use "
+            "dna_attention with the materialised q_neg / v_neg"
+        )
+    B, H, Nq, d = q_pos.shape
+    Nk, dv, r = k.shape[2], v_pos.shape[-1], a_q.shape[-1]
+    want = {
+        "k": (B, H, Nk, d), "v_pos": (B, H, Nk, dv), "a_q": (B, Nq, r), "b_q": (H, d, r), "neg_scale": (H,),
+        "a_v": (B, Nk, r), "b_v": (H, dv, r),
+    }  # fmt: skip
+    for name, t in tensors.items():
+        if name != "q_pos" and tuple(t.shape) != want[name]:
+            raise ValueError(
+                f"dna_attention_lowrank_scores: {name} has shape {_shape(t)}, expected {want[name]} "
+                f"(q_pos {_shape(q_pos)}, rank r={r})"
+            )
+        if t.device != q_pos.device:
+            raise ValueError(
+                f"dna_attention_lowrank_scores: {name} is on {t.device} but q_pos is on {q_pos.device}"
+            )
+    for name in ("k", "v_pos", "a_q") + (("a_v",) if a_v is not None else ()):
+        if tensors[name].dtype != q_pos.dtype:
+            raise TypeError(
+                f"dna_attention_lowrank_scores: {name} has dtype {tensors[name].dtype} but q_pos has {q_pos.dtype}"
+            )
 
 
 def dna_attention(

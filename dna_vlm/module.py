@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .kernel import dna_attention
+from .kernel import dna_attention, dna_attention_lowrank_scores, requested_impl
 
 __all__ = [
     "ARMS",
@@ -111,6 +111,11 @@ def negative_branch_num_params(dim: int, num_heads: int, opts: DnAOptions, bias:
     return per_map * (1 if opts.shared_values else 2) + num_heads
 
 
+#: the largest (Nq, Nk) scores of one head that NegativeBranch.scores_attention materialises (bytes); above it the
+#: fused two-SDPA path runs (N = 1448 in fp32)
+SCORES_HEAD_LIMIT = 8 << 20
+
+
 class NegativeBranch(nn.Module):
     """Q-, V- and lambda for one attention layer of width ``dim`` with ``num_heads`` heads.
 
@@ -167,6 +172,39 @@ class NegativeBranch(nn.Module):
         else:
             q_neg, v_neg = self._lowrank(x, q_pos, v_pos)
         return q_neg, v_neg
+
+    def scores_applicable(self, x: torch.Tensor, attn_mask, dropout_p: float) -> bool:
+        """Whether :meth:`scores_attention` may replace ``forward`` + :func:`dna_attention` for input x (B, N, C).
+
+        Only for the low-rank branch, under ``DNA_VLM_ATTENTION_IMPL=auto``, without gradients (it has no
+        backward), on CPU in fp32/fp64 (on CUDA the two fused SDPA calls are faster), with no mask and no
+        dropout, and while one head's (N, N) scores stay under ``SCORES_HEAD_LIMIT`` bytes.
+        """
+        n = x.shape[-2]
+        return (
+            self.opts.neg_branch == "lowrank"
+            and not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and attn_mask is None
+            and dropout_p == 0.0
+            and n * n * x.element_size() <= SCORES_HEAD_LIMIT
+            and requested_impl() == "auto"
+        )
+
+    def scores_attention(self, x: torch.Tensor, q, k, v, scale: float | None = None) -> torch.Tensor:
+        """DnA output (B, H, N, d) from the layer input x (B, N, C) and the positive q, k, v (B, H, N, d), by
+        :func:`dna_vlm.kernel.dna_attention_lowrank_scores` (check :meth:`scores_applicable` first): the
+        negative scores come from the positive ones by a rank-r update, with no second SDPA call."""
+        r, H = self.opts.neg_rank, self.num_heads
+        shared = self.opts.shared_values
+        a_w = self.q_neg_a.weight if shared else torch.cat([self.q_neg_a.weight, self.v_neg_a.weight])
+        a = nn.functional.linear(x, a_w.to(x.dtype))  # (B, N, r or 2r), shared by all heads
+        b_q = self.q_neg_b.weight.to(x.dtype).view(H, q.shape[-1], r)
+        a_v = b_v = None
+        if not shared:
+            a_v, b_v = a[..., r:], self.v_neg_b.weight.to(x.dtype).view(H, v.shape[-1], r)
+        return dna_attention_lowrank_scores(q, k, v, a[..., :r], b_q, a_v, b_v, self.neg_scale, scale)
 
     def _lowrank(self, x: torch.Tensor, q_pos: torch.Tensor, v_pos: torch.Tensor):
         """``q_pos + B_q A_q x`` and ``B_v A_v x`` (or ``v_pos``), (..., dim) each: both A maps in one matmul
@@ -345,8 +383,10 @@ class DnAAttention(SoftmaxAttention):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, N, C) -> (B, N, C); attn_mask broadcastable to (B, H, N, N)."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q_neg, v_neg = self.neg(x, q, v)
         drop = self.attn_drop if self.training else 0.0
+        if self.neg.scores_applicable(x, attn_mask, drop):
+            return self._merge(self.neg.scores_attention(x, self._heads(q), self._heads(k), self._heads(v)))
+        q_neg, v_neg = self.neg(x, q, v)
         o = dna_attention(
             self._heads(q), self._heads(q_neg), self._heads(k), self._heads(v), self._heads(v_neg),
             self.neg.neg_scale, attn_mask=attn_mask, dropout_p=drop,

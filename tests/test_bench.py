@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from dna_vlm.bench import CORE_FLOOR, SHAPES, CoreFloorAttention, flop_floor, layer_flops, median_ci
+from dna_vlm.bench import CORE_FLOOR, QUICK, SHAPES, CoreFloorAttention, flop_floor, layer_flops, median_ci
 from dna_vlm.cli import main
 from dna_vlm.module import SoftmaxAttention
 
@@ -22,6 +22,10 @@ def test_lowrank_flop_floors():
         sh = SHAPES[name]
         assert 1.0 < flop_floor(sh, 8) < flop_floor(sh, 32) < flop_floor(sh)
     assert [round(flop_floor(SHAPES[k], 8), 3) for k in ("vit-b", "so400m")] == [1.044, 1.102]
+    # the score-reuse kernel: A maps, K B_q, (P- a_v) B_v (4 C r) and the rank-r score update and P- a_v (2 H N r)
+    reuse = 2 * (4 * s.C * 8 + 2 * s.H * s.N * 8) * s.B * s.N
+    assert layer_flops(s, True, 8, reuse_scores=True) == pytest.approx(layer_flops(s, False) + reuse)
+    assert 1.0 < flop_floor(s, 8, reuse_scores=True) < flop_floor(s, 8)
     # rank 0: the second QK^T / PV alone (the 2-SDPA core arm)
     assert layer_flops(s, True, 0) == pytest.approx(layer_flops(s, False) + 2 * 2 * s.N * s.C * s.B * s.N)
 
@@ -56,7 +60,20 @@ def test_bench_quick_lowrank_and_breakdown(tmp_path, capsys):
     assert "lowrank r=4" in text and "DnA (_Combine)" in text
     data = json.loads(out.read_text())
     layer = [r for r in data["rows"] if r["what"].startswith("encoder layer")]
-    assert {r["arm"] for r in layer} == {"dna", "lowrank r=4", CORE_FLOOR}
+    fwd = {"dna", "lowrank r=4", "lowrank r=4, 2 SDPA", CORE_FLOOR}  # CPU inference: the score-reuse kernel
+    assert {r["arm"] for r in layer if r["what"] == "encoder layer fwd"} == fwd
+    assert {r["arm"] for r in layer if r["what"] == "encoder layer fwd+bwd"} == {
+        "dna",
+        "lowrank r=4",
+        CORE_FLOOR,
+    }
+    tiny = QUICK["tiny"]
+    floors = {(r["what"], r["arm"]): r["floor"] for r in layer}
+    assert floors[("encoder layer fwd", "lowrank r=4")] == pytest.approx(
+        flop_floor(tiny, 4, reuse_scores=True)
+    )
+    assert floors[("encoder layer fwd", "lowrank r=4, 2 SDPA")] == pytest.approx(flop_floor(tiny, 4))
+    assert floors[("encoder layer fwd+bwd", "lowrank r=4")] == pytest.approx(flop_floor(tiny, 4))
     assert all(r["ratio"] > 0 and r["floor"] > 1 for r in layer)
     for r in data["rows"]:  # the ratio and its CI are recomputable from the per-repetition times in the JSON
         ratios = [a / b for a, b in zip(r["dna_times_ms"], r["stock_times_ms"], strict=True)]

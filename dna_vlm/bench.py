@@ -194,10 +194,12 @@ def peak_memory(fn: Callable[[], object], device) -> int:
     acts = [torch.profiler.ProfilerActivity.CPU]
     with _quiet_stderr(), torch.profiler.profile(activities=acts, profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
+    # self_cpu_memory_usage: an op's cpu_memory_usage includes its children's (linear -> matmul -> mm would
+    # count one output three times); frees are "[memory]" events with negative usage
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     cur = peak = 0
     for e in events:
-        cur += e.cpu_memory_usage
+        cur += e.self_cpu_memory_usage
         peak = max(peak, cur)
     return peak
 
@@ -379,7 +381,7 @@ def format_table(rows: list[Row]) -> str:
     """Rows as text; "DnA/stock" is the median per-repetition ratio, "95% CI" its interval, "faults/call" the
     mean minor page faults per call (stock/arm)."""
     head = (
-        f"{'shape':<22} {'measure':<24} {'arm':<14} {'stock ms':>9} {'DnA ms':>9} {'DnA/stock':>9} "
+        f"{'shape':<22} {'measure':<24} {'arm':<20} {'stock ms':>9} {'DnA ms':>9} {'DnA/stock':>9} "
         f"{'95% CI':>15} {'floor':>6} {'vs floor':>8} {'peak MB stock/DnA':>18} {'faults/call':>12}"
     )
     lines = [head, "-" * len(head)]
@@ -388,7 +390,7 @@ def format_table(rows: list[Row]) -> str:
         ci = f"[{r.ratio_lo:.3f}, {r.ratio_hi:.3f}]" if r.ratio_lo is not None else "-"
         flt = f"{r.stock_faults:.0f}/{r.dna_faults:.0f}" if r.stock_faults is not None else "-"
         lines.append(
-            f"{r.shape:<22} {r.what:<24} {r.arm:<14} {r.stock_ms:>9.2f} {r.dna_ms:>9.2f} {r.ratio:>9.3f} "
+            f"{r.shape:<22} {r.what:<24} {r.arm:<20} {r.stock_ms:>9.2f} {r.dna_ms:>9.2f} {r.ratio:>9.3f} "
             f"{ci:>15} {r.floor:>6.2f} {r.ratio / r.floor:>8.3f} {mem:>18} {flt:>12}"
         )
     return "\n".join(lines)

@@ -351,7 +351,9 @@ def attention_kernel(model: nn.Module) -> str:
     """What computes the vision attention of ``model``, as recorded in a run dir's ``run_config.json``:
     ``"dna_vlm-sdpa"`` (dna-vlm's adapter layers on torch SDPA: the DnA arm and the fair softmax control) or
     ``"dna_vlm-reference"`` under ``use_impl("reference")``; an unpatched model's
-    ``"hf-<attn_implementation>"`` (its own attention: not comparable bit for bit with a DnA arm)."""
+    ``"hf-<attn_implementation>"`` (its own attention: not comparable bit for bit with a DnA arm). Recorded at
+    training time (with gradients: SDPA); a low-rank arm evaluated on CPU without gradients runs the score-reuse
+    kernel (``NegativeBranch.scores_applicable``), equal to the SDPA path to float rounding."""
     from .kernel import current_impl
 
     if patch_state(model) is not None:

@@ -8,7 +8,16 @@ import sys
 import pytest
 import torch
 
-from dna_vlm.bench import CORE_FLOOR, QUICK, SHAPES, CoreFloorAttention, flop_floor, layer_flops, median_ci
+from dna_vlm.bench import (
+    CORE_FLOOR,
+    QUICK,
+    SHAPES,
+    CoreFloorAttention,
+    flop_floor,
+    layer_flops,
+    median_ci,
+    peak_memory,
+)
 from dna_vlm.cli import main
 from dna_vlm.module import SoftmaxAttention
 
@@ -39,6 +48,20 @@ def test_median_ci_order_statistics():
     assert median_ci([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
     with pytest.raises(ValueError):
         median_ci([])
+
+
+def test_peak_memory_counts_each_allocation_once():
+    """linear -> matmul -> mm and softmax -> _softmax are nested ops: each output is allocated once, and the
+    peak here is y and z alive together (2 x 4 MB), not the 5 x 4 MB a sum over nested events gives."""
+    x, w = torch.randn(1000, 1000), torch.randn(1000, 1000)
+
+    def f():
+        y = torch.nn.functional.linear(x, w)
+        z = torch.softmax(y, -1)
+        del y
+        return z
+
+    assert peak_memory(f, torch.device("cpu")) == 2 * 1000 * 1000 * 4
 
 
 def test_core_floor_attention_is_stock_attention():

@@ -307,16 +307,15 @@ def dna_attention_lowrank_scores(
             hs = slice(h0, min(H, h0 + step))
             n = hs.stop - h0
             scores = torch.bmm(q_pos[b, hs], k[b, hs].transpose(1, 2)).mul_(s)  # (n, Nq, Nk)
-            o_pos = torch.bmm(torch.softmax(scores, -1), v_pos[b, hs])
-            neg = torch.baddbmm(scores, a_q[b].expand(n, Nq, r), kb[b, hs].transpose(1, 2), beta=-1, alpha=-s)
-            p_neg = torch.softmax(neg, -1)
-            if w is None:  # shared values: o_pos - lambda P- V+
-                o_neg = torch.bmm(p_neg, v_pos[b, hs])
-                out[b, hs] = torch.addcmul(o_pos, o_neg, lam[hs].view(n, 1, 1), value=-1.0)
+            o = torch.bmm(torch.softmax(scores, -1), v_pos[b, hs])  # P+ V+
+            # in place: S+ becomes S- = -S+ - s a_q (K B_q)^T (P+ is already taken), o becomes o+ - lambda o-
+            scores.baddbmm_(a_q[b].expand(n, Nq, r), kb[b, hs].transpose(1, 2), beta=-1, alpha=-s)
+            p_neg = torch.softmax(scores, -1)
+            if w is None:  # shared values: o+ - lambda P- V+
+                o.addcmul_(torch.bmm(p_neg, v_pos[b, hs]), lam[hs].view(n, 1, 1), value=-1.0)
             else:
-                out[b, hs] = torch.baddbmm(
-                    o_pos, torch.bmm(p_neg, a_v[b].expand(n, Nk, r)), w[hs], alpha=-1.0
-                )
+                o.baddbmm_(torch.bmm(p_neg, a_v[b].expand(n, Nk, r)), w[hs], alpha=-1.0)
+            out[b, hs] = o
     return out
 
 

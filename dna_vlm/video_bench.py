@@ -352,7 +352,7 @@ def main_video_bench(args: argparse.Namespace) -> int:
     )
     if getattr(args, "json", None):
         from ._io import atomic_write_json
-        from .bench import machine
+        from .timing import machine
 
         atomic_write_json(args.json, {"machine": machine(), "rows": rows})
     return 0

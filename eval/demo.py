@@ -458,7 +458,7 @@ def _accuracy(samples: str) -> dict:
 def _final_report(
     out: Path, settings, data, baseline, evals, reports, inspect, stages: Stages, wall: float, encoder=None
 ) -> dict:
-    from dna_vlm.bench import machine
+    from dna_vlm.timing import machine
 
     acc = {name: _accuracy(e["samples"]) for name, e in evals.items()}
     seeds = sorted(int(k) for k in reports)

@@ -296,6 +296,10 @@ def dna_attention_lowrank_scores(
     B, H, Nq, d = q_pos.shape
     Nk, dv, r = k.shape[2], v_pos.shape[-1], a_q.shape[-1]
     _validate_lowrank(q_pos, k, v_pos, a_q, b_q, a_v, b_v, neg_scale)
+    if scale is not None and not (float(scale) > 0 and math.isfinite(float(scale))):
+        raise ValueError(
+            f"dna_attention_lowrank_scores: scale must be a positive finite number, got {scale!r}"
+        )
     s = d**-0.5 if scale is None else float(scale)
     kb = torch.matmul(k, b_q.to(k.dtype))  # (B, H, Nk, r): K_h B_q,h
     lam = neg_scale.to(q_pos.dtype)
@@ -330,6 +334,11 @@ def _validate_lowrank(q_pos, k, v_pos, a_q, b_q, a_v, b_v, neg_scale) -> None:
         raise RuntimeError(
             "dna_attention_lowrank_scores is forward-only (no autograd); run it under torch.no_grad() or use "
             "dna_attention with the materialised q_neg / v_neg"
+        )
+    if q_pos.dim() != 4 or q_pos.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"dna_attention_lowrank_scores: q_pos must be a 4-D (B, H, Nq, d) float32/float64 tensor (softmax of "
+            f"materialised scores), got shape {_shape(q_pos)} {q_pos.dtype}; use dna_attention for half types"
         )
     B, H, Nq, d = q_pos.shape
     Nk, dv, r = k.shape[2], v_pos.shape[-1], a_q.shape[-1]

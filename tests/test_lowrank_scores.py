@@ -68,6 +68,11 @@ def test_forward_only_and_clear_errors():
         dna_attention_lowrank_scores(q, k, v, a_q, b_q, a_v, None, lam)
     with pytest.raises(TypeError, match=r"a_q has dtype torch\.float32"):
         dna_attention_lowrank_scores(q, k, v, a_q.float(), b_q, a_v, b_v, lam)
+    with pytest.raises(TypeError, match="use dna_attention for half types"):
+        half = [t.bfloat16() for t in (q, k, v, a_q, b_q, a_v, b_v)]
+        dna_attention_lowrank_scores(*half, lam)
+    with pytest.raises(ValueError, match="positive finite"):
+        dna_attention_lowrank_scores(q, k, v, a_q, b_q, a_v, b_v, lam, scale=-0.1)
 
 
 @pytest.fixture

@@ -305,7 +305,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--lowrank-ranks",
         default="8,32",
-        help="ranks of neg_branch='lowrank' timed beside full DnA in the encoder-layer rows ('' for none)",
+        help="ranks of neg_branch='lowrank' timed beside full DnA in the encoder-layer rows ('' for none); in CPU "
+        "forward runs each rank also gets a 'lowrank r=R, 2 SDPA' row (the layer without the score-reuse kernel)",
     )
     p.add_argument(
         "--breakdown",

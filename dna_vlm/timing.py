@@ -139,10 +139,10 @@ def steady_allocator() -> str:
     """Make CPU allocations cost the same in every arm and every repetition; returns what was done.
 
     glibc serves large blocks (a (B, N, C) activation) with mmap and returns them with munmap, and moves that
-    threshold as blocks are freed, so whether a call pays thousands of page faults (zeroing fresh pages: a few
-    percent of a ViT-B layer) depends on the process's allocation history. Measured: 0 to 3,800 minor faults
-    per encoder-layer call, differing between arms and between runs. Fixed mmap and trim thresholds of 1 GiB
-    keep freed blocks in the heap, so after warm-up no arm faults. A no-op off glibc.
+    threshold as blocks are freed, so how many page faults a call pays (each zeroes a fresh page) depends on the
+    process's allocation history: hundreds to thousands per ViT-B encoder-layer call, differing between arms and
+    between runs (``dna-vlm bench --default-malloc`` prints them). Fixed mmap and trim thresholds of 1 GiB keep
+    freed blocks in the heap, so after warm-up the arms no longer fault from the allocator. A no-op off glibc.
     """
     import ctypes
     import ctypes.util

@@ -197,25 +197,29 @@ class NegativeBranch(nn.Module):
         :func:`dna_vlm.kernel.dna_attention_lowrank_scores` (check :meth:`scores_applicable` first): the
         negative scores come from the positive ones by a rank-r update, with no second SDPA call."""
         r, H = self.opts.neg_rank, self.num_heads
-        shared = self.opts.shared_values
-        a_w = self.q_neg_a.weight if shared else torch.cat([self.q_neg_a.weight, self.v_neg_a.weight])
-        a = nn.functional.linear(x, a_w.to(x.dtype))  # (B, N, r or 2r), shared by all heads
+        a = self._a_maps(x)  # (B, N, r or 2r), shared by all heads
         b_q = self.q_neg_b.weight.to(x.dtype).view(H, q.shape[-1], r)
         a_v = b_v = None
-        if not shared:
+        if not self.opts.shared_values:
             a_v, b_v = a[..., r:], self.v_neg_b.weight.to(x.dtype).view(H, v.shape[-1], r)
         return dna_attention_lowrank_scores(q, k, v, a[..., :r], b_q, a_v, b_v, self.neg_scale, scale)
+
+    def _a_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """``[A_q x, A_v x]`` (..., 2r), or ``A_q x`` (..., r) with shared values: both A maps in one matmul."""
+        a_w = self.q_neg_a.weight
+        if not self.opts.shared_values:
+            a_w = torch.cat([a_w, self.v_neg_a.weight])
+        return nn.functional.linear(x, a_w.to(x.dtype))
 
     def _lowrank(self, x: torch.Tensor, q_pos: torch.Tensor, v_pos: torch.Tensor):
         """``q_pos + B_q A_q x`` and ``B_v A_v x`` (or ``v_pos``), (..., dim) each: both A maps in one matmul
         (x is read once) and the q sum inside the B_q matmul (``addmm``: no separate pass over q)."""
         r, dim = self.opts.neg_rank, self.dim
-        shared = self.opts.shared_values
-        a_w = self.q_neg_a.weight if shared else torch.cat([self.q_neg_a.weight, self.v_neg_a.weight])
-        a = nn.functional.linear(x, a_w.to(x.dtype)).reshape(-1, a_w.shape[0])  # (T, r or 2r)
+        a = self._a_maps(x)
+        a = a.reshape(-1, a.shape[-1])  # (T, r or 2r)
         b_q = self.q_neg_b.weight.to(x.dtype)  # (dim, r)
         q_neg = torch.addmm(q_pos.reshape(-1, dim), a[:, :r], b_q.t()).view(q_pos.shape)
-        if shared:
+        if self.opts.shared_values:
             return q_neg, v_pos
         v_neg = (a[:, r:] @ self.v_neg_b.weight.to(x.dtype).t()).view(q_pos.shape)
         return q_neg, v_neg

@@ -1,11 +1,11 @@
 """Vision-tower families DnA can be patched into. Adding a family = one file + one line here + one test."""
 
-from .base import Adapter, DnALayer
-from .clip import ClipAdapter
-from .internvl import InternVLAdapter
-from .qwen_vl import QwenVLAdapter
-from .siglip import SiglipAdapter
-from .videollama3 import VideoLlama3Adapter
+from dna_vlm.adapters.base import Adapter, DnALayer
+from dna_vlm.adapters.clip import ClipAdapter
+from dna_vlm.adapters.internvl import InternVLAdapter
+from dna_vlm.adapters.qwen_vl import QwenVLAdapter
+from dna_vlm.adapters.siglip import SiglipAdapter
+from dna_vlm.adapters.videollama3 import VideoLlama3Adapter
 
 # The registry: patch() asks each adapter, in order, for a tower holding its attention classes.
 ADAPTERS: tuple[type[Adapter], ...] = (

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dna_vlm.attention import DnAOptions, NegativeBranch
 from dna_vlm.kernel import current_impl, dna_attention, dna_attention_reference, dna_attention_varlen
-from dna_vlm.module import DnAOptions, NegativeBranch
 
 __all__ = ["Adapter", "DnALayer", "kernel_mask", "softmax_attention", "softmax_attention_varlen"]
 
@@ -139,7 +139,7 @@ class DnALayer(nn.Module):
     def run_kernel(self, q, q_neg, k, v, v_neg, attn_mask, cu_seqlens, dropout_p: float, scale):
         """The layer's one call into the DnA kernel, with the mask in the kernel's form.
 
-        This is the hook point for observers: ``dna_vlm.eval.capture.capture_attention`` wraps it on chosen
+        This is the hook point for observers: ``dna_vlm.eval.inspection.capture.capture_attention`` wraps it on chosen
         layers for the duration of a ``with`` block (the production path has no capture code).
         In the control arm (``self.neg is None``) ``q_neg`` / ``v_neg`` are None and the positive branch runs
         alone (:func:`softmax_attention`).

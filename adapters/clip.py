@@ -1,8 +1,8 @@
 """CLIP towers (``CLIPAttention``): LLaVA, LLaVA-NeXT-Video, Video-LLaVA (whose image and video towers are
 both patched). CLIP text encoders use the same class: only modules inside a vision tower are replaced."""
 
-from .base import Adapter
-from .common import SeparateQKVLayer
+from dna_vlm.adapters.base import Adapter
+from dna_vlm.adapters.common import SeparateQKVLayer
 
 
 class ClipLayer(SeparateQKVLayer):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
+from dna_vlm.adapters.base import DnALayer, kernel_mask
 from torch import nn
 
-from dna_vlm.module import attention_dropout_p
-
-from .base import DnALayer, kernel_mask
+from dna_vlm.attention import attention_dropout_p
 
 
 def _split_heads_bnd(t: torch.Tensor | None, head_dim: int) -> torch.Tensor | None:

@@ -1,7 +1,7 @@
 """InternVL towers (``InternVLVisionAttention``): separate q/k/v, optional q/k RMSNorm, ``projection_layer``."""
 
-from .base import Adapter
-from .common import SeparateQKVLayer
+from dna_vlm.adapters.base import Adapter
+from dna_vlm.adapters.common import SeparateQKVLayer
 
 
 class InternVLLayer(SeparateQKVLayer):

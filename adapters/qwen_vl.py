@@ -3,12 +3,11 @@
 Qwen2.5-VL's window-attention layers receive the window ``cu_seqlens`` from the tower itself, so the same
 layer body covers full and windowed layers."""
 
+from dna_vlm.adapters.base import Adapter
+from dna_vlm.adapters.common import PackedRotaryLayer
 from torch import nn
 
-from dna_vlm.module import split_fused_qv
-
-from .base import Adapter
-from .common import PackedRotaryLayer
+from dna_vlm.attention import split_fused_qv
 
 
 class QwenVisionLayer(PackedRotaryLayer):

@@ -1,7 +1,7 @@
 """SigLIP / SigLIP2-style towers (``SiglipAttention``): LLaVA-OneVision and other SigLIP-based VLMs."""
 
-from .base import Adapter
-from .common import SeparateQKVLayer
+from dna_vlm.adapters.base import Adapter
+from dna_vlm.adapters.common import SeparateQKVLayer
 
 
 class SiglipLayer(SeparateQKVLayer):

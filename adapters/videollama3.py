@@ -1,7 +1,7 @@
 """VideoLLaMA3 towers (``VideoLlama3VisionAttention``): separate q/k/v, 2-D rotary, ``cu_seqlens`` packing."""
 
-from .base import Adapter
-from .common import PackedRotaryLayer
+from dna_vlm.adapters.base import Adapter
+from dna_vlm.adapters.common import PackedRotaryLayer
 
 
 class VideoLlama3Layer(PackedRotaryLayer):

@@ -2,11 +2,16 @@
 
 __version__ = "0.1.0"
 
-from .checkpoint import load_dna, save_dna
-from .errors import AlreadyPatchedError, CheckpointMismatchError, NotPatchedError, UnsupportedModelError
-from .kernel import block_diagonal_mask, dna_attention, dna_attention_varlen, use_impl
-from .module import DnAAttention, DnAOptions, NegativeBranch, SoftmaxAttention
-from .patching import (
+from dna_vlm.attention import DnAAttention, DnAOptions, NegativeBranch, SoftmaxAttention
+from dna_vlm.checkpoint import load_dna, save_dna
+from dna_vlm.errors import (
+    AlreadyPatchedError,
+    CheckpointMismatchError,
+    NotPatchedError,
+    UnsupportedModelError,
+)
+from dna_vlm.kernel import block_diagonal_mask, dna_attention, dna_attention_varlen, use_impl
+from dna_vlm.patching import (
     PatchReport,
     dna_layers,
     dna_parameters,

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
-from ._io import atomic_save_safetensors, atomic_write_json, load_safetensors, read_json
-from .errors import AlreadyPatchedError, CheckpointMismatchError, NotPatchedError
-from .patching import (
+from dna_vlm import __version__
+from dna_vlm.errors import AlreadyPatchedError, CheckpointMismatchError, NotPatchedError
+from dna_vlm.files import atomic_save_safetensors, atomic_write_json, load_safetensors, read_json
+from dna_vlm.patching import (
     dna_layers,
     find_adapter,
     is_patched,

@@ -13,24 +13,33 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from dna_vlm import __version__
 
 # subcommand -> (module holding its add_parser(), one-line help shown by `dna-vlm --help`)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "attribute": (
-        "dna_vlm.eval.attribute",
+        "dna_vlm.eval.attribute.compare",
         "paired comparison of two lmms-eval sample logs (accuracy CIs, McNemar, flips, groups, blind)",
     ),
     "inspect": (
-        "dna_vlm.eval.inspect_dna",
+        "dna_vlm.eval.inspection.run",
         "DnA diagnostics: V+/V- principal angles, lambdas, attention entropies and overlays",
     ),
-    "probe": ("dna_vlm.eval.probe", "encoder-level accuracy: linear probe on the visual tokens the LLM gets"),
-    "bench": ("dna_vlm.bench", "benchmark DnA against stock attention (ratios measured in one run)"),
-    "demo": ("dna_vlm.eval.demo", "the whole mission end to end on the embedded default (no downloads)"),
-    "tiny-model": ("dna_vlm.tiny", "write the embedded tiny LLaVA-OneVision video LLM (no download)"),
+    "probe": (
+        "dna_vlm.eval.probe.run",
+        "encoder-level accuracy: linear probe on the visual tokens the LLM gets",
+    ),
+    "bench": (
+        "dna_vlm.bench.attention",
+        "benchmark DnA against stock attention (ratios measured in one run)",
+    ),
+    "demo": (
+        "dna_vlm.eval.demo.pipeline",
+        "the whole mission end to end on the embedded default (no downloads)",
+    ),
+    "tiny-model": ("dna_vlm.tiny.default", "write the embedded tiny LLaVA-OneVision video LLM (no download)"),
     "train": ("dna_vlm.train", "LoRA-tune the vision tower -> projector path (DnA or softmax control arm)"),
-    "synth-data": ("dna_vlm.synth", "generate the synthetic dense-scene video QA set"),
+    "synth-data": ("dna_vlm.data.synth", "generate the synthetic dense-scene video QA set"),
 }
 
 

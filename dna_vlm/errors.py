@@ -15,7 +15,7 @@ class UnsupportedModelError(ValueError):
             "Supported vision-attention classes (family: classes):\n" + "\n".join(lines) + "\n"
             "To add this tower: one file in the project's adapters/ folder (installed as dna_vlm.adapters), "
             "one line in the ADAPTERS table of adapters/__init__.py and one tiny-config entry in "
-            "tests/families.py (README.md, 'Supported models'); or open an issue."
+            "dna_vlm/tiny/families.py (README.md, 'Supported models'); or open an issue."
         )
 
 
@@ -29,3 +29,7 @@ class NotPatchedError(ValueError):
 
 class CheckpointMismatchError(ValueError):
     """A save_dna checkpoint does not fit the model it is loaded into."""
+
+
+class VideoError(ValueError):
+    """A video cannot be read or sampled as asked; the message names the file."""

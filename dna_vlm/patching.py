@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import AlreadyPatchedError, NotPatchedError, UnsupportedModelError
-from .module import DnAOptions
+from dna_vlm.attention import DnAOptions
+from dna_vlm.errors import AlreadyPatchedError, NotPatchedError, UnsupportedModelError
 
 __all__ = [
     "PatchReport",
@@ -354,7 +354,7 @@ def attention_kernel(model: nn.Module) -> str:
     ``"hf-<attn_implementation>"`` (its own attention: not comparable bit for bit with a DnA arm). Recorded at
     training time (with gradients: SDPA); a low-rank arm evaluated on CPU without gradients runs the score-reuse
     kernel (``NegativeBranch.scores_applicable``), equal to the SDPA path to float rounding."""
-    from .kernel import current_impl
+    from dna_vlm.kernel import current_impl
 
     if patch_state(model) is not None:
         return "dna_vlm-" + ("reference" if current_impl() == "reference" else "sdpa")

@@ -5,7 +5,7 @@ Paired 0/1 correctness of two models on the same docs: Wilson intervals, the exa
 paired comparison (:func:`compare`) and an OLS trend of the per-doc delta over a numeric field
 (``scipy.stats.linregress`` + a bootstrap CI). Every random quantity draws from its own stream
 (:func:`quantity_rng`), so adding a group or an arm never changes another quantity's CI.
-``dna_vlm.eval.attribute.DEFINITIONS`` defines each number in words.
+``dna_vlm.eval.attribute.compare.DEFINITIONS`` defines each number in words.
 """
 
 from __future__ import annotations

@@ -5,18 +5,12 @@ function, packed videos do not attend to each other, and eager / sdpa give the s
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import families as F
-
 import dna_vlm
 from dna_vlm.patching import dna_layers, dna_named_parameters
+from dna_vlm.tiny import families as F
 
 #: the adapter families this file tests (tests/test_registry.py checks it equals the registry)
 #: (every test below runs on each tiny model of tests/families.py; each family there names its adapter)

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from dna_vlm.eval.attribute import AttributionError, attribute, load_samples, summary_table
-from dna_vlm.eval.records import (
+from dna_vlm.eval.attribute.compare import AttributionError, attribute, load_samples, summary_table
+from dna_vlm.eval.logs.records import (
     FAILED_LOGLIKELIHOOD,
     SampleRecord,
     failed_response,

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from dna_vlm.bench import (
+from dna_vlm.attention import SoftmaxAttention
+from dna_vlm.bench.attention import (
     CORE_FLOOR,
     QUICK,
     SHAPES,
@@ -19,7 +20,6 @@ from dna_vlm.bench import (
     peak_memory,
 )
 from dna_vlm.cli import main
-from dna_vlm.module import SoftmaxAttention
 
 
 def test_lowrank_flop_floors():

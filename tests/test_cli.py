@@ -5,7 +5,7 @@ import json
 import pytest
 
 import dna_vlm
-from dna_vlm.bench import SHAPES, flop_floor
+from dna_vlm.bench.attention import SHAPES, flop_floor
 from dna_vlm.cli import SUBCOMMANDS, main
 
 

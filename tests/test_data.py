@@ -1,11 +1,11 @@
-"""dna_vlm.data: JSONL loading, validation errors with file:line, atomic writing."""
+"""dna_vlm.data.dataset: JSONL loading, validation errors with file:line, atomic writing."""
 
 import json
 import os
 
 import pytest
 
-from dna_vlm.data import DatasetError, Example, load_dataset, write_jsonl
+from dna_vlm.data.dataset import DatasetError, Example, load_dataset, write_jsonl
 
 
 def _write(path, lines):
@@ -141,7 +141,7 @@ def test_write_jsonl_roundtrip_and_atomic(tmp_path):
 
 
 def test_dataset_identity_changes_with_content_and_ids(tmp_path):
-    from dna_vlm.data import dataset_identity
+    from dna_vlm.data.dataset import dataset_identity
 
     p = _write(tmp_path / "d.jsonl", [_row(), _row(id="b")])
     ident = dataset_identity(p, load_dataset(p))

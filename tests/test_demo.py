@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from dna_vlm.eval.demo import ENCODER_RUNS, SIZES, run_demo
+from dna_vlm.eval.demo.pipeline import ENCODER_RUNS, SIZES, run_demo
 
 from dna_vlm.cli import main
 
@@ -99,7 +99,7 @@ def test_demo_resumes_finished_stages(demo_dir, capsys):
 
 def test_verdict_needs_the_exact_test_to_agree_with_the_bootstrap_ci():
     """4 one-sided flips out of 240: the percentile bootstrap CI excludes 0, exact McNemar p = 0.125."""
-    from dna_vlm.eval.demo_report import verdict
+    from dna_vlm.eval.demo.render import verdict
 
     few = {"delta": -4 / 240, "delta_ci95": [-0.033, -0.004], "mcnemar_p": 0.125, "fixed": 0, "broken": 4}
     text = verdict({0: few})

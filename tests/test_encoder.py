@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from dna_vlm.eval.encoder import (
+from dna_vlm.eval.attribute.encoder_section import (
     EncoderError,
     add_encoder_args,
     carry_through,

@@ -12,18 +12,14 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import families as F
-
 import dna_vlm
 from dna_vlm.patching import attention_kernel, dna_layers, dna_named_parameters, patch_state
+from dna_vlm.tiny import families as F
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -174,7 +170,7 @@ def test_lambda_moves_under_bf16_with_fp32_master_weights(train_env, tmp_path):
 
 
 def test_run_config_records_the_attention_kernel(tmp_path):
-    from dna_vlm.rundir import RunConfig
+    from dna_vlm.runs.config import RunConfig
 
     rc = RunConfig(base_model="m", attention="softmax", num_frames=4, attention_kernel="dna_vlm-sdpa")
     rc.write(tmp_path)

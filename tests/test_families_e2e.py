@@ -10,16 +10,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import lmms_env, make_dataset
 
-from dna_vlm.tiny import build_tiny_model, tiny_families
+from dna_vlm.tiny.default import build_tiny_model, tiny_families
 
 FAMILIES = tiny_families()
 #: every family, LLaVA-1.5 included (its image-only processor gets each sampled frame as one image)
@@ -125,8 +122,8 @@ MODES = {"qwen2_vl": "lora", "qwen3_vl": "full", "video_llama_3": "frozen", "int
 
 
 def _batch(processor, data: Path):
-    from dna_vlm.prompting import build_inputs, format_question
-    from dna_vlm.video import sample_frames
+    from dna_vlm.data.prompting import build_inputs, format_question
+    from dna_vlm.video.decode import sample_frames
 
     rows = [json.loads(x) for x in data.read_text().splitlines()[:2]]
     frames = [sample_frames(data.parent / r["video"], num_frames=4) for r in rows]
@@ -137,10 +134,10 @@ def _batch(processor, data: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
 def test_family_trains_saves_loads_and_evaluates(dirs, tmp_path, family):
-    from dna_vlm.eval.run_lmms import run_lmms
+    from dna_vlm.eval.lmms.run import run_lmms
     from safetensors.torch import load_file
 
-    from dna_vlm.runs import load_model
+    from dna_vlm.runs.loading import load_model
     from dna_vlm.train.trainer import Trainer
 
     mode = MODES.get(family, "full")

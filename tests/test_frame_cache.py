@@ -1,4 +1,4 @@
-"""dna_vlm.frame_cache: identity and keys, hits and misses, changed files, concurrent writers, no pickle."""
+"""dna_vlm.video.cache: identity and keys, hits and misses, changed files, concurrent writers, no pickle."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dna_vlm.frame_cache import (
+from dna_vlm.video.cache import (
     FrameCache,
     FrameMemory,
     frame_key,
@@ -18,7 +18,8 @@ from dna_vlm.frame_cache import (
     sampling_params,
     video_identity,
 )
-from dna_vlm.video import sample_frames, write_video
+from dna_vlm.video.decode import sample_frames
+from dna_vlm.video.write import write_video
 
 FPS = 8
 LEVEL = 6
@@ -204,7 +205,7 @@ def test_cache_root_must_be_a_directory(tmp_path):
 _WORKER = """
 import sys
 import time
-from dna_vlm.frame_cache import FrameCache
+from dna_vlm.video.cache import FrameCache
 c = FrameCache(sys.argv[1])
 for _ in range(3):
     f = c.sample(sys.argv[2], num_frames=6)
@@ -233,7 +234,6 @@ def test_training_with_frame_cache_and_prefetch_matches_plain_run(tmp_path):
     the same seed reads every video from the cache; --seek keyframe trains too."""
     import json
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from train_helpers import make_dataset, tiny_model
 
     from dna_vlm.train import TrainConfig, train
@@ -261,7 +261,7 @@ def test_training_with_frame_cache_and_prefetch_matches_plain_run(tmp_path):
 
 
 def test_frame_memory_missing_video_is_the_decoders_error(tmp_path):
-    from dna_vlm.video import VideoError
+    from dna_vlm.video.decode import VideoError
 
     with pytest.raises(VideoError, match="video file not found"):
         FrameMemory(max_mb=16).sample(tmp_path / "gone.mp4", num_frames=4)

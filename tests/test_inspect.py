@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from dna_vlm.eval.capture import attention_probs, capture_attention, is_capturing
-from dna_vlm.eval.inspect_dna import (
+from dna_vlm.eval.inspection.capture import attention_probs, capture_attention, is_capturing
+from dna_vlm.eval.inspection.run import (
     attention_entropy,
     inspect_model,
     principal_angles_deg,
@@ -49,7 +49,7 @@ def test_entropy_uniform_and_one_hot():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from dna_vlm.tiny import build_tiny_model
+    from dna_vlm.tiny.default import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -74,7 +74,7 @@ def _perturb(model, seed=0):
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    from dna_vlm.video import write_video
+    from dna_vlm.video.write import write_video
 
     frames = np.zeros((10, 48, 64, 3), np.uint8)
     for t in range(10):
@@ -181,8 +181,9 @@ def test_cli_inspect_run_dir(tiny, video, tmp_path, capsys):
 
 def test_inspect_packed_tower_qwen2_5_vl(tmp_path):
     """Packed (cu_seqlens) towers: entropies per attention segment (Qwen2.5-VL windows vs full layers)."""
-    import families as F
     from transformers import Qwen2VLVideoProcessor
+
+    from dna_vlm.tiny import families as F
 
     model, _ = F.build("qwen2_5_vl")
     dna_vlm.patch(model)
@@ -227,7 +228,7 @@ def test_attention_probs_are_the_kernels(masked):
 
 @pytest.mark.parametrize("model_type", ["llava_onevision", "qwen2_5_vl"])
 def test_capture_leaves_the_forward_bit_identical_and_unhooks(model_type):
-    import families as F
+    from dna_vlm.tiny import families as F
 
     model, inputs = F.build(model_type)
     dna_vlm.patch(model)

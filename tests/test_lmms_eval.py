@@ -19,9 +19,9 @@ import torch
 
 lmms_eval = pytest.importorskip("lmms_eval")
 
-from dna_vlm.eval import lmms_compat  # noqa: E402
-from dna_vlm.eval.records import read_provenance  # noqa: E402
-from dna_vlm.eval.run_lmms import TASKS_DIR, LmmsEvalError, build_command, read_samples, run_lmms  # noqa: E402
+from dna_vlm.eval.lmms import compat as lmms_compat  # noqa: E402
+from dna_vlm.eval.lmms.run import TASKS_DIR, LmmsEvalError, build_command, read_samples, run_lmms  # noqa: E402
+from dna_vlm.eval.logs.records import read_provenance  # noqa: E402
 from train_helpers import lmms_env, write_dna_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,9 +43,9 @@ def assets(tmp_path_factory):
     """tiny model, synthetic test split (4 rows, row 2's video corrupt), a generic JSONL (MCQ + open-ended +
     missing video), a training-style run dir (DnA) and a bare save_dna dir."""
     import dna_vlm
-    from dna_vlm.runs import load_model
-    from dna_vlm.synth import generate_dataset
-    from dna_vlm.tiny import build_tiny_model
+    from dna_vlm.data.synth import generate_dataset
+    from dna_vlm.runs.loading import load_model
+    from dna_vlm.tiny.default import build_tiny_model
 
     root = tmp_path_factory.mktemp("lmms")
     tiny = build_tiny_model(root / "tiny")
@@ -120,7 +120,7 @@ def _instances(reqtype, args_list):
 
 
 def test_manifest_and_pyproject_entry_point():
-    from dna_vlm.eval import lmms_plugin
+    from dna_vlm.eval.lmms import plugin as lmms_plugin
     from lmms_eval.api.model import lmms
     from lmms_eval.models.registry_v2 import ModelRegistryV2
 
@@ -129,10 +129,10 @@ def test_manifest_and_pyproject_entry_point():
         import tomllib
     except ImportError:  # Python 3.10
         assert '[project.entry-points."lmms_eval.models"]\n' in text
-        assert 'dna_vlm = "dna_vlm.eval.lmms_plugin:manifests"' in text
+        assert 'dna_vlm = "dna_vlm.eval.lmms.plugin:manifests"' in text
     else:
         eps = tomllib.loads(text)["project"]["entry-points"]["lmms_eval.models"]
-        assert eps == {"dna_vlm": "dna_vlm.eval.lmms_plugin:manifests"}
+        assert eps == {"dna_vlm": "dna_vlm.eval.lmms.plugin:manifests"}
     reg = ModelRegistryV2()
     for m in reg._coerce_payload_to_manifests(lmms_plugin.manifests):
         reg.register_manifest(m)
@@ -216,7 +216,7 @@ _IMPORT_ORDER_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import lmms_eval.evaluator as ev   # imports lmms_eval.models -> loads the entry point -> plugin
-    out = {"plugin_loaded": "dna_vlm.eval.lmms_plugin" in sys.modules}
+    out = {"plugin_loaded": "dna_vlm.eval.lmms.plugin" in sys.modules}
     from lmms_eval import models
     out["model_class"] = models.get_model("dna_vlm").__name__
     text, _ = ev.unwrap_generation_output((-1.5, True))
@@ -331,7 +331,7 @@ def test_task_helpers(monkeypatch):
 
 @pytest.fixture(scope="module")
 def plugin(assets):
-    from dna_vlm.eval.lmms_plugin import DnaVLM
+    from dna_vlm.eval.lmms.plugin import DnaVLM
 
     u = _load_utils()
     m = DnaVLM(pretrained=str(assets["tiny"]), max_frames=4, batch_size=2, bad_video="skip")
@@ -379,8 +379,8 @@ def test_generate_until_failure_blind_and_batching(plugin):
 def test_loglikelihood_is_mean_nll_of_the_continuation(plugin):
     import torch.nn.functional as F
 
-    from dna_vlm.prompting import build_inputs
-    from dna_vlm.video import sample_frames
+    from dna_vlm.data.prompting import build_inputs
+    from dna_vlm.video.decode import sample_frames
 
     m, u, docs = plugin
     ctx = u.doc_to_text(docs[0])
@@ -430,7 +430,7 @@ def test_generate_until_multi_round(plugin):
 
 
 def test_attention_dna_run_dir_and_save_dna_dir_load(assets):
-    from dna_vlm.eval.lmms_plugin import DnaVLM
+    from dna_vlm.eval.lmms.plugin import DnaVLM
 
     import dna_vlm
 

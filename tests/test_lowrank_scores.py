@@ -4,22 +4,16 @@ the materialised Q- / V-, and where the layers use it: CPU inference of CLIP / S
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import families as F
-from dna_vlm.eval.capture import capture_attention
+from dna_vlm.eval.inspection.capture import capture_attention
 
 import dna_vlm
-import dna_vlm.module as module
+import dna_vlm.attention as module
+from dna_vlm.attention import DnAAttention
 from dna_vlm.kernel import dna_attention_lowrank_scores, dna_attention_reference, use_impl
-from dna_vlm.module import DnAAttention
 from dna_vlm.patching import dna_layers
+from dna_vlm.tiny import families as F
 
 DT = torch.float64
 

@@ -7,8 +7,8 @@ from transformers import SiglipVisionConfig
 from transformers.models.siglip.modeling_siglip import SiglipAttention
 
 from dna_vlm import DnAAttention, DnAOptions, SoftmaxAttention
+from dna_vlm.attention import negative_branch_num_params
 from dna_vlm.kernel import use_impl
-from dna_vlm.module import negative_branch_num_params
 
 
 def _stock(dim=32, heads=4, bias=True):

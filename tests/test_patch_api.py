@@ -4,15 +4,9 @@ dna_parameters, PEFT wrapping (patch -> get_peft_model -> mark_dna_trainable -> 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import families as F
 
 import dna_vlm
 from dna_vlm import (
@@ -29,6 +23,7 @@ from dna_vlm.patching import (
     mark_dna_trainable,
     patch_state,
 )
+from dna_vlm.tiny import families as F
 
 
 def _logits(model, inputs):

@@ -5,7 +5,7 @@ when no letter parses, the stock ``multiple_choice`` metric), two of them with c
 - frames belong to their video: a task's per-doc outputs are identical alone and together with another;
 - ``bad_video=skip``: every failed sample is recognisable from the sample log, scored wrong by the stock
   metric, listed in the provenance and in the end-of-run summary;
-- ``bad_video=fail`` (default): ``python -m dna_vlm.eval.run_lmms`` exits non-zero listing every unreadable
+- ``bad_video=fail`` (default): ``python -m dna_vlm.eval.lmms.run`` exits non-zero listing every unreadable
   video;
 - the provenance is in the results JSON and beside the sample logs.
 """
@@ -22,8 +22,8 @@ import pytest
 
 pytest.importorskip("lmms_eval")
 
-from dna_vlm.eval.records import read_provenance, row_failure
-from dna_vlm.eval.run_lmms import read_samples, run_lmms
+from dna_vlm.eval.lmms.run import read_samples, run_lmms
+from dna_vlm.eval.logs.records import read_provenance, row_failure
 from train_helpers import lmms_env, make_clip
 
 pytestmark = pytest.mark.slow
@@ -128,7 +128,7 @@ def _rows(videos: list[Path], answers: str) -> str:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from dna_vlm.tiny import build_tiny_model
+    from dna_vlm.tiny.default import build_tiny_model
 
     root = tmp_path_factory.mktemp("plugin_cli")
     tiny = build_tiny_model(root / "tiny")
@@ -206,7 +206,7 @@ def test_fail_is_the_default_and_run_lmms_exits_non_zero(setup):
     cmd = [
         sys.executable,
         "-m",
-        "dna_vlm.eval.run_lmms",
+        "dna_vlm.eval.lmms.run",
         "--model_args",
         f"pretrained={setup['tiny']},max_frames=2",
         "--tasks",

@@ -14,8 +14,8 @@ import torch
 
 pytest.importorskip("lmms_eval")
 
-from dna_vlm.eval.lmms_controls import Controls, ProjectorNoise, apply_video_control
-from dna_vlm.eval.records import (
+from dna_vlm.eval.lmms.controls import Controls, ProjectorNoise, apply_video_control
+from dna_vlm.eval.logs.records import (
     FAILED_GOLD_LOSS,
     FAILED_LOSS,
     failed_response,
@@ -51,7 +51,7 @@ class FakeTask:
 
 
 def _text(doc) -> str:
-    from dna_vlm.prompting import format_question
+    from dna_vlm.data.prompting import format_question
 
     return format_question(doc["question"], doc["options"])
 
@@ -67,7 +67,7 @@ def _blind(doc):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """tiny model dir + 4 docs: two real clips (different colours), a corrupt file and a missing file."""
-    from dna_vlm.tiny import build_tiny_model
+    from dna_vlm.tiny.default import build_tiny_model
 
     root = tmp_path_factory.mktemp("plugin_inputs")
     tiny = build_tiny_model(root / "tiny")
@@ -86,7 +86,7 @@ def env(tmp_path_factory):
 
 
 def _model(env, **kw):
-    from dna_vlm.eval.lmms_plugin import DnaVLM
+    from dna_vlm.eval.lmms.plugin import DnaVLM
 
     m = DnaVLM(pretrained=str(env["tiny"]), max_frames=4, **kw)
     m.task_dict = {"t": {"test": env["docs"]}, "u": {"test": env["docs"][:2]}}
@@ -157,7 +157,7 @@ def test_video_none_equals_the_blind_task(env, full):
 
 
 def _projector_outputs(m, reqs, run):
-    from dna_vlm.runs import find_projector
+    from dna_vlm.runs.loading import find_projector
 
     seen = []
     _name, proj = find_projector(m.model)
@@ -211,7 +211,7 @@ def test_projector_noise_hook_alone():
 
 
 def test_bad_video_fail_lists_every_unreadable_video_before_any_forward(env, monkeypatch):
-    from dna_vlm.eval.lmms_plugin import BadVideoError
+    from dna_vlm.eval.lmms.plugin import BadVideoError
 
     m = _model(env)  # default: fail
     assert m.provenance["bad_video"] == "fail"
@@ -348,7 +348,7 @@ def test_provenance_record_and_reader(env, full, tmp_path):
 
 def test_patched_model_provenance_has_table_and_weights(env, tmp_path):
     import dna_vlm
-    from dna_vlm.runs import load_model
+    from dna_vlm.runs.loading import load_model
 
     model, _ = load_model(pretrained=str(env["tiny"]))
     dna_vlm.patch(model)
@@ -381,7 +381,7 @@ def test_frame_cache_prefetch_and_seek_model_args(env, full, tmp_path):
 
 
 def test_run_lmms_failure_summary_and_bad_video_block(tmp_path):
-    from dna_vlm.eval.run_lmms import bad_video_block, failure_summary, format_failures
+    from dna_vlm.eval.lmms.run import bad_video_block, failure_summary, format_failures
 
     log = tmp_path / "x_samples_t.jsonl"
     rows = [
@@ -407,9 +407,9 @@ def test_short_clip_repeats_frames_instead_of_failing(tmp_path):
     """A clip with fewer frames than max_frames is evaluated (frames repeated, logged), as lmms-eval's own
     loaders do, rather than failing the doc; the repeat policy is part of the cache key's sampling."""
     import numpy as np
-    from dna_vlm.eval.lmms_visuals import FrameLoader, Visual
+    from dna_vlm.eval.lmms.visuals import FrameLoader, Visual
 
-    from dna_vlm.video import write_video
+    from dna_vlm.video.write import write_video
 
     clip = write_video(tmp_path / "short.mp4", np.full((4, 32, 32, 3), 90, np.uint8), fps=4)
     loader = FrameLoader(max_frames=8, fps=None)

@@ -1,10 +1,10 @@
-"""dna_vlm.prefetch: order, per-item errors, bounded look-ahead, early close, the wait meter (no timing)."""
+"""dna_vlm.video.prefetch: order, per-item errors, bounded look-ahead, early close, the wait meter (no timing)."""
 
 import threading
 
 import pytest
 
-from dna_vlm.prefetch import Prefetched, WaitMeter, prefetch_iter, prefetch_map
+from dna_vlm.video.prefetch import Prefetched, WaitMeter, prefetch_iter, prefetch_map
 
 
 def _square(x):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dna_vlm.eval.probe import compare_arms, probe_arms, run_probe
-from dna_vlm.eval.probe_features import pool_tokens
-from dna_vlm.eval.probe_fit import fit_many, fit_probe
+from dna_vlm.eval.probe.features import pool_tokens
+from dna_vlm.eval.probe.fit import fit_many, fit_probe
+from dna_vlm.eval.probe.run import compare_arms, probe_arms, run_probe
 from dna_vlm.eval.stats import wilson_ci
 
 
@@ -100,8 +100,8 @@ def test_probe_arms_pairs_arms_on_test_rows():
 def test_probe_end_to_end_on_the_synthetic_set(tmp_path):
     """Real features of the embedded tiny model: colour is far above chance, shuffled labels are not, the
     oracle rows are scored, and the asked view follows each row's category."""
-    from dna_vlm.synth import generate_dataset
-    from dna_vlm.tiny import build_tiny_model
+    from dna_vlm.data.synth import generate_dataset
+    from dna_vlm.tiny.default import build_tiny_model
 
     data = generate_dataset(tmp_path / "d", n_train=120, n_val=0, n_test=48)
     model = build_tiny_model(tmp_path / "m")
@@ -126,7 +126,7 @@ def test_probe_end_to_end_on_the_synthetic_set(tmp_path):
 
 def test_cli_refuses_a_missing_label_before_loading_models(tmp_path, capsys):
     from dna_vlm.cli import main
-    from dna_vlm.synth import generate_dataset
+    from dna_vlm.data.synth import generate_dataset
 
     data = generate_dataset(tmp_path / "d", n_train=8, n_val=0, n_test=4)
     args = ["probe", "--model", str(tmp_path / "no-model"), "--train", data["train"], "--test", data["test"]]

@@ -18,9 +18,9 @@ import pytest
 
 lmms_eval = pytest.importorskip("lmms_eval")
 
-from dna_vlm.eval.readers import READERS, find_reader, pairing_task, video_free  # noqa: E402
-from dna_vlm.eval.records import failed_losses, failed_response  # noqa: E402
-from dna_vlm.eval.samples import AttributionError, load_samples  # noqa: E402
+from dna_vlm.eval.logs.readers import READERS, find_reader, pairing_task, video_free  # noqa: E402
+from dna_vlm.eval.logs.records import failed_losses, failed_response  # noqa: E402
+from dna_vlm.eval.logs.samples import AttributionError, load_samples  # noqa: E402
 
 
 def stock(module: str):

@@ -4,20 +4,15 @@ and each family's tiny model is picked by the right adapter, with its tower and 
 from __future__ import annotations
 
 import importlib
-import sys
-from pathlib import Path
 
 import pytest
-from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import families as F
 import test_adapters
 from dna_vlm.adapters import ADAPTERS, Adapter, DnALayer
+from torch import nn
 
 import dna_vlm
 from dna_vlm.patching import find_adapter
+from dna_vlm.tiny import families as F
 
 #: the model types the issue lists; each needs a tiny model in tests/families.py
 REQUIRED_MODEL_TYPES = {

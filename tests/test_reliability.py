@@ -18,16 +18,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from dna_vlm._io import SafetensorsFileError, atomic_save_safetensors, load_safetensors
-from dna_vlm.lock import LOCK_FILE, LockedError, OutputLock
-from dna_vlm.rundir import RunError
-from dna_vlm.runs import load_model, verify_run_dir
-from dna_vlm.train import TrainConfig, TrainError, TrainInterrupted, train
-from dna_vlm.train.finalize import FAULT_ENV
-
-sys.path.insert(0, str(Path(__file__).parent))
+from faults import FAULT_ENV
+from faults import command as fault_command
 from train_helpers import make_dataset, tiny_model
+
+from dna_vlm.files import SafetensorsFileError, atomic_save_safetensors, load_safetensors
+from dna_vlm.runs.config import RunError
+from dna_vlm.runs.loading import load_model, verify_run_dir
+from dna_vlm.runs.lock import LOCK_FILE, LockedError, OutputLock
+from dna_vlm.train import TrainConfig, TrainError, TrainInterrupted, train
 
 FAST = dict(num_frames=4, batch_size=4, lr=3e-3, progress=False)
 
@@ -64,7 +63,7 @@ def _losses(run: Path) -> list[float]:
 
 def _cli(env, out, *extra, kill_at: str | None = None, timeout=300) -> subprocess.CompletedProcess:
     """``dna-vlm train`` in a real subprocess (optionally killed / signalled at a fault point)."""
-    args = [sys.executable, "-m", "dna_vlm", "train", "--model", env["model"], "--data", env["data"],
+    args = [*fault_command("train"), "--model", env["model"], "--data", env["data"],
             "--output", str(out), "--num-frames", "4", "--batch-size", "4", "--lr", "3e-3", "--no-progress",
             *extra]  # fmt: skip
     penv = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -85,7 +84,7 @@ def _default_sigint() -> None:
 def _holder(path: Path) -> subprocess.Popen:
     """Another process holding ``path``'s lock until killed (prints 'locked' once it holds it)."""
     code = (
-        f"from dna_vlm.lock import OutputLock; import time; lock = OutputLock({str(path)!r}, 'test').acquire()\n"
+        f"from dna_vlm.runs.lock import OutputLock; import time; lock = OutputLock({str(path)!r}, 'test').acquire()\n"
         "print('locked', flush=True); time.sleep(600)"
     )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -121,7 +120,7 @@ def test_second_writer_fails_at_once_naming_the_holder_then_stale_lock_is_taken_
 
 def test_demo_refuses_an_output_dir_in_use(tmp_path, capsys):
     """CASE two `dna-vlm demo --out SAME`."""
-    from dna_vlm.eval.demo import main
+    from dna_vlm.eval.demo.pipeline import main
 
     holder = _holder(tmp_path / "demo")
     try:
@@ -250,7 +249,7 @@ def test_resume_refuses_changed_data_and_another_base_but_accepts_other_spelling
         train(_cfg(env, moved, model=str(model), data=str(data), max_steps=4, resume=True))
     data.write_text("\n".join(rows) + "\n")
 
-    from dna_vlm.tiny import build_tiny_model
+    from dna_vlm.tiny.default import build_tiny_model
 
     shutil.rmtree(model)
     build_tiny_model(model, seed=1)  # same architecture, other weights, same path
@@ -275,7 +274,7 @@ def test_truncated_checkpoint_on_resume_names_the_file(env, tmp_path):
 def test_loading_onto_another_base_is_refused_unless_asked(env, finished, tmp_path):
     """CASE a DnA run onto another checkpoint of the same shapes; CASE a softmax run onto a model of another
     size (with the override, the adapter's size mismatch is a clear error too)."""
-    from dna_vlm.tiny import build_tiny_model
+    from dna_vlm.tiny.default import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other", seed=1)
     with pytest.raises(RunError, match=r"another model: weights differ.*allow_base_mismatch"):
@@ -401,7 +400,7 @@ def test_sigterm_on_demo_exits_cleanly(tmp_path):
         "HF_HUB_OFFLINE": "1",
         FAULT_ENV: "train:model_load=SIGTERM",
     }
-    res = subprocess.run([sys.executable, "-m", "dna_vlm", "demo", "--size", "ci", "--out", str(tmp_path / "d")],
+    res = subprocess.run([*fault_command("demo"), "--size", "ci", "--out", str(tmp_path / "d")],
                          capture_output=True, text=True, env=penv, timeout=600)  # fmt: skip
     assert res.returncode == 130, res.stderr[-3000:]
     assert "dna-vlm demo: interrupted" in res.stderr and "Traceback" not in res.stderr
@@ -412,10 +411,10 @@ def test_sigterm_on_demo_exits_cleanly(tmp_path):
 def test_plugin_gets_the_same_checks(env, finished, tmp_path):
     """CASE invalid run_config.json through lmms-eval (run_lmms fails, naming the file); CASE the plugin's
     `pretrained=OTHER,dna=RUN` onto another base (refused; the environment override lets it load)."""
-    from dna_vlm.eval.lmms_plugin import DnaVLM
-    from dna_vlm.eval.run_lmms import LmmsEvalError, run_lmms
+    from dna_vlm.eval.lmms.plugin import DnaVLM
+    from dna_vlm.eval.lmms.run import LmmsEvalError, run_lmms
 
-    from dna_vlm.tiny import build_tiny_model
+    from dna_vlm.tiny.default import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other", seed=1)
     with pytest.raises(RunError, match="another model: weights differ"):

@@ -16,7 +16,7 @@ import yaml
 
 pytest.importorskip("lmms_eval")
 
-from dna_vlm.eval.run_lmms import (
+from dna_vlm.eval.lmms.run import (
     LmmsEvalError,
     LmmsRun,
     LmmsSpec,

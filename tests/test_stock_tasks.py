@@ -4,7 +4,7 @@ For each task: a few rows in the task's own schema (parquet) and small mp4s wher
 for them (under ``$HF_HOME``), and a YAML built from the stock YAML with every ``!function`` pointing at the
 stock module (``lmms_eval.tasks.<task>.utils.<fn>``, unchanged) -- only the data location differs
 (``dataset_path: parquet`` + ``data_files``) and the name (``<stock name>_local``: lmms-eval indexes its own
-tasks first, so a YAML with the stock name would be shadowed). Two runs of ``python -m dna_vlm.eval.run_lmms``
+tasks first, so a YAML with the stock name would be shadowed). Two runs of ``python -m dna_vlm.eval.lmms.run``
 (baseline: the stock tiny model; candidate: a DnA run dir, ``bad_video=skip``, one video deleted before it)
 cover every task; ``attribute`` then reads every log and its numbers are checked against lmms-eval's own
 aggregated results.
@@ -25,9 +25,9 @@ import yaml
 
 lmms_eval = pytest.importorskip("lmms_eval")
 
-from dna_vlm.eval.attribute import attribute  # noqa: E402
-from dna_vlm.eval.records import provenance_path  # noqa: E402
-from dna_vlm.eval.samples import AttributionError  # noqa: E402
+from dna_vlm.eval.attribute.compare import attribute  # noqa: E402
+from dna_vlm.eval.logs.records import provenance_path  # noqa: E402
+from dna_vlm.eval.logs.samples import AttributionError  # noqa: E402
 
 STOCK = Path(lmms_eval.__file__).parent / "tasks"
 SUBTASKS = ("action_count", "object_shuffle", "moving_count")  # of MVBench's 20 (3 video folders)
@@ -76,7 +76,7 @@ def local_yaml(stock_yaml: str, task: str, data: Path, split: str, **override) -
 
 
 def _video(path: Path, seed: int, frames: int = 16) -> None:
-    from dna_vlm.video import write_video
+    from dna_vlm.video.write import write_video
 
     rng = np.random.default_rng(seed)
     clip = np.repeat(rng.integers(0, 255, (frames, 1, 1, 3), dtype=np.uint8), 32, axis=1).repeat(32, axis=2)
@@ -190,8 +190,8 @@ def stock_runs(tmp_path_factory):
     from train_helpers import write_dna_run
 
     import dna_vlm
-    from dna_vlm.runs import load_model
-    from dna_vlm.tiny import build_tiny_model
+    from dna_vlm.runs.loading import load_model
+    from dna_vlm.tiny.default import build_tiny_model
 
     root = tmp_path_factory.mktemp("stock")
     hf = root / "hf"
@@ -239,11 +239,11 @@ def torch_no_grad():
 
 
 def _run(root: Path, hf: Path, model_args: str, tasks: list[str], name: str) -> dict:
-    """``python -m dna_vlm.eval.run_lmms`` (the wrapper that fails on failure) -> {"results", "samples"}."""
+    """``python -m dna_vlm.eval.lmms.run`` (the wrapper that fails on failure) -> {"results", "samples"}."""
     env = {**os.environ, "HF_HOME": str(hf), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_CACHE": str(root / "hfds"), "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}  # fmt: skip
-    cmd = [sys.executable, "-m", "dna_vlm.eval.run_lmms", "--model_args", model_args, "--tasks", ",".join(tasks),
+    cmd = [sys.executable, "-m", "dna_vlm.eval.lmms.run", "--model_args", model_args, "--tasks", ",".join(tasks),
            "--output_path", str(root / name), "--include_path", str(root / "tasks"), "--timeout", "1500"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1600, check=False)
     assert proc.returncode == 0, f"{proc.stderr[-6000:]}\n{proc.stdout[-2000:]}"

@@ -1,4 +1,4 @@
-"""dna_vlm.synth: the synthetic dense-scene video QA set."""
+"""dna_vlm.data.synth: the synthetic dense-scene video QA set."""
 
 import json
 from collections import Counter
@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dna_vlm import synth
 from dna_vlm.cli import main as cli_main
-from dna_vlm.data import LETTERS, load_dataset
-from dna_vlm.synth import CATEGORIES, COLORS, DIRECTIONS, SHAPES, VALUES, generate_dataset, render_clip
-from dna_vlm.video import sample_frames, video_info
+from dna_vlm.data import synth
+from dna_vlm.data.dataset import LETTERS, load_dataset
+from dna_vlm.data.synth import CATEGORIES, COLORS, DIRECTIONS, SHAPES, VALUES, generate_dataset, render_clip
+from dna_vlm.video.decode import sample_frames, video_info
 
 SMALL = dict(n_train=96, n_val=12, n_test=24, seed=0, max_density=3, frames=8, size=64)
 
@@ -136,7 +136,7 @@ def test_rendered_target_matches_answer(dataset):
         if row["density"] == 0:
             # shape: the target-coloured pixels match the stated shape better than any other shape's mask
             near = np.abs(f[0].astype(int) - np.asarray(COLORS[t["color"]])).max(axis=2) <= 60
-            from dna_vlm.synth import shape_mask
+            from dna_vlm.data.synth import shape_mask
 
             dx, dy = xx + 0.5 - x0, yy + 0.5 - y0
             iou = {

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dna_vlm.prompting import MCQ_INSTRUCTION, build_inputs, chat_prompt, format_question
-from dna_vlm.tiny import build_tiny_model, build_tokenizer
+from dna_vlm.data.prompting import MCQ_INSTRUCTION, build_inputs, chat_prompt, format_question
+from dna_vlm.tiny.default import build_tiny_model, build_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_build_inputs_errors(loaded):
 
 def test_load_model_base_and_dna_preserves_function(tiny, loaded):
     import dna_vlm
-    from dna_vlm.runs import load_model
+    from dna_vlm.runs.loading import load_model
 
     base, processor = load_model(tiny)
     patched, _ = load_model(tiny, attention="dna")
@@ -190,7 +190,7 @@ def test_load_model_base_and_dna_preserves_function(tiny, loaded):
 
 
 def test_load_model_errors(tmp_path, tiny):
-    from dna_vlm.runs import RunError, load_model, read_run_config
+    from dna_vlm.runs.loading import RunError, load_model, read_run_config
 
     with pytest.raises(RunError, match=r"run_config\.json not found"):
         read_run_config(tmp_path)
@@ -208,7 +208,7 @@ def test_load_model_errors(tmp_path, tiny):
 
 
 def test_load_model_bfloat16(tiny):
-    from dna_vlm.runs import load_model
+    from dna_vlm.runs.loading import load_model
 
     model, _ = load_model(tiny, attention="dna", dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
@@ -217,7 +217,7 @@ def test_load_model_bfloat16(tiny):
 def test_quantization_config_skips_tower_projector_head(tiny):
     from transformers import AutoConfig
 
-    from dna_vlm.runs import quantization_config
+    from dna_vlm.runs.loading import quantization_config
 
     q = quantization_config(AutoConfig.from_pretrained(tiny), torch.float32)
     assert q.load_in_4bit
@@ -227,7 +227,7 @@ def test_quantization_config_skips_tower_projector_head(tiny):
 def test_load_in_4bit_quantizes_only_the_llm(tiny):
     """bitsandbytes >= 0.45 runs 4-bit on CPU: the LLM's linears are Linear4bit, the tower/projector are not."""
     bnb = pytest.importorskip("bitsandbytes")
-    from dna_vlm.runs import load_model
+    from dna_vlm.runs.loading import load_model
 
     model, processor = load_model(tiny, attention="dna", load_in_4bit=True)
     assert isinstance(model.model.language_model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
@@ -240,13 +240,13 @@ def test_load_in_4bit_quantizes_only_the_llm(tiny):
 
 # ------------------------------------------------------------------------- every family (issue 12)
 #: families whose processor inserts per-frame text (timestamps, "FrameN:") into the video placeholder:
-#: dna_vlm.prompting._answer_labels finds the answer by expanding the placeholder token alone, so the labels
+#: dna_vlm.data.prompting._answer_labels finds the answer by expanding the placeholder token alone, so the labels
 #: start inside the video block (fix proposed in the issue-12 report; strict: passes once it is applied)
 
 
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
-    from dna_vlm.tiny import tiny_families
+    from dna_vlm.tiny.default import tiny_families
 
     root = tmp_path_factory.mktemp("tiny_families")
     return {f: build_tiny_model(root / f, family=f) for f in tiny_families()}
@@ -287,7 +287,7 @@ def test_every_family_builds_inputs_trains_and_generates(family_dirs, family):
     """Each tiny family: the adapter registry patches it, its processor builds a video batch whose labels mark
     exactly the answer and end of turn, the loss is finite, generation runs."""
     import dna_vlm
-    from dna_vlm.runs import load_base_model
+    from dna_vlm.runs.loading import load_base_model
 
     model, processor = load_base_model(family_dirs[family])
     assert model.config.model_type == family

@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import make_dataset, tiny_model
 
 from dna_vlm.train import TrainConfig, TrainError, TrainInterrupted, train
 from dna_vlm.train.model import build_model
 from dna_vlm.train.trainer import Trainer
-
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import make_dataset, tiny_model
 
 FAST = dict(num_frames=4, batch_size=4, lr=3e-3, progress=False)
 
@@ -64,9 +62,9 @@ def _llm_state(model) -> dict[str, torch.Tensor]:
 def test_short_run_lowers_loss_llm_untouched_and_run_dir_loads(env, tmp_path, attention, projector):
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from dna_vlm.prompting import build_inputs, format_question
-    from dna_vlm.runs import load_model
-    from dna_vlm.video import sample_frames
+    from dna_vlm.data.prompting import build_inputs, format_question
+    from dna_vlm.runs.loading import load_model
+    from dna_vlm.video.decode import sample_frames
 
     cfg = _cfg(
         env, tmp_path / "run", attention=attention, projector=projector, max_steps=24, eval_data=env["val"]
@@ -183,7 +181,7 @@ def test_config_validation(env, tmp_path):
 
 
 def test_malformed_row_fails_at_start_with_file_line(env, tmp_path):
-    from dna_vlm.data import DatasetError
+    from dna_vlm.data.dataset import DatasetError
 
     data = tmp_path / "broken.jsonl"
     lines = Path(env["data"]).read_text().splitlines()
@@ -377,8 +375,8 @@ def test_cli_options_generated_from_config_have_help_and_defaults(monkeypatch):
 
 
 def test_run_config_read_errors_name_the_file(tmp_path):
-    from dna_vlm.rundir import RunConfig, RunError
-    from dna_vlm.runs import read_run_config
+    from dna_vlm.runs.config import RunConfig, RunError
+    from dna_vlm.runs.loading import read_run_config
 
     path = tmp_path / "run_config.json"
     path.write_text('{"format": "dna-vlm-run/1", "base_model": ')
@@ -406,7 +404,7 @@ def test_run_config_read_errors_name_the_file(tmp_path):
 
 
 def test_find_language_model_under_peft(env, tmp_path):
-    from dna_vlm.runs import find_language_model
+    from dna_vlm.runs.loading import find_language_model
 
     model = build_model(_cfg(env, tmp_path / "x"), torch.device("cpu")).model
     lm = model.get_base_model().model.language_model

@@ -1,4 +1,4 @@
-"""dna_vlm.video: index maths (incl. property tests), real decord decoding, clear errors, writing, bench smoke."""
+"""dna_vlm.video.decode: index maths (incl. property tests), real decord decoding, clear errors, writing, bench smoke."""
 
 import argparse
 import os
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dna_vlm.video import (
+from dna_vlm.video.decode import (
     Frames,
     VideoError,
     fps_indices,
@@ -19,8 +19,8 @@ from dna_vlm.video import (
     uniform_indices,
     video_info,
     window_to_range,
-    write_video,
 )
+from dna_vlm.video.write import write_video
 
 FPS = 8
 N = 40  # frames in the test clip: 5 s at 8 fps
@@ -340,7 +340,7 @@ def test_write_video_errors(tmp_path, frames, fps, msg):
 
 
 def test_video_bench_quick(tmp_path, capsys):
-    from dna_vlm.video_bench import add_video_bench_args, main_video_bench
+    from dna_vlm.bench.video_decode import add_video_bench_args, main_video_bench
 
     parser = add_video_bench_args(argparse.ArgumentParser())
     args = parser.parse_args(["--quick", "--video-cache-dir", str(tmp_path)])
@@ -374,7 +374,7 @@ def test_decord_row_padding_widths(tmp_path, width, size):
 
 
 def test_run_video_bench_api(tmp_path):
-    from dna_vlm.video_bench import format_table, run_video_bench
+    from dna_vlm.bench.video_decode import format_table, run_video_bench
 
     rows = run_video_bench(quick=True, cache_dir=tmp_path, verbose=False)
     assert [r["frames"] for r in rows] == [8, 16]
@@ -456,7 +456,7 @@ def test_one_frame_video_is_not_silently_repeated(tmp_path, caplog):
     with pytest.raises(VideoError, match=r"one.mp4: the video has 1 frames, fewer than num_frames=8"):
         sample_frames(one, 8)
     assert len(sample_frames(one, 8, short="fewer")) == 1
-    with caplog.at_level("WARNING", logger="dna_vlm.video"):
+    with caplog.at_level("WARNING", logger="dna_vlm.video.decode"):
         rep = sample_frames(one, 8, short="repeat")
     assert len(rep) == 8 and rep.indices.tolist() == [0] * 8
     assert "repeating them to fill num_frames=8" in caplog.text
@@ -464,10 +464,10 @@ def test_one_frame_video_is_not_silently_repeated(tmp_path, caplog):
 
 
 def test_keyframe_fast_path_equals_decord(clip, monkeypatch):
-    """The one-packet PyAV path (dna_vlm.keyframes) gives decord's pixels; without it decord serves."""
+    """The one-packet PyAV path (dna_vlm.video.keyframes) gives decord's pixels; without it decord serves."""
     import decord
 
-    import dna_vlm.keyframes as kf
+    import dna_vlm.video.keyframes as kf
 
     calls = []
     real = kf.decode_keyframes

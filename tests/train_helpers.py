@@ -1,4 +1,4 @@
-"""Builders for the training tests: a tiny model dir and a tiny video QA set (clips via dna_vlm.video)."""
+"""Builders for the training tests: a tiny model dir and a tiny video QA set (clips via dna_vlm.video.decode)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ COLOURS = {"red": (230, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 230), 
 
 def make_clip(path: Path, colour: str, n_frames: int = 8, size: int = 32, seed: int = 0) -> Path:
     """A square of ``colour`` moving left to right over a grey background."""
-    from dna_vlm.video import write_video
+    from dna_vlm.video.write import write_video
 
     rng = np.random.default_rng(seed)
     rgb = np.array(COLOURS[colour], dtype=np.uint8)
@@ -59,7 +59,7 @@ def make_dataset(folder: Path, n: int = 8, name: str = "train.jsonl", bad: int =
 
 
 def tiny_model(folder: Path) -> Path:
-    from dna_vlm.tiny import build_tiny_model
+    from dna_vlm.tiny.default import build_tiny_model
 
     return build_tiny_model(Path(folder) / "tiny", seed=0)
 
@@ -67,7 +67,7 @@ def tiny_model(folder: Path) -> Path:
 def write_dna_run(model, run_dir: Path, base_model: Path, num_frames: int = 4) -> Path:
     """A minimal DnA run dir, laid out as `dna-vlm train` writes one: save_dna + run_config.json."""
     import dna_vlm
-    from dna_vlm.rundir import RunConfig
+    from dna_vlm.runs.config import RunConfig
 
     dna_vlm.save_dna(model, run_dir / "dna")
     config = RunConfig(base_model=str(base_model), attention="dna", num_frames=num_frames, dna_dir="dna")

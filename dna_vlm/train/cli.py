@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..rundir import RunError
-from .config import TrainConfig, add_arguments
-from .errors import TrainError, TrainInterrupted
+from dna_vlm.runs.config import RunError
+from dna_vlm.train.config import TrainConfig, add_arguments
+from dna_vlm.train.errors import TrainError, TrainInterrupted
 
 __all__ = ["add_parser", "main"]
 
 DESCRIPTION = (
     "Patch a video LLM's vision tower with DnA (or keep softmax: the control arm with the same LoRA budget), "
     "LoRA-tune the tower, train DnA's negative branch and the projector, LLM frozen. Works under "
-    "`accelerate launch` for multi-GPU. Writes a run dir that dna_vlm.runs.load_model(run_dir=...) and the "
+    "`accelerate launch` for multi-GPU. Writes a run dir that dna_vlm.runs.loading.load_model(run_dir=...) and the "
     "lmms-eval plugin (`lmms-eval --model dna_vlm --model_args dna=RUN_DIR`) load."
 )
 
@@ -29,12 +29,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Exit codes: 0 done (prints the run dir), 2 an error to fix, 3 interrupted with a checkpoint saved,
     130 stopped at once by a second Ctrl-C / SIGTERM (or one before training started): no new checkpoint."""
-    from .._io import SafetensorsFileError
-    from ..data import DatasetError
-    from ..video import VideoError
+    from dna_vlm.data.dataset import DatasetError
+    from dna_vlm.files import SafetensorsFileError
+    from dna_vlm.video.decode import VideoError
 
     try:
-        from .trainer import train
+        from dna_vlm.train.trainer import train
 
         cfg = TrainConfig.from_args(args)
         out = train(cfg)

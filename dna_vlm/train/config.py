@@ -3,7 +3,7 @@
 Each field carries its default, help text, allowed values and value check (:func:`option`); the
 ``dna-vlm train`` options are generated from the fields (:func:`add_arguments`) and parsed back without
 copying fields by hand (:meth:`TrainConfig.from_args`). DnA's own option rules are checked by
-:class:`dna_vlm.module.DnAOptions`, not repeated here.
+:class:`dna_vlm.attention.DnAOptions`, not repeated here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import typing
 from dataclasses import MISSING, dataclass
 
-from ..module import NEG_BRANCHES, DnAOptions
+from dna_vlm.attention import NEG_BRANCHES, DnAOptions
 
 __all__ = ["GROUPS", "TrainConfig", "add_arguments", "option"]
 

@@ -5,51 +5,33 @@ OUT/adapter/                 PEFT LoRA adapter (safetensors): vision tower (+ pr
 OUT/model/                   tune="full": a plain HF checkpoint (model + processor)
 OUT/projector.safetensors    projector weights (--projector full)
 OUT/summary.json             trainable parameters by group, steps, losses, skipped videos, time
-OUT/run_config.json          what evaluation needs (:class:`dna_vlm.rundir.RunConfig`) and the manifest
+OUT/run_config.json          what evaluation needs (:class:`dna_vlm.runs.config.RunConfig`) and the manifest
                              (digest of every file above); written last, it commits the run dir
 
 Committed as a whole: everything is written into ``OUT/.final.tmp-PID`` first, then each artefact is swapped
 into place and ``run_config.json`` (with the manifest of the new files) is written last. A kill between two
 swaps leaves the old run_config.json beside some new files: its manifest no longer matches, so every load
-(:func:`dna_vlm.runs.verify_run_dir`) fails naming the file, and ``--resume`` finalises again from the final
+(:func:`dna_vlm.runs.loading.verify_run_dir`) fails naming the file, and ``--resume`` finalises again from the final
 checkpoint. A reader sees the old complete run, the new complete run, or a clear error, never a mixture.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 from torch import nn
 
-from .._io import atomic_save_safetensors, atomic_write_json, remove_path
-from ..rundir import RUN_FORMAT, RunConfig
-from ..runs import ARTEFACTS, base_identity, manifest
-from .config import TrainConfig
-from .state import RunRecord
+from dna_vlm.files import atomic_save_safetensors, atomic_write_json, remove_path
+from dna_vlm.runs.config import RUN_FORMAT, RunConfig
+from dna_vlm.runs.loading import ARTEFACTS, base_identity, manifest
+from dna_vlm.train.config import TrainConfig
+from dna_vlm.train.state import RunRecord
 
-__all__ = ["FAULT_ENV", "WeightDirs", "fault_point", "make_run_config", "run_summary", "save_weights",
-           "stage_dir", "write_run_dir"]  # fmt: skip
-
-#: tests only: the name of a :func:`fault_point` at which the process SIGKILLs itself
-FAULT_ENV = "DNA_VLM_KILL_AT"
+__all__ = ["WeightDirs", "make_run_config", "run_summary", "save_weights", "stage_dir", "write_run_dir"]
 
 #: (dna_dir, adapter_dir, projector): names in OUT, None for what the run has not
 WeightDirs = tuple[str | None, str | None, str | None]
-
-
-def fault_point(name: str) -> None:
-    """Tests only: at the point ``name``, act as :data:`FAULT_ENV` says: ``NAME`` dies here (SIGKILL: no
-    cleanup), ``NAME=SIGINT`` / ``NAME=SIGTERM*2`` sends that signal to this process (that many times), as
-    a user's Ctrl-C or a scheduler would at that moment."""
-    want = os.environ.get(FAULT_ENV, "")
-    point, _, action = want.partition("=")
-    if point != name:
-        return
-    sig, _, times = (action or "SIGKILL").partition("*")
-    for _ in range(int(times or 1)):
-        os.kill(os.getpid(), signal.Signals[sig])
 
 
 def stage_dir(out: Path) -> Path:
@@ -63,7 +45,7 @@ def stage_dir(out: Path) -> Path:
 def save_weights(m: nn.Module, stage: Path, cfg: TrainConfig, processor, proj_path: str | None) -> WeightDirs:
     """Save the DnA branches, the adapter (or full model) and the projector of the unwrapped model ``m``
     into ``stage`` (see :func:`stage_dir`); :func:`write_run_dir` swaps them into the run dir."""
-    from ..checkpoint import save_dna
+    from dna_vlm.checkpoint import save_dna
 
     dna_dir = projector = None
     if cfg.attention == "dna":
@@ -92,7 +74,7 @@ def make_run_config(
 ) -> RunConfig:  # fmt: skip
     """What evaluation needs to rebuild the trained model (``attention_kernel``: see
     :func:`dna_vlm.train.model.attention_kernel_of`)."""
-    from .. import __version__
+    from dna_vlm import __version__
 
     dna_dir, adapter_dir, projector = dirs
     base = cfg.model if cfg.tune == "lora" else str((out / "model").resolve())
@@ -150,12 +132,10 @@ def write_run_dir(out: Path, stage: Path, run_config: RunConfig, summary: dict) 
 
     atomic_write_json(stage / "summary.json", summary)
     files = manifest(stage)
-    fault_point("finalize:staged")
     for name in ARTEFACTS:
         if (stage / name).exists():
             remove_path(out / name)
             os.replace(stage / name, out / name)
-            fault_point(f"finalize:swapped:{name}")
         elif name != "model":  # (OUT/model is only ever written by tune="full")
             remove_path(out / name)  # an artefact of an older write this run no longer has
     remove_path(stage)

@@ -15,7 +15,7 @@ import inspect
 import torch
 from torch import nn
 
-from ..prompting import IGNORE_INDEX
+from dna_vlm.data.prompting import IGNORE_INDEX
 
 __all__ = ["lm_loss", "takes_logits_to_keep"]
 

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from .._io import atomic_write_bytes
+from dna_vlm.files import atomic_write_bytes
 
 __all__ = ["MetricsLog"]
 

@@ -23,9 +23,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..runs import find_projector, find_towers, load_base_model
-from .config import TrainConfig
-from .errors import TrainError
+from dna_vlm.runs.loading import find_projector, find_towers, load_base_model
+from dna_vlm.train.config import TrainConfig
+from dna_vlm.train.errors import TrainError
 
 __all__ = [
     "TOWER_LINEARS",
@@ -113,7 +113,7 @@ def _enable_checkpointing(base: nn.Module, towers: list[str], cfg: TrainConfig) 
 def _load_frozen(cfg: TrainConfig, device: torch.device):
     """(model, processor, patch report or None): the base model with every weight frozen, then DnA-patched
     when ``attention="dna"``; :func:`build_model` decides what trains."""
-    from ..patching import patch
+    from dna_vlm.patching import patch
 
     model, processor = load_base_model(
         cfg.model,
@@ -143,7 +143,7 @@ def _load_frozen(cfg: TrainConfig, device: torch.device):
 def attention_kernel_of(model: nn.Module) -> str:
     """What computed the vision attention (run_config.json's ``attention_kernel``): see
     :func:`dna_vlm.patching.attention_kernel`."""
-    from ..patching import attention_kernel
+    from dna_vlm.patching import attention_kernel
 
     return attention_kernel(model)
 
@@ -153,7 +153,7 @@ def _unfreeze_dna_and_projector(
 ) -> tuple[set[int], set[int]]:
     """Unfreeze DnA's negative branches and (``projector="full"``) the projector; returns the ids of the
     DnA parameters and of the projector's trainable ones (including its LoRA under ``projector="lora"``)."""
-    from ..patching import dna_parameters
+    from dna_vlm.patching import dna_parameters
 
     dna_ids = set()
     if cfg.attention == "dna":
@@ -291,7 +291,7 @@ def make_optimizer(groups: dict, cfg: TrainConfig):
 
 def lambda_mean(model: nn.Module) -> float | None:
     """Mean |lambda| over every DnA layer's heads, None for a model without DnA."""
-    from ..patching import dna_layers
+    from dna_vlm.patching import dna_layers
 
     layers = [layer for _, layer in dna_layers(model) if layer.neg is not None]
     vals = [layer.neg.neg_scale.detach().float().abs().mean() for layer in layers]

@@ -26,17 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import (
+from dna_vlm.files import (
     SafetensorsFileError,
     atomic_save_safetensors,
     atomic_write_json,
     load_safetensors,
     remove_path,
 )
-from ..rundir import RUN_CONFIG, RunError
-from ..runs import identity_differences, verify_run_dir
-from .config import TrainConfig
-from .errors import TrainError
+from dna_vlm.runs.config import RUN_CONFIG, RunError
+from dna_vlm.runs.loading import identity_differences, verify_run_dir
+from dna_vlm.train.config import TrainConfig
+from dna_vlm.train.errors import TrainError
 
 __all__ = [
     "CKPT_DIR",
@@ -259,8 +259,6 @@ class Checkpoints:
     def save(self, step: int, reason: str, trainable: dict, optimizer: dict, scheduler: dict,
              scaler: dict | None, record: RunRecord) -> Path:  # fmt: skip
         """Write ``step-NNNNNN`` whole, point latest.json at it, drop the oldest beyond keep_checkpoints."""
-        from .finalize import fault_point
-
         name = f"step-{step:06d}"
         tmp = self.root / f".{name}.tmp-{os.getpid()}"
         remove_path(tmp)
@@ -272,7 +270,6 @@ class Checkpoints:
         path = self.root / name
         remove_path(path)
         os.replace(tmp, path)
-        fault_point("checkpoint:renamed")
         atomic_write_json(self.root / "latest.json", {"dir": name, "step": step})
         older = [p for s, p in _step_dirs(self.root) if s < step]  # superseded; newer ones are never touched
         for old in older[: max(0, len(older) - (self.cfg.keep_checkpoints - 1))]:

@@ -18,17 +18,18 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_write_json, batch_to_device, remove_stale_temps
-from ..data import dataset_identity
-from ..lock import LockedError, OutputLock
-from ..runs import base_identity, find_language_model, quiet_bitsandbytes
-from .config import TrainConfig
-from .data import MicroBatches, load_examples, make_loader, mix_seed
-from .errors import TrainError, TrainInterrupted
-from .finalize import fault_point, make_run_config, run_summary, save_weights, stage_dir, write_run_dir
-from .loss import lm_loss, takes_logits_to_keep
-from .metrics import MetricsLog
-from .model import (
+from dna_vlm.data.dataset import dataset_identity
+from dna_vlm.data.prompting import batch_to_device
+from dna_vlm.files import atomic_write_json, remove_stale_temps
+from dna_vlm.runs.loading import base_identity, find_language_model, quiet_bitsandbytes
+from dna_vlm.runs.lock import LockedError, OutputLock
+from dna_vlm.train.batches import MicroBatches, load_examples, make_loader, mix_seed
+from dna_vlm.train.config import TrainConfig
+from dna_vlm.train.errors import TrainError, TrainInterrupted
+from dna_vlm.train.finalize import make_run_config, run_summary, save_weights, stage_dir, write_run_dir
+from dna_vlm.train.loss import lm_loss, takes_logits_to_keep
+from dna_vlm.train.metrics import MetricsLog
+from dna_vlm.train.model import (
     attention_kernel_of,
     build_model,
     describe_patch,
@@ -37,7 +38,7 @@ from .model import (
     make_optimizer,
     param_summary,
 )
-from .state import (
+from dna_vlm.train.state import (
     CKPT_DIR,
     RUN_FILES,
     Checkpoints,
@@ -196,7 +197,6 @@ class Trainer:
         seed_all(cfg.seed)  # before building: DnA / LoRA initialisation draws from it
         if not cfg.load_in_4bit:
             quiet_bitsandbytes()
-        fault_point("train:model_load")
         built = build_model(cfg, self.acc.device)
         self.processor, self.proj_path = built.processor, built.proj_path
         self.summary = param_summary(built.groups, built.model)
@@ -275,7 +275,6 @@ class Trainer:
                 rec = self.train_step(items, step)
                 step = rec["step"]
                 self.write_metrics(rec)
-                fault_point(f"train:step:{step}")
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", skipped=self.record.skip_events)
                 self.after_step(step)
@@ -443,10 +442,10 @@ def train(config: TrainConfig | dict) -> Path:
 
     Raises :class:`TrainInterrupted` (a checkpoint was saved) when stopped by a signal or ``stop_after``,
     :class:`TrainError` for unreadable videos under ``bad_video="fail"`` (after saving a checkpoint) and
-    other problems the user must fix, and ``dna_vlm.data.DatasetError`` for malformed rows (file:line).
+    other problems the user must fix, and ``dna_vlm.data.dataset.DatasetError`` for malformed rows (file:line).
     A ``resume`` of a run that already reached ``max_steps`` returns its run dir untouched (or, when its
     finalisation was interrupted, finalises it again from the final checkpoint). The output dir is locked
-    for the whole call (:class:`dna_vlm.lock.OutputLock`): a second writer gets a :class:`TrainError`.
+    for the whole call (:class:`dna_vlm.runs.lock.OutputLock`): a second writer gets a :class:`TrainError`.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
     setup = RunSetup.open(cfg)

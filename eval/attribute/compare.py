@@ -1,0 +1,514 @@
+"""`dna-vlm attribute`: paired, per-question comparison of two lmms-eval sample logs (baseline vs candidate,
+optionally a video-blind run of the same questions), with statistics a reviewer can check.
+
+Input: the JSONL files lmms-eval writes with ``--log_samples`` (``<date>_samples_<task>.jsonl``), one or
+several per arm (files, globs, folders), read by :mod:`dna_vlm.eval.logs.samples`: one row per question, its
+right/wrong read by the task's correctness reader (:mod:`dna_vlm.eval.logs.readers`) or, for the dna_vlm tasks, from
+their record dict (:mod:`dna_vlm.eval.logs.records`). Rows pair across arms by (task, doc id) and must be the same
+question (:func:`dna_vlm.eval.logs.samples.check_pairing`).
+
+Python API: :func:`attribute` (returns the report dict and writes ``report.json``, ``report.md`` and PNG plots
+when ``out_dir`` is given), :func:`summary_table`, :func:`load_samples`. The statistics live in
+:mod:`dna_vlm.eval.stats`, the rendering in :mod:`dna_vlm.eval.attribute.render`. Every quantity is defined
+in ``DEFINITIONS`` below (also appended to this docstring and written into each ``report.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from dna_vlm.eval.attribute.encoder_section import EncoderError, add_encoder_args, encoder_section_from_args
+from dna_vlm.eval.attribute.render import summary_table, write_report
+from dna_vlm.eval.logs.records import SampleRecord
+from dna_vlm.eval.logs.samples import Arm, AttributionError, SampleLog, load_arms, load_samples
+from dna_vlm.eval.stats import (
+    compare,
+    excludes_zero,
+    holm,
+    mcnemar_exact,
+    ols_trend,
+    paired_bootstrap_ci,
+    wilson_ci,
+)
+
+__all__ = [
+    "DEFINITIONS",
+    "AttributionError",
+    "SampleLog",
+    "attribute",
+    "describe_arm",
+    "load_samples",
+    "summary_table",
+]
+
+DEFINITIONS = """\
+## Definitions
+
+Notation: the compared set holds n questions (docs) present in every arm. For doc i, b_i, c_i, k_i in {0, 1}
+say whether the baseline, the candidate and the blind model (same questions, no video) answered it
+correctly. Cell names use the order baseline, candidate, blind: "RW" = baseline right, candidate wrong.
+
+- **accuracy** (`baseline_acc`, `candidate_acc`, `blind.acc`): mean of the 0/1 correctness over the n docs.
+- **95% CI of an accuracy** (`*_ci95`): the Wilson score interval, p~ = (p + z^2/2n) / (1 + z^2/n),
+  half-width = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2), z = 1.959964 (scipy's `binomtest(...).proportion_ci(method="wilson")`).
+- **delta**: candidate_acc - baseline_acc = (fixed - broken) / n.
+- **flips**: `fixed` = #docs with b=0, c=1 (wrong -> right); `broken` = #(b=1, c=0) (right -> wrong);
+  `both_right` = #(b=1, c=1); `both_wrong` = #(b=0, c=0). They sum to n.
+- **delta_ci95**: paired bootstrap percentile interval (2.5th, 97.5th percentile of B replicates): each
+  replicate resamples the n docs with replacement, keeping each doc's (b_i, c_i) pair together, and recomputes
+  delta. Because c_i - b_i takes only the values -1/0/+1, a replicate is drawn exactly as multinomial counts
+  of (fixed, broken, unchanged) with probabilities (fixed/n, broken/n, rest/n) -- the same distribution as
+  resampling doc indices. numpy Generator seeded from `--seed` and the quantity's name (deterministic).
+- **significant**: the delta_ci95 interval excludes 0. With few discordant docs (fixed + broken < 10, e.g.
+  small groups) the percentile bootstrap is too narrow (it can collapse to a point): `ci_warning` says so and
+  report.md marks the row with a dagger; rely on mcnemar_p there.
+- **mcnemar_p**: exact McNemar test: two-sided exact binomial test of `fixed` successes in fixed + broken
+  trials with p = 0.5 (`scipy.stats.binomtest(broken, broken + fixed, 0.5)`); 1 when fixed + broken = 0.
+  It asks whether the flips are more one-sided than chance; both_right/both_wrong carry no information.
+- **by_group[field][value]**: the same statistics restricted to the docs whose `field` (read from the
+  metric dict, else from `doc`) equals `value`. `mcnemar_p_holm` is Holm's step-down adjustment of the group
+  p-values within one field (use it when scanning many groups).
+- **trends[field]** (numeric fields with >= 3 distinct values, e.g. density): `slope` = ordinary least
+  squares slope of d_i = c_i - b_i on the field's value x_i over docs (change of delta per unit of x; a
+  linear probability model, no logistic link), `slope_ci95` = paired bootstrap over docs (resample docs,
+  refit), `p_value` = the OLS t-test of slope = 0 (`scipy.stats.linregress`; approximate for 0/1 data);
+  `baseline_slope` / `candidate_slope` are the same fit of b_i and c_i (accuracy per unit of x). A positive
+  `slope` means the candidate's gain grows with the field, e.g. with semantic density.
+- **pooling and pairing**: an arm is one sample log or several (e.g. the 20 MVBench subtasks); docs pair by
+  (task, doc id), the task read from lmms-eval's file name `<date>_samples_<task>.jsonl` (a video-free twin
+  such as `videomme_no_visual` or `*_blind` pairs with its video task; with one log per arm, docs pair by id
+  alone). Every statistic above is over the pooled docs (micro average: each question counts once, so a
+  task's weight is its number of questions); `--by task` gives the per-task rows. Per-question correctness
+  comes from the task's reader in `dna_vlm.eval.logs.readers.READERS` (it reproduces the stock task's rule).
+  Checks (errors): every arm holds the same (task, doc id)s; paired docs are the same question (`pairing`:
+  the logged `doc` fields, file locations compared by base name, else lmms-eval's `doc_hash`;
+  `questions_unverified` counts pairs where neither was logged); no file is given to two arms; a `--blind`
+  log was answered without the video (`blind_verified`: from the plugin's provenance, the records' `blind`
+  field or a `*_no_visual`/`*_blind` task; null/false = could not be told).
+- **arms**: what each arm was, from the dna_vlm plugin's provenance beside the logs (`<date>_dna_vlm.json`):
+  base model, run dir and weights digest, DnA or stock, controls, frame sampling.
+- **failed samples**: rows the plugin marked `failed` (missing/corrupt video, with a `reason`). Default
+  `--failed exclude`: a doc failed in ANY supplied log (baseline, candidate or blind) is removed from every
+  comparison, so all arms are scored on the same docs (`failed.excluded_docs` says how many). With
+  `--failed wrong` a failed sample counts as a wrong answer and all docs are kept.
+
+With a blind log (`blind`):
+
+- **video_reliance[m]** for m in baseline, candidate: acc(m) - acc(blind), with the same paired bootstrap CI
+  and exact McNemar p (m vs blind). It splits as `video_helps` - `video_hurts` (divided by n), where
+  `video_helps` = #(m right, blind wrong) and `video_hurts` = #(m wrong, blind right).
+- **blind_overlap[m]**: #(m right and blind right) / #(m right): the fraction of m's correct answers that
+  need no video (Wilson CI over m's correct docs). High overlap = accuracy that says little about the encoder.
+- **cells**: the eight counts #(b, c, k), keyed "RRR" ... "WWW" (baseline, candidate, blind).
+- **error decomposition** (`decomposition`), a partition of each model's errors:
+  - `encoder_fixed` = #WR* (baseline wrong, candidate right): errors the encoder change fixes
+    (encoder-attributable); `encoder_broken` = #RW* (baseline right, candidate wrong): errors it introduces.
+    Their difference is n * delta; single flips can be noise, the net and its CI/p-value are the evidence.
+  - `shared_errors` = #WWW: every variant wrong (baseline, candidate and blind): LLM- or data-bound errors
+    that no encoder variant here fixes.
+  - `video_hurts_both` = #WWR: both video models wrong although the blind model is right: the video
+    misleads both (or the blind model guessed right).
+  - baseline errors = encoder_fixed + shared_errors + video_hurts_both; candidate errors = encoder_broken +
+    shared_errors + video_hurts_both; the `*_share` fields are these parts divided by that model's errors.
+  - `video_hurts_baseline` = #W*R and `video_hurts_candidate` = #*WR: docs the blind model gets right but that
+    video model gets wrong (overlaps the parts above; equals video_reliance's `video_hurts`).
+"""
+
+if __doc__ is not None:
+    __doc__ += "\n" + DEFINITIONS
+
+MISSING = "(missing)"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the blind analysis
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def _blind_stats(b, c, k, n_boot: int, seed: int, name: str) -> dict:
+    """Blind accuracy, each video model's reliance on / overlap with the blind model, and the error split."""
+    n = len(b)
+    kk = int(k.sum())
+    out: dict = {"n": n, "correct": kk, "acc": kk / n if n else math.nan, "ci95": wilson_ci(kk, n)}
+    out["video_reliance"], out["blind_overlap"] = {}, {}
+    for arm, m in (("baseline", b), ("candidate", c)):
+        out["video_reliance"][arm] = _video_reliance(m, k, n_boot, seed, f"{name}/reliance/{arm}")
+        out["blind_overlap"][arm] = _blind_overlap(m, k)
+    out["cells"] = _cells(b, c, k)
+    out["decomposition"] = _decomposition(out["cells"], n - int(b.sum()), n - int(c.sum()))
+    return out
+
+
+def _video_reliance(m, k, n_boot: int, seed: int, name: str) -> dict:
+    """acc(m) - acc(blind) as a paired comparison of model ``m`` against the blind model ``k``."""
+    n = len(m)
+    helps = int(np.sum((m == 1) & (k == 0)))
+    hurts = int(np.sum((m == 0) & (k == 1)))
+    ci = paired_bootstrap_ci(k, m, n_boot, seed, name)
+    return {
+        "delta": (helps - hurts) / n if n else math.nan,
+        "delta_ci95": ci,
+        "significant": excludes_zero(ci),
+        "mcnemar_p": mcnemar_exact(helps, hurts),
+        "video_helps": helps,
+        "video_hurts": hurts,
+    }
+
+
+def _blind_overlap(m, k) -> dict:
+    """The fraction of ``m``'s correct answers that the blind model also gets (they need no video)."""
+    right = int(m.sum())
+    both = int(np.sum((m == 1) & (k == 1)))
+    return {
+        "fraction": _ratio(both, right),
+        "ci95": wilson_ci(both, right) if right else None,
+        "blind_also_right": both,
+        "model_right": right,
+    }
+
+
+def _cells(b, c, k) -> dict[str, int]:
+    """The eight counts #(b, c, k), keyed "RRR" ... "WWW" in (baseline, candidate, blind) order."""
+    cells = {}
+    for bb in (1, 0):
+        for cc in (1, 0):
+            for kv in (1, 0):
+                key = "".join("R" if x else "W" for x in (bb, cc, kv))
+                cells[key] = int(np.sum((b == bb) & (c == cc) & (k == kv)))
+    return cells
+
+
+def _decomposition(cells: dict[str, int], err_b: int, err_c: int) -> dict:
+    """Partition each video model's errors into encoder-attributable, shared and video-hurts parts."""
+    fixed, broken = cells["WRR"] + cells["WRW"], cells["RWR"] + cells["RWW"]
+    shared, hurts_both = cells["WWW"], cells["WWR"]
+    return {
+        "baseline_errors": err_b,
+        "candidate_errors": err_c,
+        "encoder_fixed": fixed,
+        "encoder_fixed_blind_right": cells["WRR"],
+        "encoder_broken": broken,
+        "encoder_broken_blind_right": cells["RWR"],
+        "shared_errors": shared,
+        "video_hurts_both": hurts_both,
+        "video_hurts_baseline": cells["WWR"] + cells["WRR"],
+        "video_hurts_candidate": cells["WWR"] + cells["RWR"],
+        "baseline_errors_share": {
+            "encoder_fixed": _ratio(fixed, err_b),
+            "shared_errors": _ratio(shared, err_b),
+            "video_hurts_both": _ratio(hurts_both, err_b),
+        },
+        "candidate_errors_share": {
+            "encoder_broken": _ratio(broken, err_c),
+            "shared_errors": _ratio(shared, err_c),
+            "video_hurts_both": _ratio(hurts_both, err_c),
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the report
+
+
+def attribute(
+    baseline,
+    candidate,
+    blind=None,
+    by: Sequence[str] | str = (),
+    out_dir: str | Path | None = None,
+    metric: str | None = None,
+    failed: str = "exclude",
+    bootstrap: int = 10_000,
+    seed: int = 0,
+    plots: bool = True,
+) -> dict:
+    """Compare two arms question by question; see ``DEFINITIONS`` for every reported quantity.
+
+    Args:
+        baseline, candidate: each one lmms-eval ``--log_samples`` JSONL, or several (a list of files, globs or
+            folders: every ``*samples*.jsonl`` under them), e.g. the 20 MVBench subtask logs. Docs pair by
+            (task, doc id); the task comes from lmms-eval's file name ``<date>_samples_<task>.jsonl``.
+        blind: optional log(s) of the same questions answered without the video.
+        by: fields to break the comparison down by (e.g. ``("task", "category")`` or ``"task,density"``).
+        out_dir: where to write ``report.json``, ``report.md`` and the PNG plots (nothing written if None).
+        metric: force the generic reader on this per-sample metric key (default: the task's correctness reader
+            from :data:`dna_vlm.eval.logs.readers.READERS`, else the only record dict with ``correct`` -- the
+            dna-vlm tasks' ``dna_vlm`` -- else ``accuracy``, else ``acc``, else the only numeric metric).
+        failed: ``"exclude"`` (drop docs failed in any log) or ``"wrong"`` (failed = wrong answer).
+        bootstrap: number of paired bootstrap replicates (0 disables the CIs); seed: their seed.
+
+    Returns the report dict (also ``report.json``); its keys are the contract of ``report.json`` and other
+    sections may be added beside them. Raises :class:`AttributionError` for unreadable or mismatched logs.
+    """
+    if failed not in ("exclude", "wrong"):
+        raise AttributionError(f"failed={failed!r}: use 'exclude' or 'wrong'")
+    if isinstance(by, str):
+        by = [f.strip() for f in by.split(",") if f.strip()]
+    arms, pairing = load_arms({"baseline": baseline, "candidate": candidate, "blind": blind}, metric)
+    all_keys = arms["baseline"].keys
+    failures = {name: [(k, r) for k, r in arm.records.items() if r.failed] for name, arm in arms.items()}
+    keys = _compared_keys(all_keys, failures, failed)
+    arrays = {
+        name: np.array([arm.records[k].correct for k in keys], dtype=np.int8) for name, arm in arms.items()
+    }
+    b, c, k = arrays["baseline"], arrays["candidate"], arrays.get("blind")
+
+    report: dict = {"format": "dna-vlm-attribution/2"}
+    report.update(compare(b, c, bootstrap, seed, "all"))
+    report.update(_provenance(arms, failures, failed, len(all_keys) - len(keys), bootstrap, seed))
+    report["pairing"] = pairing
+    report["arms"] = {name: describe_arm(arm) for name, arm in arms.items()}
+    if k is not None:
+        report["blind"] = _blind_stats(b, c, k, bootstrap, seed, "all")
+    report.update(_by_fields(list(dict.fromkeys(by)), arms, keys, (b, c, k), bootstrap, seed))
+    report["definitions"] = DEFINITIONS
+
+    if out_dir is not None:
+        write_report(report, out_dir, plots=plots)
+    return report
+
+
+def _by_fields(
+    by: list[str], arms: dict[str, Arm], keys: list, arrays: tuple, n_boot: int, seed: int
+) -> dict:
+    """``by_group``, ``group_order`` and ``trends`` for the ``--by`` fields (``arrays``: b, c, k or None)."""
+    out: dict = {"by_group": {}, "group_order": {}, "trends": {}}
+    for fld in by:
+        vals = [_group_value(arms, key, fld) for key in keys]
+        _require_field(fld, vals, arms)
+        groups, trend = _field_stats(fld, vals, *arrays, n_boot, seed)
+        out["by_group"][fld] = groups
+        out["group_order"][fld] = list(groups)  # report.json sorts keys; this keeps the natural order
+        if trend is not None:
+            out["trends"][fld] = trend
+    return out
+
+
+def _log_input(log) -> dict:
+    return {
+        "path": str(log.path), "task": log.task, "sha256": log.sha256, "rows": len(log.records),
+        "metric": log.metric, "reader": log.reader,
+    }  # fmt: skip
+
+
+def _arm_inputs(arm: Arm) -> dict:
+    """An arm's inputs: ``path``/``sha256`` of its one log (a digest over all logs when pooled), total rows,
+    and one entry per log."""
+    logs = [_log_input(log) for log in arm.logs]
+    one = len(logs) == 1
+    digest = logs[0]["sha256"] if one else hashlib.sha256("".join(sorted(x["sha256"] for x in logs)).encode())
+    return {
+        "path": logs[0]["path"] if one else None,
+        "sha256": digest if one else digest.hexdigest(),
+        "rows": len(arm.records),
+        "logs": logs,
+    }
+
+
+def _failed_item(key: tuple, rec: SampleRecord) -> dict:
+    item = {"id": rec.id, "reason": rec.reason}
+    return {"task": key[0], **item} if key[0] else item
+
+
+def _provenance(arms: dict, failures: dict, failed: str, excluded: int, bootstrap: int, seed: int) -> dict:
+    """What was compared and how: inputs with hashes, metrics, bootstrap settings, failed samples."""
+    metric = {}
+    for name, arm in arms.items():
+        per_task = {log.task: log.metric for log in arm.logs}
+        metric[name] = next(iter(per_task.values())) if len(set(per_task.values())) == 1 else per_task
+    return {
+        "n_total": len(arms["baseline"].records),
+        "tasks": sorted({key[0] for key in arms["baseline"].records}),
+        "metric": metric,
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "inputs": {name: _arm_inputs(arm) for name, arm in arms.items()},
+        "failed": {
+            "policy": failed,
+            "excluded_docs": excluded,
+            "counts": {name: len(v) for name, v in failures.items()},
+            **{name: [_failed_item(key, r) for key, r in v] for name, v in failures.items()},
+        },
+    }
+
+
+def describe_arm(arm: Arm) -> dict:
+    """What an arm was, from the dna_vlm plugin's provenance of each log (base model, run dir + weights
+    digest, DnA or stock, controls, frame sampling); identical descriptions are listed once."""
+    described, unknown = [], []
+    for log in arm.logs:
+        if log.provenance is None:
+            unknown.append(str(log.path))
+            continue
+        d = _describe(log.provenance)
+        if d not in described:
+            described.append(d)
+    return {"runs": described, "without_provenance": unknown}
+
+
+def _describe(prov: dict) -> dict:
+    base = prov.get("base_model") or {}
+    weights = prov.get("weights") or {}
+    table = prov.get("patch_table") or []
+    return {
+        "model": "DnA"
+        if table and prov.get("attention") != "softmax"
+        else "stock"
+        if not table
+        else "patched",
+        "attention": prov.get("attention"),
+        "base_model": base.get("pretrained") or base.get("name_or_path"),
+        "base_config_sha256": base.get("config_sha256"),
+        "run_dir": prov.get("run_dir") or prov.get("dna_dir"),
+        "weights_sha256": weights.get("sha256"),
+        "patched_modules": len(table),
+        "dna_options": prov.get("dna_options"),
+        "controls": prov.get("controls"),
+        "frame_sampling": prov.get("frame_sampling"),
+        "bad_video": prov.get("bad_video"),
+        "dna_vlm_version": prov.get("dna_vlm_version"),
+    }
+
+
+def _compared_keys(all_keys: list, failures: dict[str, list], failed: str) -> list:
+    """The docs every arm is scored on: under ``exclude``, a doc failed in any log is dropped from all."""
+    bad = {key for recs in failures.values() for key, _ in recs}
+    keys = [k for k in all_keys if k not in bad] if failed == "exclude" else all_keys
+    if not keys:
+        raise AttributionError(
+            f"all {len(all_keys)} docs failed in at least one log (see the 'reason' fields); nothing to compare. "
+            "Fix the videos or use --failed wrong"
+        )
+    return keys
+
+
+def _require_field(fld: str, vals: list, arms: dict[str, Arm]) -> None:
+    """Fail with the available field names when no compared doc has ``fld``."""
+    if all(v is MISSING for v in vals):
+        avail = sorted({f for arm in arms.values() for r in arm.records.values() for f in r.fields})
+        raise AttributionError(
+            f"--by {fld}: no sample has a field {fld!r} (in the metric dict or doc); available: {avail}"
+        )
+
+
+def _numeric(values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _sort_key(v):
+    return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+
+
+def _field_stats(fld: str, vals: list, b, c, k, n_boot: int, seed: int) -> tuple[dict, dict | None]:
+    """Per-value group statistics for one ``--by`` field (``vals``: its value per compared doc), and the
+    trend over it when it is numeric with >= 3 distinct values (else None)."""
+    groups: dict = {}
+    for v in sorted(set(vals), key=_sort_key):
+        # the type check keeps e.g. 1 and True (equal in Python) in separate groups
+        mask = np.array([x == v and type(x) is type(v) for x in vals])
+        g = compare(b[mask], c[mask], n_boot, seed, f"{fld}={v}")
+        g["value"] = v
+        if k is not None:
+            g["blind"] = _blind_stats(b[mask], c[mask], k[mask], n_boot, seed, f"{fld}={v}")
+        groups[str(v)] = g
+    for g, p in zip(groups.values(), holm([g["mcnemar_p"] for g in groups.values()]), strict=True):
+        g["mcnemar_p_holm"] = p
+    present = [v for v in vals if v is not MISSING]
+    if not (_numeric(present) and len(set(present)) >= 3):
+        return groups, None
+    mask = np.array([v is not MISSING for v in vals])
+    x = np.array(present, dtype=float)
+    return groups, ols_trend(x, b[mask], c[mask], n_boot, seed, f"trend/{fld}")
+
+
+def _group_value(arms: dict[str, Arm], key: tuple, fld: str):
+    for arm in arms.values():
+        v = arm.records[key].fields.get(fld, MISSING)
+        if v is not MISSING and v is not None:
+            return v
+    return MISSING
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """``dna-vlm attribute`` (its one-line help is in :data:`dna_vlm.cli.SUBCOMMANDS`)."""
+    p = subparsers.add_parser(
+        "attribute",
+        description="Compare a baseline and a candidate (and optionally a video-blind) arm of lmms-eval "
+        "--log_samples JSONL question by question (several logs per arm are pooled by task and doc id): Wilson CIs, paired bootstrap CI of the delta, exact McNemar test, flips, "
+        "per-group breakdowns and an error decomposition. Writes report.json, report.md and PNG plots.",
+    )
+    logs = "lmms-eval --log_samples JSONL file(s), glob(s) or folder(s) (every *samples*.jsonl under it)"
+    p.add_argument("--baseline", required=True, nargs="+", help=f"baseline model's {logs}")
+    p.add_argument(
+        "--candidate", required=True, nargs="+", help=f"candidate model's {logs} (e.g. the DnA run)"
+    )
+    p.add_argument("--blind", nargs="+", help="the same questions answered without the video (same forms)")
+    p.add_argument(
+        "--by",
+        default="",
+        help="comma-separated fields to break down by, e.g. task,category,density ('task': per lmms-eval task)",
+    )
+    p.add_argument(
+        "--metric",
+        default=None,
+        help="force this per-sample metric key (default: the task's correctness reader, see eval/readers.py; "
+        "else the dna_vlm record, else accuracy, else acc, else the only one)",
+    )
+    p.add_argument("--failed", choices=("exclude", "wrong"), default="exclude", help="failed samples policy")
+    p.add_argument("--bootstrap", type=int, default=10_000, help="paired bootstrap replicates (0: no CIs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--out", required=True, help="report folder (report.json, report.md, *.png)")
+    add_encoder_args(p)  # the Encoder section: --probe, --oracle, --control, --noise (eval/encoder.py)
+    p.set_defaults(func=_main)
+    return p
+
+
+def _main(args) -> int:
+    by = (
+        [f.strip() for f in args.by.split(",") if f.strip()]
+        if isinstance(args.by, str)
+        else list(args.by or ())
+    )
+    try:
+        report = attribute(
+            args.baseline,
+            args.candidate,
+            blind=args.blind,
+            by=by,
+            metric=args.metric,
+            failed=args.failed,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
+        section = encoder_section_from_args(
+            args,
+            args.baseline,
+            args.candidate,
+            by=by,
+            n_boot=args.bootstrap,
+            seed=args.seed,
+            out_dir=args.out,
+        )
+    except (AttributionError, EncoderError) as e:
+        print(f"dna-vlm attribute: error: {e}", file=sys.stderr)
+        return 2
+    if section is not None:
+        report["encoder"] = section
+    write_report(report, args.out, plots=not args.no_plots)
+    print(summary_table(report))
+    print(f"\nreport: {Path(args.out) / 'report.md'}")
+    return 0

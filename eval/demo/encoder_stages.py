@@ -1,0 +1,91 @@
+"""The demo's encoder-level stages (issue 11): the probe on the baseline and both arms, the softmax arm's
+oracle / control / noise runs (plugin ``model_args``), and the Encoder section with its report parts.
+
+Kept apart from :mod:`dna_vlm.eval.demo.pipeline` (the stage runner and the report) so each reads in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dna_vlm.eval.attribute.encoder_section_render import encoder_paragraph
+
+from dna_vlm.files import atomic_write_json
+
+__all__ = ["ENCODER_RUNS", "encoder_summary", "md_probe", "run_encoder_section", "run_probe_stage"]
+
+
+#: the softmax arm's extra runs for the Encoder section: (name, plugin model_args, lmms-eval task)
+ENCODER_RUNS = (
+    ("oracle", {}, "dna_vlm_synth_oracle"),
+    ("none", {"video": "none"}, "dna_vlm_synth"),
+    ("shuffled", {"video": "shuffled"}, "dna_vlm_synth"),
+    ("noise0.5", {"encoder_noise": 0.5}, "dna_vlm_synth"),
+    ("noise2", {"encoder_noise": 2.0}, "dna_vlm_synth"),
+)
+
+
+def run_probe_stage(dest: Path, base: str, runs: list[str], data: dict, cfg) -> dict:
+    """dna-vlm probe on the baseline and every arm: colour, shape and motion of the target, and per question
+    the attribute it asks; fitted on the train split, scored on the test and oracle rows."""
+    from dna_vlm.eval.probe.run import run_probe
+
+    from dna_vlm.data.synth import LABEL_FIELDS
+
+    res = run_probe(
+        dest, data["train"], data["test"], list(LABEL_FIELDS.values()), model=base, runs=runs,
+        stock_name="baseline", test_oracle=data["test_oracle"], asked="target_{category}",
+        num_frames=cfg.num_frames, batch_size=32,
+    )  # fmt: skip
+    asked = {arm: {k: a["asked"][k] for k in ("acc", "acc_ci95", "n_test")} for arm, a in res["arms"].items()}
+    for arm, a in res["arms"].items():
+        asked[arm]["oracle_acc"] = a["asked"]["oracle"]["acc"]
+        asked[arm]["labels"] = {
+            f: {k: b[k] for k in ("acc", "acc_ci95", "chance")} for f, b in a["labels"].items()
+        }
+    return {"path": str(dest / "probe.json"), "asked": asked, "seconds": res["seconds"]}
+
+
+def run_encoder_section(dest: Path, softmax: dict, dna: dict, ctl: dict, probe: dict, s: int) -> dict:
+    """The Encoder section (softmax arm = baseline, DnA arm = candidate), written to ``dest/encoder.json``."""
+    from dna_vlm.eval.attribute.encoder_section import encoder_section
+
+    noise = {float(k.removeprefix("noise")): v["samples"] for k, v in ctl.items() if k.startswith("noise")}
+    section = encoder_section(
+        softmax["samples"], dna["samples"], probe=probe["path"], probe_arms=(f"softmax-s{s}", f"dna-s{s}"),
+        oracle=ctl["oracle"]["samples"], controls={k: ctl[k]["samples"] for k in ("none", "shuffled")},
+        noise=noise, by=("density", "category"), out_dir=dest,
+    )  # fmt: skip
+    atomic_write_json(dest / "encoder.json", section)
+    return section
+
+
+def encoder_summary(e: dict) -> dict:
+    """report.json's view of one seed's Encoder section (the whole section is in its encoder.json)."""
+    o = e["section"]["overall"]
+    keys = ("qa_gain", "encoder_gain", "carry_through", "oracle", "decomposition")
+    return {
+        **{k: o.get(k) for k in keys},
+        "controls": e["section"]["controls"], "noise_curve": e["section"]["noise_curve"],
+        "probe": e["probe"]["asked"], "probe_json": e["probe"]["path"],
+        "paragraph": encoder_paragraph(e["section"]),
+    }  # fmt: skip
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def md_probe(probe: dict, rel) -> list[str]:
+    """Probe accuracy per model: the asked attribute (test and oracle rows) and each label with its chance."""
+    lines = [
+        "## Encoder-level accuracy (linear probe on the visual tokens the LLM receives, 95% Wilson CIs)", "",
+        "| model | asked attribute % [95% CI] | on oracle input % | colour % | shape % | motion % |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for arm, a in probe["asked"].items():
+        labs = [a["labels"].get(f"target_{k}") for k in ("color", "shape", "motion")]
+        cells = [f"{_pct(b['acc'])} (chance {_pct(b['chance'])})" if b else "-" for b in labs]
+        ci = f"[{_pct(a['acc_ci95'][0])}, {_pct(a['acc_ci95'][1])}]"
+        lines.append(f"| {arm} | {_pct(a['acc'])} {ci} | {_pct(a['oracle_acc'])} | {' | '.join(cells)} |")
+    return [*lines, "", f"Per-row predictions and paired comparisons: `{rel(probe['path'])}`", ""]

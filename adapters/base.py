@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dna_vlm.attention import DnAOptions, NegativeBranch
+from dna_vlm.attention import NegativeBranch
 from dna_vlm.kernel import current_impl, dna_attention, dna_attention_reference, dna_attention_varlen
+from dna_vlm.options import DnAOptions
 
 __all__ = ["Adapter", "DnALayer", "kernel_mask", "softmax_attention", "softmax_attention_varlen"]
 

@@ -1,8 +1,6 @@
 """dna-vlm: Denoising Attention (DnA) for the vision towers of Hugging Face video LLMs."""
 
-__version__ = "0.1.0"
-
-from dna_vlm.attention import DnAAttention, DnAOptions, NegativeBranch, SoftmaxAttention
+from dna_vlm.attention import DnAAttention, NegativeBranch, SoftmaxAttention
 from dna_vlm.checkpoint import load_dna, save_dna
 from dna_vlm.errors import (
     AlreadyPatchedError,
@@ -11,6 +9,7 @@ from dna_vlm.errors import (
     UnsupportedModelError,
 )
 from dna_vlm.kernel import block_diagonal_mask, dna_attention, dna_attention_varlen, use_impl
+from dna_vlm.options import DnAOptions
 from dna_vlm.patching import (
     PatchReport,
     dna_layers,
@@ -21,6 +20,7 @@ from dna_vlm.patching import (
     supported_model_types,
     unpatch,
 )
+from dna_vlm.version import __version__
 
 __all__ = [
     "AlreadyPatchedError",

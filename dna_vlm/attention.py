@@ -11,95 +11,21 @@ value V- (unless values are shared) and the per-head ``neg_scale`` (lambda). Two
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from dna_vlm.kernel import dna_attention, dna_attention_lowrank_scores, requested_impl
+from dna_vlm.options import DnAOptions
 
 __all__ = [
-    "ARMS",
-    "INITS",
-    "NEG_BRANCHES",
     "DnAAttention",
-    "DnAOptions",
     "NegativeBranch",
     "SoftmaxAttention",
     "attention_dropout_p",
     "negative_branch_num_params",
     "split_fused_qv",
 ]
-
-INITS = ("preserve", "scaled", "random")
-#: what a patched attention layer computes: DnA, or the fair softmax control (the same layer and SDPA call
-#: as DnA's positive branch, with the negative branch off)
-ARMS = ("dna", "softmax")
-NEG_BRANCHES = ("full", "lowrank")
-
-
-@dataclass(frozen=True)
-class DnAOptions:
-    """What a DnA layer looks like and how it starts; validated on construction.
-
-    Args:
-        init: ``"preserve"`` (Q- = Q+, V- = 0: output identical to the wrapped attention), ``"scaled"``
-            (Q- = a*Q+, V- = b*V+ with a = b = 1e-4) or ``"random"``. ``"scaled"`` reproduces the *effective*
-            start of the authors' conversions of pretrained models (their TimeSformer attention and their
-            ViSCoP vision-tower conversion): a negative-branch term of ``-lambda * 1e-4 * P- V+`` at step 0.
-            Their files write the branch additively (DESIGN.md section 1); under this project's subtractive
-            ``P+ V+ - lambda P- V-`` the same term needs V- = +1e-4 V+, hence ``scaled_b = +1e-4`` (the old
-            -1e-4 started with the opposite sign).
-        neg_branch: ``"full"`` or ``"lowrank"``.
-        neg_rank: rank r of the ``"lowrank"`` branch.
-        shared_values: the paper's ablation, V- = V+ (no V- parameters).
-        neg_scale_init: initial lambda for every head. With ``shared_values`` and ``"preserve"`` lambda starts
-            at 0 instead, because V- = V+ cannot be zero; that is the only exact start.
-        scaled_a, scaled_b: the factors of the ``"scaled"`` init.
-        attention: ``"dna"``, or ``"softmax"``: the fair control arm, the same adapter layer running the same
-            SDPA call as DnA's positive branch with no negative branch (no parameters added), so at init both
-            arms give bit-identical outputs and every later difference comes from DnA itself.
-    """
-
-    init: str = "preserve"
-    neg_branch: str = "full"
-    neg_rank: int | None = None
-    shared_values: bool = False
-    neg_scale_init: float = 0.5
-    scaled_a: float = 1e-4
-    scaled_b: float = 1e-4
-    attention: str = "dna"
-
-    def __post_init__(self):
-        if self.attention not in ARMS:
-            raise ValueError(f"attention={self.attention!r} is not one of {ARMS}")
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r} is not one of {INITS}")
-        if self.neg_branch not in NEG_BRANCHES:
-            raise ValueError(f"neg_branch={self.neg_branch!r} is not one of {NEG_BRANCHES}")
-        if self.neg_branch == "lowrank":
-            if not isinstance(self.neg_rank, int) or self.neg_rank < 1:
-                raise ValueError(
-                    f"neg_branch='lowrank' needs an integer neg_rank >= 1, got neg_rank={self.neg_rank!r}"
-                )
-            if self.init == "scaled":
-                raise ValueError(
-                    "init='scaled' (Q- = a*Q+) cannot be expressed by neg_branch='lowrank' (Q- = Q+ + BA); "
-                    "use init='preserve' or 'random' with lowrank, or neg_branch='full' with 'scaled'"
-                )
-        elif self.neg_rank is not None:
-            raise ValueError(
-                f"neg_rank={self.neg_rank} only applies to neg_branch='lowrank'; drop it or set that branch"
-            )
-        if not math.isfinite(self.neg_scale_init):
-            raise ValueError(f"neg_scale_init must be finite, got {self.neg_scale_init}")
-
-    @property
-    def effective_neg_scale_init(self) -> float:
-        return 0.0 if (self.shared_values and self.init == "preserve") else float(self.neg_scale_init)
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def negative_branch_num_params(dim: int, num_heads: int, opts: DnAOptions, bias: bool = True) -> int:
@@ -330,16 +256,16 @@ class DnAAttention(SoftmaxAttention):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         *,
-        neg_branch: str = "full",
-        neg_rank: int | None = None,
-        shared_values: bool = False,
-        neg_scale_init: float = 0.5,
-        init: str = "random",
-        scaled_a: float = 1e-4,
-        scaled_b: float = 1e-4,
+        options: DnAOptions | None = None,
+        **option_kwargs,
     ):
         super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)
-        self.opts = DnAOptions(init, neg_branch, neg_rank, shared_values, neg_scale_init, scaled_a, scaled_b)
+        # standalone layers start from random weights (nothing to preserve) unless options say otherwise
+        self.opts = options if options is not None else DnAOptions(**{"init": "random", **option_kwargs})
+        if options is not None and option_kwargs:
+            raise TypeError(
+                f"DnAAttention: pass options= or keyword options {sorted(option_kwargs)}, not both"
+            )
         self.neg = NegativeBranch(dim, num_heads, self.opts, bias=qkv_bias)
         self.neg.init_from(*self._qv_linears())
 

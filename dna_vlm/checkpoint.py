@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dna_vlm import __version__
 from dna_vlm.errors import AlreadyPatchedError, CheckpointMismatchError, NotPatchedError
 from dna_vlm.files import atomic_save_safetensors, atomic_write_json, load_safetensors, read_json
+from dna_vlm.options import DnAOptions
 from dna_vlm.patching import (
     dna_layers,
     find_adapter,
@@ -24,6 +24,7 @@ from dna_vlm.patching import (
     unpatch,
     unwrap,
 )
+from dna_vlm.version import __version__
 
 __all__ = ["load_dna", "read_dna_config", "save_dna"]
 
@@ -124,7 +125,7 @@ def load_dna(model: nn.Module, dna_dir: str | os.PathLike) -> nn.Module:
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: the save_dna directory is incomplete")
     tensors = load_safetensors(weights)
-    patch(base, layers=indices, **config["options"])
+    patch(base, DnAOptions.from_dict(config["options"]), layers=indices)
     try:
         _load_into(base, tensors, where)
     except BaseException:

@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from dna_vlm import __version__
+from dna_vlm.version import __version__
 
 # subcommand -> (module holding its add_parser(), one-line help shown by `dna-vlm --help`)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dna_vlm.attention import DnAOptions
 from dna_vlm.errors import AlreadyPatchedError, NotPatchedError, UnsupportedModelError
+from dna_vlm.options import DnAOptions
 
 __all__ = [
     "PatchReport",
@@ -224,28 +224,26 @@ def _layer_base():
 
 def patch(
     model: nn.Module,
+    options: DnAOptions | None = None,
+    *,
     layers: Sequence[int] | str | None = None,
-    init: str = "preserve",
-    neg_branch: str = "full",
-    neg_rank: int | None = None,
-    shared_values: bool = False,
-    neg_scale_init: float = 0.5,
-    attention: str = "dna",
     dna_dtype: torch.dtype | None = None,
     **option_kwargs,
 ) -> PatchReport:
     """Replace the vision tower's attention modules with DnA, in place, warm-started from their weights.
 
-    With the default ``init="preserve"`` the model computes exactly what it did before (Q- = Q+, V- = 0).
-    ``attention="softmax"`` installs the fair control arm instead: the same layers and SDPA call as DnA's
-    positive branch, no negative branch, so both arms start bit-identical. ``dna_dtype``: the dtype of
-    DnA's own parameters (default: the tower's); pass ``torch.float32`` to train a bf16 / fp16 model with
-    fp32 master weights (lambda would not move in bf16). Patch *before* wrapping with PEFT (see README).
-    Returns a :class:`PatchReport`.
+    ``options``: a :class:`~dna_vlm.options.DnAOptions` (what each DnA layer computes and how it starts), or
+    its fields as keywords (``patch(model, init="scaled")``), not both. With the default ``init="preserve"``
+    the model computes exactly what it did before (Q- = Q+, V- = 0). ``attention="softmax"`` installs the fair
+    control arm instead: the same layers and SDPA call as DnA's positive branch, no negative branch, so both
+    arms start bit-identical. ``layers``: which attention layers of each tower (None / "all", "last:k", or
+    indices). ``dna_dtype``: the dtype of DnA's own parameters (default: the tower's); pass ``torch.float32``
+    to train a bf16 / fp16 model with fp32 master weights (lambda would not move in bf16). Patch *before*
+    wrapping with PEFT (see README). Returns a :class:`PatchReport`.
     """
-    opts = DnAOptions(
-        init, neg_branch, neg_rank, shared_values, neg_scale_init, attention=attention, **option_kwargs
-    )
+    if options is not None and option_kwargs:
+        raise TypeError(f"patch(): pass options= or keyword options {sorted(option_kwargs)}, not both")
+    opts = options if options is not None else DnAOptions(**option_kwargs)
     base = unwrap(model)
     if is_patched(base):
         raise AlreadyPatchedError(

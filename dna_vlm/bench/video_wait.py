@@ -1,4 +1,4 @@
-"""Where users wait for frames: the rows ``dna-vlm bench --video`` adds after decord vs PyAV (issue 14).
+"""Where users wait for frames: the rows ``dna-vlm bench --video`` adds after decord vs PyAV.
 
 On a generated 60 s 1280x720 30 fps H.264 clip with a keyframe every 2 s, each table is one interleaved run
 (A, B, A, B, ...; medians), so machine load hits both sides alike:

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from dna_vlm.files import atomic_write_json, read_json
+from dna_vlm.options import ARMS
 
 __all__ = ["ATTENTIONS", "RUN_CONFIG", "RUN_FORMAT", "RunConfig", "RunError", "run_config_path"]
 
 RUN_FORMAT = "dna-vlm-run/1"
 RUN_CONFIG = "run_config.json"
-ATTENTIONS = ("dna", "softmax")
+ATTENTIONS = ARMS
 REQUIRED = ("format", "base_model", "attention", "num_frames")
 
 
@@ -57,7 +58,9 @@ class RunConfig:
     projector_path: str | None = None  # module path of the projector in the base model
     frame_strategy: dict | None = None  # {"train": "segments", "eval": "uniform"}
     lora: dict | None = None  # {"rank", "alpha", "dropout"}
-    dna: dict | None = None  # {"neg_branch", "neg_rank", "shared_values"} (DnA arm)
+    dna: dict | None = (
+        None  # DnAOptions.to_dict() the run patched with, whole (null: not patched, tune="full")
+    )
     # what computed the vision attention (dna_vlm.patching.attention_kernel): "dna_vlm-sdpa" for the DnA arm
     # and the fair softmax control (same adapter layers and SDPA call; load the control with
     # patch(model, attention="softmax")), "hf-<attn_implementation>" for a stock model; null: not recorded

@@ -1,4 +1,4 @@
-"""The embedded default video LLM: a tiny LLaVA-OneVision built from a config (DESIGN.md §6), and tiny
+"""The embedded default video LLM: a tiny LLaVA-OneVision built from a config (README, "The embedded default"), and tiny
 models of every other supported family (:mod:`dna_vlm.tiny.kits`, ``--family``).
 
 No download: real HF classes (``LlavaOnevisionForConditionalGeneration`` with a SigLIP tower, the

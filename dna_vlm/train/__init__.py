@@ -3,7 +3,7 @@
 Flow: JSONL rows (:func:`dna_vlm.data.dataset.load_dataset`) -> frames (:func:`dna_vlm.video.decode.sample_frames`,
 ``"segments"``) -> the model's own processor (:func:`dna_vlm.data.prompting.build_inputs`) -> an accelerate loop
 over a DnA-patched (or stock, ``attention="softmax"``, the control arm with the same LoRA budget),
-PEFT-wrapped model -> checkpoints -> the run dir (contract 5)::
+PEFT-wrapped model -> checkpoints -> the run dir (:mod:`dna_vlm.runs.config`)::
 
     OUT/run_config.json          what evaluation needs (dna_vlm.runs.config.RunConfig); written last
     OUT/dna/ OUT/adapter/ OUT/projector.safetensors   the trained weights (see .finalize)

@@ -3,7 +3,7 @@
 Each field carries its default, help text, allowed values and value check (:func:`option`); the
 ``dna-vlm train`` options are generated from the fields (:func:`add_arguments`) and parsed back without
 copying fields by hand (:meth:`TrainConfig.from_args`). DnA's own option rules are checked by
-:class:`dna_vlm.attention.DnAOptions`, not repeated here.
+:class:`dna_vlm.options.DnAOptions`, not repeated here.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import os
 import typing
 from dataclasses import MISSING, dataclass
 
-from dna_vlm.attention import NEG_BRANCHES, DnAOptions
+from dna_vlm.options import ARMS, NEG_BRANCHES, DnAOptions
 
-__all__ = ["GROUPS", "TrainConfig", "add_arguments", "option"]
+__all__ = ["GROUPS", "TrainConfig", "add_arguments", "option", "resumable_fields"]
 
 #: titles of the option groups of ``dna-vlm train --help``, in the order they are listed
 GROUPS = {
@@ -61,17 +61,20 @@ def option(
     flag: str | None = None,
     env: str | None = None,
     cli: bool = True,
+    resumable: bool = False,
     default_factory=MISSING,
 ):
     """A :class:`TrainConfig` field with what ``--help`` shows and what validation checks.
 
     ``check``: a key of :data:`CHECKS` (None passes when the default is None); ``shown``: the default as
     ``--help`` words it (else the value); ``flag``: the option string (else ``--field-name``); ``env``: an
-    environment variable that overrides the default on the command line only; ``cli=False``: Python API only.
+    environment variable that overrides the default on the command line only; ``cli=False``: Python API only;
+    ``resumable``: the field may differ between an interrupted run and its ``--resume`` (see
+    :func:`resumable_fields`).
     """
     assert group in GROUPS and (check is None or check in CHECKS)
     meta = {"help": help, "group": group, "check": check, "choices": choices, "shown": shown}
-    meta |= {"flag": flag, "env": env, "cli": cli}
+    meta |= {"flag": flag, "env": env, "cli": cli, "resumable": resumable}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
 
 
@@ -92,7 +95,7 @@ class TrainConfig:
     # -- the arm
     attention: str = option(
         "dna",
-        choices=("dna", "softmax"),
+        choices=ARMS,
         group="arm",
         help="dna: patch the vision tower with DnA; softmax: keep stock attention "
         "(the control arm, same LoRA budget)",
@@ -134,7 +137,9 @@ class TrainConfig:
         "dtype in the forward; in bf16 lambda would not move) or the model's dtype",
     )
     # -- steps, batch and optimiser
-    max_steps: int = option(100, check="positive_int", group="optim", help="optimiser steps of the whole run")
+    max_steps: int = option(
+        100, check="positive_int", group="optim", help="optimiser steps of the whole run", resumable=True
+    )
     batch_size: int = option(
         2, check="positive_int", group="optim", help="examples per micro-batch, per process"
     )
@@ -190,6 +195,7 @@ class TrainConfig:
         choices=("auto", "cpu", "cuda"),
         group="model",
         help="auto: accelerate's choice (CUDA when available); cpu forces CPU (also under accelerate launch)",
+        resumable=True,
     )
     load_in_4bit: bool = option(
         False, group="model", help="quantize the LLM to 4-bit (bitsandbytes); the tower stays full"
@@ -213,22 +219,27 @@ class TrainConfig:
         check="count",
         group="run",
         help="checkpoint every N steps (0: only at the end, on interrupt and on failure)",
+        resumable=True,
     )
-    keep_checkpoints: int = option(1, check="positive_int", group="run", help="step checkpoints kept")
-    resume: bool = option(False, group="run", help="continue from OUT's latest checkpoint")
-    overwrite: bool = option(False, group="run", help="delete a previous run in OUT first")
+    keep_checkpoints: int = option(
+        1, check="positive_int", group="run", help="step checkpoints kept", resumable=True
+    )
+    resume: bool = option(False, group="run", help="continue from OUT's latest checkpoint", resumable=True)
+    overwrite: bool = option(False, group="run", help="delete a previous run in OUT first", resumable=True)
     stop_after: int | None = option(
         None,
         check="positive_int",
         group="run",
         shown="run to --max-steps",
         help="stop (with a checkpoint) after N steps in this invocation",
+        resumable=True,
     )
     bad_video: str = option(
         "skip",
         choices=("skip", "fail"),
         group="run",
         help="an unreadable video: skip (count and list it) or fail (checkpoint, then stop naming the file)",
+        resumable=True,
     )
     seed: int = option(0, check="count", group="run", help="seed of data order, frames and initialisation")
     eval_data: str | None = option(
@@ -237,16 +248,20 @@ class TrainConfig:
         group="run",
         shown="none",
         help="validation JSONL: answer loss logged at the end (and --eval-every)",
+        resumable=True,
     )
     eval_every: int = option(
-        0, check="count", group="run", help="evaluate every N steps (0: only at the end)"
+        0, check="count", group="run", help="evaluate every N steps (0: only at the end)", resumable=True
     )
-    num_workers: int = option(0, check="count", group="run", help="data loader processes decoding videos")
+    num_workers: int = option(
+        0, check="count", group="run", help="data loader processes decoding videos", resumable=True
+    )
     prefetch: int = option(
         0,
         check="count",
         group="run",
         help="micro-batches decoded ahead by a background thread while the model computes (0: none)",
+        resumable=True,
     )
     frame_cache: str | None = option(
         None,
@@ -254,6 +269,7 @@ class TrainConfig:
         group="run",
         shown="none",
         help="directory of an on-disk frame cache shared by runs (decode each video once for all arms)",
+        resumable=True,
     )
     frame_memory_mb: float = option(
         512.0,
@@ -261,9 +277,10 @@ class TrainConfig:
         group="run",
         help="MiB of decoded frames kept in memory per loader process: a draw that lands on frames decoded "
         "before (every epoch for clips no longer than --num-frames) is not decoded again (0: off)",
+        resumable=True,
     )
     progress: bool = option(
-        True, group="run", flag="--no-progress", shown="shown", help="hide the progress bar"
+        True, group="run", flag="--no-progress", shown="shown", help="hide the progress bar", resumable=True
     )
     extra: dict = option(  # noqa: RUF009 (option() is a dataclasses.field)
         default_factory=dict,
@@ -271,13 +288,22 @@ class TrainConfig:
         check="mapping",
         cli=False,
         help="free-form values recorded in run_config.json",
+        resumable=True,
     )
+
+    def dna_options(self) -> DnAOptions:
+        """The :class:`DnAOptions` this run patches with (the arm, and the DnA arm's negative branch)."""
+        if self.attention == "softmax":
+            return DnAOptions(attention="softmax")
+        return DnAOptions(
+            neg_branch=self.neg_branch, neg_rank=self.neg_rank, shared_values=self.shared_values
+        )
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             self._check_field(f)
         try:  # the DnA branch's own rules (neg_rank only with lowrank, ...): one place, DnAOptions
-            DnAOptions(neg_branch=self.neg_branch, neg_rank=self.neg_rank, shared_values=self.shared_values)
+            self.dna_options()
         except ValueError as e:
             raise ValueError(f"TrainConfig: {e}") from None
         if self.attention == "softmax" and (self.neg_branch != "full" or self.shared_values):
@@ -341,3 +367,8 @@ def _argument(f: dataclasses.Field, hint) -> dict:
     if meta["choices"]:
         kw["choices"] = meta["choices"]
     return kw
+
+
+def resumable_fields() -> frozenset[str]:
+    """The :class:`TrainConfig` fields that may change when a run is resumed (``option(resumable=True)``)."""
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resumable"))

@@ -1,4 +1,4 @@
-"""The finished run dir (contract 5): weights, ``summary.json`` and, last, ``run_config.json``::
+"""The finished run dir (schema: :mod:`dna_vlm.runs.config`): weights, ``summary.json`` and, last, ``run_config.json``::
 
 OUT/dna/                     save_dna (DnA arm): negative branches + lambdas
 OUT/adapter/                 PEFT LoRA adapter (safetensors): vision tower (+ projector with --projector lora)
@@ -74,13 +74,12 @@ def make_run_config(
 ) -> RunConfig:  # fmt: skip
     """What evaluation needs to rebuild the trained model (``attention_kernel``: see
     :func:`dna_vlm.train.model.attention_kernel_of`)."""
-    from dna_vlm import __version__
+    from dna_vlm.version import __version__
 
     dna_dir, adapter_dir, projector = dirs
     base = cfg.model if cfg.tune == "lora" else str((out / "model").resolve())
-    dna = None
-    if cfg.attention == "dna":
-        dna = {"neg_branch": cfg.neg_branch, "neg_rank": cfg.neg_rank, "shared_values": cfg.shared_values}
+    patched = cfg.attention == "dna" or cfg.tune == "lora"  # tune="full" trains a stock, unpatched model
+    dna = cfg.dna_options().to_dict() if patched else None
     return RunConfig(
         format=RUN_FORMAT,
         dna_vlm_version=__version__,

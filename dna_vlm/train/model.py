@@ -128,15 +128,9 @@ def _load_frozen(cfg: TrainConfig, device: torch.device):
     report = None
     if cfg.attention == "dna":
         dna_dtype = torch.float32 if cfg.dna_dtype == "float32" else None  # None: the model's dtype
-        report = patch(
-            model,
-            neg_branch=cfg.neg_branch,
-            neg_rank=cfg.neg_rank,
-            shared_values=cfg.shared_values,
-            dna_dtype=dna_dtype,
-        )
+        report = patch(model, cfg.dna_options(), dna_dtype=dna_dtype)
     elif cfg.tune == "lora":  # the fair control: DnA's layers and SDPA call, no negative branch
-        report = patch(model, attention="softmax")
+        report = patch(model, cfg.dna_options())
     return model, processor, report
 
 

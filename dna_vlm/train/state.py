@@ -35,7 +35,7 @@ from dna_vlm.files import (
 )
 from dna_vlm.runs.config import RUN_CONFIG, RunError
 from dna_vlm.runs.loading import identity_differences, verify_run_dir
-from dna_vlm.train.config import TrainConfig
+from dna_vlm.train.config import TrainConfig, resumable_fields
 from dna_vlm.train.errors import TrainError
 
 __all__ = [
@@ -61,11 +61,7 @@ STATE_FORMAT = "dna-vlm-train-state/1"
 RUN_FILES = (RUN_CONFIG, CKPT_DIR, "metrics.jsonl", "dna", "adapter", "projector.safetensors",
              "summary.json", "tensorboard")  # fmt: skip
 #: keys of TrainConfig that may differ between an interrupted run and its resumption
-RESUMABLE_CHANGES = {
-    "max_steps", "resume", "overwrite", "stop_after", "save_every", "keep_checkpoints", "progress",
-    "num_workers", "eval_data", "eval_every", "bad_video", "extra", "device", "prefetch", "frame_cache",
-    "frame_memory_mb",
-}  # fmt: skip
+RESUMABLE_CHANGES = resumable_fields()
 #: paths compared resolved, and by the identity of what they hold (a moved run dir / model / data resumes)
 PATH_KEYS = ("model", "data", "output")
 STEP_DIR = re.compile(r"^step-(\d+)$")

@@ -26,6 +26,8 @@ from dna_vlm.eval.attribute.encoder_section_render import encoder_markdown, plot
 from dna_vlm.eval.logs.samples import SampleLog, expand_sources, load_samples
 from dna_vlm.eval.stats import compare, excludes_zero, mcnemar_exact, quantity_rng, wilson_ci
 
+from dna_vlm.options import COMPARISON
+
 __all__ = [
     "ENCODER_DEFINITIONS",
     "EncoderError",
@@ -139,8 +141,8 @@ def _probe_rows(probe: dict | str | Path, arms: tuple[str, str], view: str | Non
 
 def _default_probe_arms(probe) -> tuple[str, str]:
     names = list((json.loads(Path(probe).read_text()) if not isinstance(probe, dict) else probe)["arms"])
-    if {"softmax", "dna"} <= set(names):
-        return ("softmax", "dna")
+    if set(COMPARISON) <= set(names):
+        return COMPARISON
     if len(names) < 2:
         raise EncoderError(
             f"probe result has arms {names}; the encoder gain needs two (--probe-arms BASE CAND)"
@@ -391,7 +393,7 @@ def add_encoder_args(parser) -> None:
         --oracle LOG  --control NAME=LOG (repeatable)  --noise SIGMA=LOG (repeatable)
 
     Every one is optional; :func:`encoder_section_from_args` returns None when none is given."""
-    g = parser.add_argument_group("encoder section (issue 11: how much of the error is the encoder's)")
+    g = parser.add_argument_group("encoder section (how much of the error is the encoder's)")
     g.add_argument("--probe", help="dna-vlm probe's probe.json with both arms' per-row predictions")
     g.add_argument(
         "--probe-arms", nargs=2, metavar=("BASE", "CAND"), help="probe arms of baseline and candidate"

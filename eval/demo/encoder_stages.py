@@ -1,4 +1,4 @@
-"""The demo's encoder-level stages (issue 11): the probe on the baseline and both arms, the softmax arm's
+"""The demo's encoder-level stages: the probe on the baseline and both arms, the softmax arm's
 oracle / control / noise runs (plugin ``model_args``), and the Encoder section with its report parts.
 
 Kept apart from :mod:`dna_vlm.eval.demo.pipeline` (the stage runner and the report) so each reads in one place.

@@ -14,7 +14,7 @@ Stages (each resumable: a finished stage leaves ``OUT/stages/<name>.json`` and i
                  the runs left to do go through one lmms-eval process (its ``--config`` list), with one
                  on-disk frame cache
 6. ``attribute`` paired statistics (softmax arm vs DnA arm, with blind)
-7. ``probe`` / ``encoder-s*``  the encoder-level measurements (issue 11): a linear probe on the visual tokens of
+7. ``probe`` / ``encoder-s*``  the encoder-level measurements: a linear probe on the visual tokens of
                  the baseline and both arms (train split -> test and oracle rows), then the Encoder section
                  (encoder gain, carry-through, error decomposition) from the probe and the control runs
 8. ``inspect``   DnA diagnostics on the DnA arm
@@ -44,6 +44,7 @@ from dna_vlm.eval.demo.stages import Stages
 from dna_vlm.eval.stats import wilson_ci
 
 from dna_vlm.files import atomic_write_bytes, atomic_write_json
+from dna_vlm.options import COMPARISON, CONTROL_ARM
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def run_demo(
     t_start = time.perf_counter()
     run.prepare()
     seed_list = list(range(seed, seed + seeds))
-    arms = {(a, s): run.arm(a, s) for s in seed_list for a in ("softmax", "dna")}
+    arms = {(a, s): run.arm(a, s) for s in seed_list for a in COMPARISON}
     evals = run.evaluate_all(arms)
     reports = {s: run.attribute(s, evals) for s in seed_list}
     encoder = run.encoder_all(arms, evals, seed_list)
@@ -181,10 +182,10 @@ class _DemoRun:
         ('<control>-softmax-s<seed>'). The runs left to do go through one lmms-eval process (its ``--config``
         list), so torch, transformers and lmms-eval are imported, and the task index built, once."""
         plan = {"baseline": EvalPlan(None), "blind": EvalPlan(None, task="dna_vlm_synth_blind")}
-        for attention in ("softmax", "dna"):
+        for attention in COMPARISON:
             plan.update({f"{a}-s{s}": EvalPlan(r) for (a, s), r in arms.items() if a == attention})
         for (a, s), r in arms.items():
-            if a == "softmax":
+            if a == CONTROL_ARM:
                 plan.update({f"{n}-softmax-s{s}": EvalPlan(r, m, t) for n, m, t in ENCODER_RUNS})
         evals = {n: r for n in plan if (r := self.stages.cached(f"eval-{n}")) is not None}
         todo = {n: p for n, p in plan.items() if n not in evals}
@@ -375,7 +376,7 @@ def _inspect(dest: Path, base: str, dna_run: str, data: dict, cfg: DemoSize, dev
 
 def _neg_branch_movement(model) -> dict:
     """How far training moved DnA's negative branch from its start (V- = 0, lambda = 0.5)."""
-    from dna_vlm import dna_layers
+    from dna_vlm.patching import dna_layers
 
     rel, lam = [], []
     for _, layer in dna_layers(model):

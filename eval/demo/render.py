@@ -1,4 +1,4 @@
-"""The demo's report text: report.md and the terminal summary (``dna-vlm demo``'s rendering, split from demo.py)."""
+"""The demo's report text: report.md and the terminal summary (``dna-vlm demo``'s rendering)."""
 
 from __future__ import annotations
 

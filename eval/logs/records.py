@@ -1,7 +1,7 @@
 """The per-sample record and the failure encoding: the one home of both.
 
 Used by the lmms-eval plugin (:mod:`dna_vlm.eval.lmms.plugin`, which marks failures), the project's tasks
-(``eval/tasks/utils.py``, which turn model outputs into records) and ``attribute`` (:mod:`dna_vlm.eval.logs.samples`,
+(``eval/lmms/tasks/utils.py``, which turn model outputs into records) and ``attribute`` (:mod:`dna_vlm.eval.logs.samples`,
 which reads records back from sample logs). Nothing else defines these formats.
 
 **Failure encoding.** A sample fails when the model cannot load its visual (missing or corrupt video, a
@@ -60,7 +60,6 @@ __all__ = [
     "PROVENANCE_KEY",
     "RECORD_METRIC",
     "SampleRecord",
-    "doc_key",
     "failed_losses",
     "failed_response",
     "failure_reason",
@@ -94,14 +93,6 @@ _FAILURES: dict[str, str] = {}
 
 
 # ------------------------------------------------------------------------------------------------ failures
-
-
-def doc_key(doc: Any, doc_id: Any) -> str:
-    """A doc's ``id`` field, else lmms-eval's ``doc_id`` (unique within one task only: the plugin keys its
-    failures by video path and ``task:doc_id`` instead)."""
-    if isinstance(doc, dict) and doc.get("id") is not None:
-        return str(doc["id"])
-    return str(doc_id)
 
 
 def note_failure(key: str, reason: str) -> None:

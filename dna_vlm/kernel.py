@@ -2,18 +2,24 @@
 
     out = softmax(s * q_pos k^T + mask) v_pos  -  neg_scale[h] * softmax(-s * q_neg k^T + mask) v_neg
 
-Two implementations share one validated entry point, :func:`dna_attention`:
+Three implementations share one validated entry point, :func:`dna_attention`:
 
 * ``reference`` materialises both (Nq, Nk) probability matrices with an fp32 softmax. It is slow and
   memory-hungry, and exists to be obviously right.
 * ``fused`` runs each branch through ``torch.nn.functional.scaled_dot_product_attention`` (the negative
   branch is an ordinary softmax attention with a negated query, never a negative scale), so flash /
   memory-efficient / cuDNN backends are used and no (Nq, Nk) buffer is ever allocated by this module.
+* ``triton`` (:mod:`dna_vlm.kernel_triton`, needs the triton package and CUDA tensors) computes both branches in
+  one pass over the keys (each K tile loaded once) with a fused backward. It has no dropout, no fp64 and head dims
+  up to 128; on anything it cannot handle it raises ValueError naming why (never a silent fallback).
 
-The implementation is chosen per call: ``DNA_VLM_ATTENTION_IMPL`` (``auto`` | ``fused`` | ``reference``),
-overridden by the :func:`use_impl` context manager.
+The implementation is chosen per call: ``DNA_VLM_ATTENTION_IMPL`` (``auto`` | ``fused`` | ``reference`` |
+``triton``), overridden by the :func:`use_impl` context manager. ``auto`` is ``fused``.
 
-A third, forward-only path serves the low-rank negative branch (Q- = Q+ + B_q A_q x, V- = B_v A_v x):
+A fully masked query row (every key masked, bool False or additive -inf) gives output 0 and zero gradients on
+every implementation (what SDPA does), not NaN.
+
+A fourth, forward-only path serves the low-rank negative branch (Q- = Q+ + B_q A_q x, V- = B_v A_v x):
 :func:`dna_attention_lowrank_scores` computes the positive scores once per head and gets the negative ones
 from them by a rank-r update, S- = -S+ - s a_q (K B_q)^T, and P- V- as (P- a_v) B_v^T, so the negative branch
 never runs a second QK^T or a full PV. It materialises a few heads' (Nq, Nk) scores at a time, which pays on
@@ -32,6 +38,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from dna_vlm.kernel_checks import _shape, _validate
+
 __all__ = [
     "IMPLS",
     "attention_probs",
@@ -46,7 +54,7 @@ __all__ = [
     "use_impl",
 ]
 
-IMPLS = ("auto", "fused", "reference")
+IMPLS = ("auto", "fused", "reference", "triton")
 ENV_VAR = "DNA_VLM_ATTENTION_IMPL"
 _local = threading.local()
 
@@ -62,12 +70,13 @@ def requested_impl() -> str:
 def current_impl() -> str:
     """The implementation the next :func:`dna_attention` call will use (``auto`` resolves to ``fused``)."""
     impl = requested_impl()
+    # auto stays on the two-SDPA fused path: the triton kernel has not been timed on a GPU yet
     return "fused" if impl == "auto" else impl
 
 
 @contextlib.contextmanager
 def use_impl(impl: str) -> Iterator[None]:
-    """Force ``"reference"`` or ``"fused"`` (or ``"auto"``) for calls inside the block (thread-local)."""
+    """Force ``"reference"``, ``"fused"`` or ``"triton"`` (or ``"auto"``) for calls inside the block (thread-local)."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     prev = getattr(_local, "impl", None)
@@ -76,66 +85,6 @@ def use_impl(impl: str) -> Iterator[None]:
         yield
     finally:
         _local.impl = prev
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
-
-
-def _validate(q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask) -> None:
-    named = {"q_pos": q_pos, "q_neg": q_neg, "k": k, "v_pos": v_pos, "v_neg": v_neg}
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"dna_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"dna_attention: {name} must be 4-D (B, H, N, d), got shape {_shape(t)}")
-        if not t.is_floating_point():
-            raise TypeError(f"dna_attention: {name} must be floating point, got dtype {t.dtype}")
-    if q_neg.shape != q_pos.shape:
-        raise ValueError(
-            f"dna_attention: q_neg has shape {_shape(q_neg)} but q_pos has shape {_shape(q_pos)}; "
-            "both queries must be (B, H, Nq, d)"
-        )
-    if v_neg.shape != v_pos.shape:
-        raise ValueError(
-            f"dna_attention: v_neg has shape {_shape(v_neg)} but v_pos has shape {_shape(v_pos)}; "
-            "both values must be (B, H, Nk, dv)"
-        )
-    B, H, _, d = q_pos.shape
-    if k.shape[0] != B or k.shape[1] != H or k.shape[3] != d:
-        raise ValueError(
-            f"dna_attention: k has shape {_shape(k)} but q_pos has shape {_shape(q_pos)}; "
-            f"k must be (B={B}, H={H}, Nk, d={d})"
-        )
-    if v_pos.shape[:3] != k.shape[:3]:
-        raise ValueError(
-            f"dna_attention: v_pos has shape {_shape(v_pos)} but k has shape {_shape(k)}; "
-            "values must be (B, H, Nk, dv) with the keys' B, H and Nk"
-        )
-    for name, t in named.items():
-        if t.dtype != q_pos.dtype:
-            raise TypeError(
-                f"dna_attention: {name} has dtype {t.dtype} but q_pos has {q_pos.dtype}; cast them alike"
-            )
-        if t.device != q_pos.device:
-            raise ValueError(f"dna_attention: {name} is on {t.device} but q_pos is on {q_pos.device}")
-    if not isinstance(neg_scale, torch.Tensor) or neg_scale.shape != (H,):
-        got = _shape(neg_scale) if isinstance(neg_scale, torch.Tensor) else type(neg_scale).__name__
-        raise ValueError(f"dna_attention: neg_scale must be a (H,) = ({H},) tensor, got {got}")
-    if neg_scale.device != q_pos.device:
-        raise ValueError(f"dna_attention: neg_scale is on {neg_scale.device} but q_pos is on {q_pos.device}")
-    if attn_mask is not None:
-        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
-            raise TypeError(
-                f"dna_attention: attn_mask must be bool or floating point, got dtype {attn_mask.dtype}"
-            )
-        target = (B, H, q_pos.shape[2], k.shape[2])
-        try:
-            torch.broadcast_shapes(attn_mask.shape, target)
-        except RuntimeError:
-            raise ValueError(
-                f"dna_attention: attn_mask has shape {_shape(attn_mask)}, not broadcastable to (B, H, Nq, Nk) = {target}"
-            ) from None
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -203,7 +152,8 @@ def _combine(o_pos: torch.Tensor, o_neg: torch.Tensor, neg_scale: torch.Tensor) 
 def attention_probs(q_pos, q_neg, k, attn_mask=None, scale=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(P+, P-): both branches' materialised (B, H, Nq, Nk) probabilities in the accumulation dtype.
 
-    For the reference path and diagnostics (``dna-vlm inspect``); masks as for :func:`dna_attention`.
+    For the reference path and diagnostics (``dna-vlm inspect``); masks as for :func:`dna_attention`. A fully
+    masked row (every key -inf) gets probabilities 0 (not NaN) and passes zero gradient back.
     """
     s = q_pos.shape[-1] ** -0.5 if scale is None else scale
     acc = _acc(q_pos.dtype)
@@ -214,9 +164,18 @@ def attention_probs(q_pos, q_neg, k, attn_mask=None, scale=None) -> tuple[torch.
         if attn_mask.dtype == torch.bool:
             bias = bias.masked_fill(~attn_mask, float("-inf"))
 
+    # rows with every key masked: softmax of a finite stand-in row, then zeroed, so neither values nor grads are NaN
+    dead = None if bias is None else (bias == float("-inf")).all(-1, keepdim=True)
+    if dead is not None and not dead.any():
+        dead = None
+
     def probs(q, sign):
         scores = sign * s * (q.to(acc) @ kt)
-        return torch.softmax(scores if bias is None else scores + bias, dim=-1)
+        if bias is None:
+            return torch.softmax(scores, dim=-1)
+        if dead is None:
+            return torch.softmax(scores + bias, dim=-1)
+        return torch.softmax((scores + bias).masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
 
     return probs(q_pos, 1.0), probs(q_neg, -1.0)
 
@@ -391,7 +350,12 @@ def dna_attention(
     _validate(q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask)
     if scale is not None and not (float(scale) > 0 and math.isfinite(float(scale))):
         raise ValueError(f"dna_attention: scale must be a positive finite number, got {scale!r}")
-    fn = dna_attention_reference if current_impl() == "reference" else dna_attention_fused
+    impl = current_impl()
+    if impl == "triton":
+        from dna_vlm.kernel_triton import dna_attention_triton  # lazy: importing dna_vlm never needs triton
+
+        return dna_attention_triton(q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask, dropout_p, scale)
+    fn = dna_attention_reference if impl == "reference" else dna_attention_fused
     return fn(q_pos, q_neg, k, v_pos, v_neg, neg_scale, attn_mask, dropout_p, scale)
 
 

@@ -13,10 +13,10 @@ import ast
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("dna_vlm.__main__",),
     ("dna_vlm.cli",),
     ("dna_vlm.eval.demo",),
-    ("dna_vlm.eval.attribute", "dna_vlm.eval.inspection", "dna_vlm.eval.lmms", "dna_vlm.eval.probe"),
+    ("dna_vlm.eval.attribute", "dna_vlm.eval.inspection", "dna_vlm.eval.lmms"),
+    ("dna_vlm.eval.probe",),
     ("dna_vlm.eval.logs", "dna_vlm.eval.stats", "dna_vlm.eval.report_files"),
     ("dna_vlm.bench",),
     ("dna_vlm.train",),
@@ -41,6 +42,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dna_vlm.attention",),
     ("dna_vlm.kernel",),
     ("dna_vlm.kernel_triton",),
+    ("dna_vlm.kernel_checks",),
     ("dna_vlm.options", "dna_vlm.files", "dna_vlm.errors", "dna_vlm.version"),
 ]
 FACADES = ("dna_vlm", "dna_vlm.eval")  # package __init__s that only document or re-export

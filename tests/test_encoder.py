@@ -22,7 +22,7 @@ def _write_log(path, correct, density=None):
     """An lmms-eval sample log in the dna_vlm tasks' form: one row per doc with the `dna_vlm` record."""
     with open(path, "w") as f:
         for i, c in enumerate(correct):
-            rec = {"id": f"q{i:03d}", "correct": int(c), "pred": "A", "answer": "A" if c else "B"}
+            rec = {"id": f"q{i:03d}", "correct": int(c), "pred": "A" if c else "B", "answer": "A"}
             if density is not None:
                 rec["density"] = int(density[i])
             f.write(json.dumps({"doc_id": i, "target": rec["answer"], "acc": int(c), "dna_vlm": rec}) + "\n")

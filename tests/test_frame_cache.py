@@ -195,11 +195,16 @@ def test_corrupt_entry_is_a_miss_and_is_rewritten(clip, tmp_path):
     assert FrameCache(tmp_path / "fc").get(sample_key(clip, num_frames=3)) is not None
 
 
-def test_cache_root_must_be_a_directory(tmp_path):
+def test_cache_root_that_is_a_file_is_bypassed(clip, tmp_path, caplog):
+    """A cache "folder" that is a file stores nothing and says so; frames still come (issue 25, item 7)."""
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(NotADirectoryError, match="not a directory"):
-        FrameCache(f)
+    with caplog.at_level("WARNING", logger="dna_vlm.video.cache"):
+        cache = FrameCache(f)
+        got = cache.sample(clip, num_frames=3)
+    assert cache.fault is not None and "not a directory" in cache.fault
+    assert f"frame cache {f} cannot be written" in caplog.text
+    assert np.array_equal(got.frames, sample_frames(clip, 3).frames) and f.read_text() == "x"
 
 
 _WORKER = """

@@ -206,7 +206,8 @@ def test_perceptiontest_val_both_output_types(tmp_path):
     )
     got, log = read(tmp_path, "perceptiontest_val_mcppl", rows)
     assert got == [RIGHT, WRONG, FAILED] and log.records["0"].fields["area"] == "memory"
-    assert log.questions["0"]["doc_hash"] and log.questions["0"]["input"]
+    # one doc under three doc ids: its doc_hash cannot tell them apart and is dropped; the prompt stays
+    assert "doc_hash" not in log.questions["0"] and log.doc_hash_ignored == 3 and log.questions["0"]["input"]
 
 
 def lvb_doc():
@@ -303,3 +304,95 @@ def test_table_is_small_and_ordered():
     assert find_reader("egoschema_subset_mcppl").read is not None and find_reader("egoschema").read is None
     assert find_reader("perceptiontest_val_mcppl").metric == "accuracy"
     assert find_reader("dna_vlm_synth") is None and find_reader("") is None
+
+
+# ------------------------------------------------------------------------------------------------ identification
+
+
+def results_config(folder, task: str, process_results, metric: str, aggregation) -> None:
+    """The results JSON lmms-eval writes beside the sample logs, with the task's config as ``TaskConfig``
+    dumps it (``evaluator.py``: ``configs[task] = task.dump_config()``; functions become their ``str``)."""
+    from lmms_eval.api.task import TaskConfig
+    from lmms_eval.utils import handle_non_serializable
+
+    cfg = TaskConfig(task=task, process_results=process_results,
+                     metric_list=[{"metric": metric, "aggregation": aggregation}]).to_dict()  # fmt: skip
+    text = json.dumps({"results": {}, "configs": {task: cfg}}, default=handle_non_serializable)
+    (folder / "20260101_000000_results.json").write_text(text)
+
+
+def test_renamed_stock_task_is_read_by_what_its_log_carries(tmp_path):
+    """Issue 25 item 4: a user's copy of a stock task under its own name failed with "no per-sample metric
+    found" (readers were chosen by task name only). The reader now comes from the task config in the results
+    JSON (its stock functions) or, without one, from the metric's shape."""
+    u = stock("egoschema")
+    d = egoschema_doc()
+    rows = gen_rows(u.egoschema_process_results_generation, [(d, "C"), (d, "A."), (d, failed_response("x", "A"))],
+                    u.egoschema_doc_to_answer)  # fmt: skip
+    got, log = read(tmp_path, "my_egoschema_copy", rows)  # no results JSON: the metric's shape
+    assert got == [RIGHT, WRONG, FAILED] and (log.reader, log.reader_by) == (
+        "egoschema_subset*",
+        "metric shape",
+    )
+    u = stock("longvideobench")
+    lvb = gen_rows(
+        u.longvideobench_process_results, [(lvb_doc(), "B"), (lvb_doc(), "C")], lambda d: d["correct_choice"]
+    )
+    results_config(
+        tmp_path, "lvb_local", u.longvideobench_process_results, "lvb_acc", u.longvideobench_aggregate_results
+    )
+    got, log = read(tmp_path, "lvb_local", lvb)
+    assert got == [RIGHT, WRONG] and (log.reader, log.reader_by) == ("longvideobench_*", "results config")
+
+
+def test_ambiguous_shape_needs_the_config_or_reader(tmp_path):
+    """videomathqa mcq / mbin log the same metric dict: without a results JSON the error lists both and asks
+    for --reader; the results JSON's aggregation tells them apart; --reader forces one and an unknown name
+    lists every reader."""
+    u = stock("videomathqa")
+    doc = {"question_id": "m1", "length": "short", "category": "geometry", "answer": "C", "question": "Area?",
+           "options": ["A. 1", "B. 2", "C. 3", "D. 4", "E. 5"]}  # fmt: skip
+    rows = gen_rows(
+        u.videomathqa_process_results, [(dict(doc), "C"), (dict(doc), "E")], lambda d: d["answer"]
+    )
+    path = tmp_path / "20260101_000000_samples_vmq_local.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(
+        AttributionError, match=r"several stock tasks \(videomathqa_mcq, videomathqa_mbin\).*--reader"
+    ):
+        load_samples(path)
+    forced = load_samples(path, reader="videomathqa_mcq")
+    assert [r.correct for r in forced.records.values()] == [True, False] and forced.reader_by == "--reader"
+    with pytest.raises(
+        AttributionError,
+        match=r"--reader 'nope': no such reader; readers: videomme_convert_mcq_oe, .*, generic",
+    ):
+        load_samples(path, reader="nope")
+    results_config(tmp_path, "vmq_local", u.videomathqa_process_results, "videomathqa_perception_score",
+                   u.videomathqa_multi_binary_aggregate_results)  # fmt: skip
+    with pytest.raises(
+        AttributionError, match=r"cannot be compared question by question: its score is per question group"
+    ):
+        load_samples(path)
+
+
+def test_reader_flag_in_the_cli(tmp_path, capsys):
+    """`dna-vlm attribute --reader NAME` forces a reader; `--help` lists them."""
+    from dna_vlm.cli import main
+
+    u = stock("videomathqa")
+    doc = {"question_id": "m1", "length": "short", "category": "geometry", "answer": "C", "question": "Area?",
+           "options": ["A. 1", "B. 2", "C. 3", "D. 4", "E. 5"]}  # fmt: skip
+    logs = []
+    for arm, resp in (("b", "C"), ("c", "E")):
+        rows = gen_rows(u.videomathqa_process_results, [(dict(doc), resp)], lambda d: d["answer"])
+        (tmp_path / arm).mkdir()
+        logs.append(tmp_path / arm / "20260101_samples_vmq.jsonl")
+        logs[-1].write_text(json.dumps(rows[0]) + "\n")
+    argv = ["attribute", "--baseline", str(logs[0]), "--candidate", str(logs[1]), "--bootstrap", "0", "--no-plots",
+            "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 2 and "--reader" in capsys.readouterr().err
+    assert main([*argv, "--reader", "videomathqa_mcq"]) == 0
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert (rep["baseline_acc"], rep["candidate_acc"]) == (1.0, 0.0)
+    assert rep["inputs"]["baseline"]["logs"][0]["reader_by"] == "--reader"

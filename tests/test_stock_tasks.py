@@ -127,6 +127,23 @@ def _mlvu(i):
             "answer": "ABCD"[i % 4], "task_type": "count"}  # fmt: skip
 
 
+def _videomme_v2(i):
+    return {"video_id": f"v2_{i}", "question_id": f"v2_{i}-1", "question": f"How many cups ({i})?",
+            "options": "A. 1.\nB. 2.\nC. 3.\nD. 4.", "answer": "ABCD"[i % 4], "group_type": "relevance",
+            "group_structure": "", "level": 1, "second_head": "count", "third_head": "objects"}  # fmt: skip
+
+
+def _timescope(i):
+    return {"id": f"ts{i}", "video": f"ts{i}.mp4", "input": f"What happens ({i})?\nA. run\nB. walk\nC. sit\nD. jump",
+            "answer": "ABCD"[i % 4], "type": "QA", "length": 60}  # fmt: skip
+
+
+def _videomathqa(i):
+    return {"videoID": f"vm{i}", "question_id": f"vm{i}", "question": f"How many sides ({i})?",
+            "options": ["(A) 3", "(B) 4", "(C) 5", "(D) 6", "(E) 8"], "answer": "ABCDE"[i % 5],
+            "category": "Counting", "length": "short"}  # fmt: skip
+
+
 def _mvbench(i):
     return {"video": f"mv{i}.mp4", "question": f"What happens ({i})?", "candidates": ["run", "walk", "sit"],
             "answer": ["run", "walk", "sit"][i % 3]}  # fmt: skip
@@ -150,6 +167,11 @@ TASKS = {
     "longvideobench_val_i_local": ("longvideobench/longvideobench_val_i.yaml", "validation", _lvb,
                                    lambda r: f"datasets/longvideobench/videos/{r['video_path']}"),
     "mlvu_dev_local": ("mlvu/mlvu_dev.yaml", "test", _mlvu, lambda r: f"mlvu/{r['video_name']}"),
+    "videomme_v2_local": ("videomme_v2/videomme_v2.yaml", "test", _videomme_v2,
+                          lambda r: f"videomme_v2/{r['video_id']}.mp4"),
+    "timescope_local": ("timescope/timescope.yaml", "test", _timescope, lambda r: f"timescope/{r['video']}"),
+    "videomathqa_mcq_local": ("videomathqa/videomathqa_mcq.yaml", "test", _videomathqa,
+                              lambda r: f"videomathqa/videos/{r['videoID']}.mp4"),
     **{f"mvbench_{s}_local": (f"mvbench/mvbench_{s}.yaml", "train", _mvbench,
                               lambda r, s=s: f"mvbench_video/{_mvbench_dir(s)}/{r['video']}") for s in SUBTASKS},
 }  # fmt: skip
@@ -249,6 +271,7 @@ def _run(root: Path, hf: Path, model_args: str, tasks: list[str], name: str) -> 
     assert proc.returncode == 0, f"{proc.stderr[-6000:]}\n{proc.stdout[-2000:]}"
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["results_json"] = json.loads(Path(out["results"]).read_text())
+    out["stderr"] = proc.stderr
     return out
 
 
@@ -266,6 +289,9 @@ STOCK_ACC = {
     "longvideobench_val_v_local": ("longvideobench_*", "lvb_acc,none", 1),
     "longvideobench_val_i_local": ("longvideobench_*", "lvb_acc,none", 1),
     **{f"mvbench_{s}_local": ("mvbench_*", "mvbench_accuracy,none", 100) for s in SUBTASKS},
+    "videomme_v2_local": ("videomme_v2*", "videomme_v2_overall_acc,none", 100),
+    "timescope_local": ("timescope*", "timescope_perception_score,none", 100),
+    "videomathqa_mcq_local": ("videomathqa_mcq*", "videomathqa_perception_score,none", 100),
 }
 
 

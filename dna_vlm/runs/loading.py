@@ -1,9 +1,10 @@
-"""Load a base video LLM, optionally with a training run applied (project contracts 5 and 6), and find
-its parts (vision towers, projector, language model) whatever wraps it.
+"""Load a base video LLM, optionally with a training run applied (a run dir, read back exactly as it was
+trained), and find its parts (vision towers, projector, language model) whatever wraps it.
 
 A run dir (the output of ``dna-vlm train``) holds ``run_config.json``, whose schema is
 :class:`dna_vlm.runs.config.RunConfig`. :func:`load_model` rebuilds the tuned model from it in one call: base
-model -> DnA (``load_dna``) -> PEFT adapter (merged) -> projector weights. :func:`build_inputs` (from
+model -> the attention layers it trained through (DnA: ``load_dna``; the softmax control: dna-vlm's control
+layers) -> PEFT adapter (merged) -> projector weights. :func:`build_inputs` (from
 :mod:`dna_vlm.data.prompting`) builds batches.
 """
 
@@ -17,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dna_vlm.files import SafetensorsFileError, check_safetensors, load_safetensors, sampled_digest
 from dna_vlm.data.prompting import build_inputs, format_question
+from dna_vlm.files import SafetensorsFileError, check_safetensors, load_safetensors, sampled_digest
 from dna_vlm.runs.config import RUN_CONFIG, RUN_FORMAT, RunConfig, RunError
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "run_path",
+    "trained_on_control_layers",
     "verify_run_dir",
 ]
 
@@ -376,6 +378,9 @@ def load_model(
       the base model (function-preserving); ``"softmax"`` with a DnA run is an error (its weights need DnA).
     - The run dir is checked first (:func:`verify_run_dir`: complete, one write, paths inside it) and so is
       the base model (:func:`check_base`: the one the run was trained on, unless ``allow_base_mismatch``).
+    - A run's vision attention is computed as in training: a softmax run trained through dna-vlm's control
+      layers (``attention_kernel`` ``dna_vlm-*``, every LoRA softmax arm) gets them again, so that it and the
+      DnA arm share one attention path whatever ``attn_implementation`` the LLM is loaded with.
     """
     if attention not in (None, "dna", "softmax"):
         raise RunError(f"attention={attention!r}: expected 'dna', 'softmax' or None")
@@ -409,11 +414,23 @@ def load_model(
     return model, processor
 
 
+def trained_on_control_layers(run: RunConfig) -> bool:
+    """Whether a softmax run trained through dna-vlm's control layers (``patch(model, attention="softmax")``:
+    DnA's layer and SDPA call without the negative branch) rather than the model's own attention: its recorded
+    ``attention_kernel`` says ``dna_vlm-*`` (None: a run from before it was recorded, trained on the model's
+    own attention)."""
+    return run.attention == "softmax" and str(run.attention_kernel or "").startswith("dna_vlm-")
+
+
 def _apply_run(model: nn.Module, run_dir: Path, run: RunConfig) -> nn.Module:
     """The run's DnA weights (``load_dna``), PEFT adapter (merged) and projector weights, applied in place;
     every error names the run dir's file and what is wrong."""
     if run.dna_dir:
         _load_run_dna(model, run_path(run_dir, run.dna_dir, "dna_dir"))
+    elif trained_on_control_layers(run):
+        from dna_vlm.patching import patch
+
+        patch(model, attention="softmax")  # before the adapter: it was trained on these layers
     if run.adapter_dir:
         model = _load_run_adapter(model, run_path(run_dir, run.adapter_dir, "adapter_dir"), run)
     if run.projector:

@@ -2,7 +2,9 @@
 
 Data order is a function of (seed, epoch) only and frames of (seed, epoch, row), so micro-batch g is the
 same in an uninterrupted run and in a resumed one; the loader just walks g over a range. Unreadable videos
-are returned with the batch (``"bad"``), never raised, so the trainer applies the user's policy.
+are returned with the batch (``"bad"``), never raised, so the trainer applies the user's policy. A frame
+cache that cannot be written is no bad video: it warns once and is bypassed (:mod:`dna_vlm.video.cache`),
+and its fault comes with the next batch (``"cache_faults"``) so the run can record it.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ def load_examples(cfg: TrainConfig) -> tuple[list, list]:
 
 
 class MicroBatches(torch.utils.data.Dataset):
-    """Micro-batch number g -> ``{"g", "batch", "bad", "rows"}`` for process ``rank`` of ``world``.
+    """Micro-batch number g -> ``{"g", "batch", "bad", "rows", "cache_faults"}`` for process ``rank`` of
+    ``world``.
 
     ``batch`` is the processor's batch (None when a video failed under ``bad_video="fail"``), ``bad`` the
-    unreadable videos met ([{id, video, source, error}]), ``rows`` the dataset rows used.
+    unreadable videos met ([{id, video, source, error}]), ``rows`` the dataset rows used, ``cache_faults``
+    why the on-disk frame cache stores nothing (["DIR: error"], once per process; [] otherwise).
     """
 
     def __init__(self, examples, processor, cfg: TrainConfig, rank: int, world: int, strategy="segments"):
@@ -49,6 +53,7 @@ class MicroBatches(torch.utils.data.Dataset):
         self.per_epoch = max(1, math.ceil(self.n / self.global_bs))
         self._perm: dict[int, np.ndarray] = {}
         self._cache = None  # FrameMemory (over an optional FrameCache), made on first use
+        self._fault_told = False  # the frame cache's fault went out with a batch
 
     def __len__(self) -> int:  # unbounded in principle; the sampler decides
         return 1 << 62
@@ -97,7 +102,7 @@ class MicroBatches(torch.utils.data.Dataset):
                 ex = self.examples[idx]
                 bad.append({"id": ex.id, "video": ex.video, "source": ex.source, "error": str(e)})
                 if self.cfg.bad_video == "fail":
-                    return {"g": g, "batch": None, "bad": bad, "rows": rows}
+                    return {"g": g, "batch": None, "bad": bad, "rows": rows, "cache_faults": self._faults()}
             if not tries and not good and extra < self.n:  # every row bad: draw the next ones in order
                 _, nxt = self.rows(g + 1 + extra // self.cfg.batch_size)
                 tries.append(nxt[extra % self.cfg.batch_size])
@@ -106,7 +111,16 @@ class MicroBatches(torch.utils.data.Dataset):
             raise TrainError(
                 f"no readable video in {self.cfg.data}: every row failed to decode ({bad[:2]} ...)"
             )
-        return {"g": g, "batch": self._batch(good), "bad": bad, "rows": [i for i, _ in good]}
+        rows = [i for i, _ in good]
+        return {"g": g, "batch": self._batch(good), "bad": bad, "rows": rows, "cache_faults": self._faults()}
+
+    def _faults(self) -> list[str]:
+        """The on-disk frame cache's fault the first time this process meets it, else []."""
+        disk = getattr(self._cache, "disk", None)
+        if disk is None or disk.fault is None or self._fault_told:
+            return []
+        self._fault_told = True
+        return [f"{disk.root}: {disk.fault}"]
 
     def _batch(self, good):
         from dna_vlm.data.prompting import build_inputs, format_question

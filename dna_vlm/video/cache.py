@@ -15,6 +15,10 @@ decode every video again; with ``FrameCache(DIR)`` the first one decodes and sto
   (:func:`dna_vlm.files.atomic_path`), so readers in other processes see a whole entry or none. Two processes
   missing at once both decode and both write the same content; the last rename wins. An unreadable entry
   (disk full, truncated by a crash of the machine) counts as a miss and is rewritten.
+- **Faults**: the cache is an optimisation, never a reason to lose a video. A cache that cannot be written
+  (a read-only file system, a full disk, no permission, a file where its folder should be) is said once per
+  process -- a warning naming the folder and the OS error -- and from then on frames are decoded directly
+  and not stored (:attr:`FrameCache.fault` says why; entries already there are still read).
 
 The cache never evicts; delete ``DIR`` (or old shards) to reclaim space.
 
@@ -26,9 +30,11 @@ than by the sampling parameters, so a training draw with a new seed that lands o
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -48,7 +54,11 @@ __all__ = [
     "video_identity",
 ]
 
-_FORMAT = 1  # bump when the stored layout changes: old entries are then never read
+# bump when the stored layout or what is sampled changes: old entries are then never read (2: variable-rate
+# clips sampled on their own frame times; format-1 entries of such clips hold frames picked at index / fps)
+_FORMAT = 2
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # cache folders whose fault this process has reported
 
 
 def _full_identity(path: str | os.PathLike) -> tuple:
@@ -115,6 +125,7 @@ class CacheStats:
     misses: int = 0
     writes: int = 0
     unreadable: int = 0  # entries that failed to load (treated as misses and rewritten)
+    write_errors: int = 0  # stores skipped because the cache cannot be written (see FrameCache.fault)
 
 
 class FrameCache:
@@ -122,14 +133,32 @@ class FrameCache:
 
     ``cache.sample(path, **sampling)`` returns :class:`dna_vlm.video.decode.Frames`, decoding with
     :func:`dna_vlm.video.decode.sample_frames` only on a miss. ``get``/``put`` are the lower-level pair.
+    ``fault`` is None while the cache works, else why it stores nothing (the module docstring's "Faults").
     """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        if self.root.exists() and not self.root.is_dir():
-            raise NotADirectoryError(f"frame cache {self.root}: exists and is not a directory")
-        self.root.mkdir(parents=True, exist_ok=True)
         self.stats = CacheStats()
+        self.fault: str | None = None
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(self.root))
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self._bypass(e)
+
+    def _bypass(self, e: BaseException) -> None:
+        """Stop storing (reads go on: entries already there are still right); warn once per process."""
+        self.fault = f"{type(e).__name__}: {e}"
+        if str(self.root) not in _WARNED:
+            _WARNED.add(str(self.root))
+            log.warning(
+                "frame cache %s cannot be written (%s): frames are decoded directly and not stored for the "
+                "rest of this process; no video is skipped for it. Free space or fix the folder (or its "
+                "permissions), or give the frame cache another folder",
+                self.root,
+                self.fault,
+            )
 
     def entry_path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
@@ -137,27 +166,30 @@ class FrameCache:
     def get(self, key: str):
         """The :class:`~dna_vlm.video.decode.Frames` stored under ``key``, or None (missing or unreadable)."""
         p = self.entry_path(key)
-        if not p.is_file():
-            return None
         try:
-            frames = _load_entry(p)
-        except Exception:  # truncated/corrupt entry: a miss; the caller's put() replaces it
+            return _load_entry(p) if p.is_file() else None
+        except Exception:  # truncated/corrupt/unreadable entry: a miss; the caller's put() replaces it
             self.stats.unreadable += 1
             return None
-        return frames
 
-    def put(self, key: str, frames, sampling: dict | None = None) -> Path:
-        """Store ``frames`` (a :class:`~dna_vlm.video.decode.Frames`) under ``key`` atomically; returns the file."""
+    def put(self, key: str, frames, sampling: dict | None = None) -> Path | None:
+        """Store ``frames`` (a :class:`~dna_vlm.video.decode.Frames`) under ``key`` atomically; returns the
+        file, or None when the cache cannot be written (:attr:`fault`; said once, later puts skip)."""
+        from safetensors import SafetensorError
         from safetensors.numpy import save_file
 
         from dna_vlm.files import atomic_path
 
+        if self.fault is not None:
+            self.stats.write_errors += 1
+            return None
         meta = {
             "format": str(_FORMAT),
             "path": str(frames.path),
             "source_fps": repr(float(frames.source_fps)),
             "num_source_frames": str(int(frames.num_source_frames)),
             "sampling": json.dumps(sampling or {}, sort_keys=True),
+            "constant_rate": "1" if frames.constant_rate else "0",
         }
         arrays = {
             "frames": np.ascontiguousarray(frames.frames, dtype=np.uint8),
@@ -169,14 +201,22 @@ class FrameCache:
             ),
         }
         p = self.entry_path(key)
-        with atomic_path(p, suffix=".safetensors.tmp") as tmp:
-            save_file(arrays, str(tmp), metadata=meta)
+        try:
+            with atomic_path(p, suffix=".safetensors.tmp") as tmp:
+                save_file(arrays, str(tmp), metadata=meta)
+        except (OSError, SafetensorError) as e:  # SafetensorError: an I/O error met by the Rust writer
+            self.stats.write_errors += 1
+            self._bypass(e)
+            return None
         self.stats.writes += 1
         return p
 
     def get_or_decode(self, path: str | os.PathLike, decode: Callable[[], object], **sampling):
         """Frames of ``path`` sampled with ``sampling``: from the cache, else ``decode()`` then stored."""
-        key = frame_key(path, **sampling)
+        try:
+            key = frame_key(path, **sampling)
+        except OSError:  # the video itself is missing or unreadable: the decoder's error names it
+            return decode()
         hit = self.get(key)
         if hit is not None:
             self.stats.hits += 1
@@ -235,6 +275,7 @@ def _load_entry(p: Path):
         path=meta["path"],
         num_source_frames=int(meta["num_source_frames"]),
         requested_timestamps=arrays["requested_timestamps"],
+        constant_rate=meta["constant_rate"] == "1",
     )
 
 
@@ -244,10 +285,11 @@ class FrameMemory:
 
     ``memory.sample(path, **sampling)`` returns what ``sample_frames(path, **sampling)`` returns. The first
     decode of a video records its frame count and rate; later calls plan their indices with
-    :func:`dna_vlm.video.decode.plan_indices` and are served from memory when those frames (same identity -- path,
-    size, mtime, inode, ctime --, same indices, same decode size) were decoded before. ``seek="keyframe"``
-    needs the keyframe list and always decodes (through ``disk`` when given). Every call returns arrays the
-    caller owns (the memory keeps its own copy). Not shared between processes: each loader worker has its own.
+    :func:`dna_vlm.video.decode.plan_indices` (on the clip's own frame times when it is variable-rate) and are
+    served from memory when those frames (same identity -- path, size, mtime, inode, ctime --, same indices,
+    same decode size) were decoded before. ``seek="keyframe"`` needs the keyframe list and always decodes
+    (through ``disk`` when given). Every call returns arrays the caller owns (the memory keeps its own copy).
+    Not shared between processes: each loader worker has its own.
     """
 
     def __init__(self, max_mb: float = 512, disk: FrameCache | None = None):
@@ -258,7 +300,8 @@ class FrameMemory:
         self.max_bytes, self.disk, self.bytes = int(max_mb * 2**20), disk, 0
         self.stats = CacheStats()
         self._lru: OrderedDict = OrderedDict()  # key -> Frames
-        self._videos: dict[tuple, tuple[int, float]] = {}  # identity -> (frame count, fps)
+        # identity -> (frame count, fps, frame times or None for a constant-rate clip)
+        self._videos: dict[tuple, tuple[int, float, object]] = {}
 
     def sample(self, path: str | os.PathLike, **sampling):
         kw = sample_params(**sampling)
@@ -278,17 +321,18 @@ class FrameMemory:
         frames = (
             self.disk.sample(path, **sampling) if self.disk is not None else _decode_frames(path, sampling)
         )
+        if ident is not None and ident not in self._videos:
+            self._videos[ident] = _timeline(path, frames)
         if ident is not None:
-            self._videos[ident] = (int(frames.num_source_frames), float(frames.source_fps))
             self._put((ident, tuple(int(i) for i in frames.indices), _size(kw["size"])), frames)
         return frames
 
     def _key(self, path, ident: tuple, kw: dict) -> tuple:
         from dna_vlm.video.decode import plan_indices
 
-        n, fps = self._videos[ident]
+        n, fps, times = self._videos[ident]
         plan = {k: kw[k] for k in ("num_frames", "strategy", "fps", "max_frames", "window", "seed", "short")}
-        idx = plan_indices(path, n, fps, **plan)
+        idx = plan_indices(path, n, fps, times=times, **plan)
         return (ident, tuple(int(i) for i in idx), _size(kw["size"]))
 
     def _put(self, key: tuple, frames) -> None:
@@ -301,6 +345,15 @@ class FrameMemory:
         while self.bytes > self.max_bytes:
             _, old = self._lru.popitem(last=False)
             self.bytes -= int(old.frames.nbytes)
+
+
+def _timeline(path, frames) -> tuple[int, float, object]:
+    """(frame count, fps, frame times) of the clip ``frames`` came from; the times only for a variable-rate
+    clip (one more open of the container, once per clip and process)."""
+    from dna_vlm.video.decode import video_times
+
+    times = None if frames.constant_rate else video_times(path)
+    return int(frames.num_source_frames), float(frames.source_fps), times
 
 
 def _size(size) -> tuple | None:

@@ -12,6 +12,14 @@ their timestamps and indices). Strategies:
 
 Each may be restricted to ``window=(start_s, end_s)``.
 
+Times are the container's own: a variable-frame-rate clip (a phone or screen recording, a slideshow, frames
+dropped) is sampled on its per-frame timestamps (decord's index of the packets' presentation times), not on
+``index / average fps``. ``"uniform"`` then takes the frame on screen at the centre of each equal *time*
+segment, ``"segments"`` a random frame starting inside each, ``"fps"`` the frames on screen every ``1 / fps``
+seconds (each once); ``timestamps`` are the frames' true times. A clip whose frames all start within a
+quarter of a frame interval of ``index / fps`` is constant-rate and keeps the index arithmetic below exactly
+(``Frames.constant_rate``); :func:`video_times` gives a clip's times.
+
 Seeking (``seek=``): ``"exact"`` (default) decodes the very frames asked for, which means decoding from the
 keyframe before each one up to it; ``"keyframe"`` moves each sample to the nearest keyframe and decodes only
 keyframes, one packet each (:mod:`dna_vlm.video.keyframes`), 5-8x faster on a 60 s 720p clip with a keyframe every
@@ -54,7 +62,12 @@ __all__ = [
     "segment_indices",
     "snap_to_keyframes",
     "uniform_indices",
+    "vfr_fps_indices",
+    "vfr_segment_indices",
+    "vfr_uniform_indices",
+    "vfr_window_to_range",
     "video_info",
+    "video_times",
     "window_to_range",
 ]
 
@@ -62,6 +75,8 @@ STRATEGIES = ("uniform", "segments", "fps")
 SEEKS = ("exact", "keyframe")
 SHORT_POLICIES = ("error", "repeat", "fewer")
 _EPS = 1e-6
+_EPS_S = 1e-3  # seconds: decord's frame times are float32 (a few 1e-4 s apart from the truth at an hour)
+_CFR_TOL = 0.25  # frame intervals: every frame within this of index / fps -> a constant-rate clip
 log = logging.getLogger(__name__)
 
 
@@ -77,6 +92,7 @@ class Frames:
     num_source_frames: int = 0  # frames in the whole source video
     # float64 (T,): the times the strategy asked for; differs from ``timestamps`` when seek="keyframe"
     requested_timestamps: np.ndarray | None = None
+    constant_rate: bool = True  # False: sampled on the container's per-frame times (variable frame rate)
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -199,6 +215,17 @@ def window_to_range(n_frames: int, source_fps: float, start_s: float, end_s: flo
     if not (source_fps > 0 and math.isfinite(source_fps)):
         raise ValueError(f"source_fps must be positive, got {source_fps!r}")
     duration = n_frames / source_fps
+    end_s = _check_window(start_s, end_s, duration, f"{n_frames} frames at {source_fps:g} fps")
+    lo = math.ceil(start_s * source_fps - _EPS)
+    hi = min(n_frames, math.ceil(end_s * source_fps - _EPS))
+    if hi <= lo:  # window inside one frame interval: the frame on screen at start_s
+        lo = min(math.floor(start_s * source_fps + _EPS), n_frames - 1)
+        hi = lo + 1
+    return int(lo), int(hi)
+
+
+def _check_window(start_s, end_s, duration: float, about: str) -> float:
+    """The window's end (None: ``duration``) after checking the window; ``about`` describes the video."""
     if end_s is None:
         end_s = duration
     for name, v in (("start", start_s), ("end", end_s)):
@@ -215,24 +242,102 @@ def window_to_range(n_frames: int, source_fps: float, start_s: float, end_s: flo
     if start_s >= duration:
         raise ValueError(
             f"window ({start_s}s, {end_s}s) starts at or after the end of the video "
-            f"(duration {duration:.3f}s, {n_frames} frames at {source_fps:g} fps)"
+            f"(duration {duration:.3f}s, {about})"
         )
-    lo = math.ceil(start_s * source_fps - _EPS)
-    hi = min(n_frames, math.ceil(end_s * source_fps - _EPS))
-    if hi <= lo:  # window inside one frame interval: the frame on screen at start_s
-        lo = min(math.floor(start_s * source_fps + _EPS), n_frames - 1)
+    return end_s
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the same on a variable-frame-rate clip's own times: ``times`` is float64 (n + 1,), seconds from the first
+# frame, strictly increasing; frame i is on screen over [times[i], times[i + 1]) (times[n]: the clip's end)
+
+
+def _check_times(times) -> np.ndarray:
+    t = np.asarray(times, dtype=np.float64)
+    if t.ndim != 1 or t.size < 2 or not np.isfinite(t).all() or not (np.diff(t) > 0).all():
+        raise ValueError(f"times must be n + 1 >= 2 finite, strictly increasing seconds, got {times!r}")
+    return t
+
+
+def _on_screen(times: np.ndarray, t, lo: int, hi: int) -> np.ndarray:
+    """int64: the frame on screen at each time ``t`` (seconds), clipped to ``[lo, hi)``."""
+    idx = np.searchsorted(times[:-1], np.asarray(t, dtype=np.float64) + _EPS_S, side="right") - 1
+    return np.clip(idx, lo, hi - 1).astype(np.int64)
+
+
+def vfr_window_to_range(times, start_s: float, end_s: float | None) -> tuple[int, int]:
+    """:func:`window_to_range` on the clip's own ``times``: the frames starting in ``[start_s, end_s)``, or
+    the frame on screen at ``start_s`` when none does. Same errors."""
+    times = _check_times(times)
+    n = times.size - 1
+    end_s = _check_window(start_s, end_s, float(times[-1]), f"{n} frames at a variable rate")
+    lo = int(np.searchsorted(times[:-1], start_s - _EPS_S, side="left"))
+    hi = int(np.searchsorted(times[:-1], end_s - _EPS_S, side="left"))
+    if hi <= lo:  # no frame starts inside the window: the one on screen at its start
+        lo = int(_on_screen(times, start_s, 0, n))
         hi = lo + 1
-    return int(lo), int(hi)
+    return lo, hi
+
+
+def vfr_uniform_indices(times, num: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """:func:`uniform_indices` in time: the frame on screen at the centre of each of ``num`` equal time
+    segments of frames ``[lo, hi)`` (a frame shown for long may be taken more than once, as a constant-rate
+    copy of the clip would show it)."""
+    times = _check_times(times)
+    lo, hi = _check_range(times.size - 1, lo, hi)
+    num = _check_num(num)
+    t0, t1 = times[lo], times[hi]
+    return _on_screen(times, t0 + (np.arange(num) + 0.5) * (t1 - t0) / num, lo, hi)
+
+
+def vfr_segment_indices(
+    times, num: int, rng: np.random.Generator | int | None = None, lo: int = 0, hi: int | None = None
+) -> np.ndarray:
+    """:func:`segment_indices` in time: a random frame starting inside each of ``num`` equal time segments
+    of frames ``[lo, hi)``; a segment where no frame starts takes the frame on screen at its centre."""
+    times = _check_times(times)
+    lo, hi = _check_range(times.size - 1, lo, hi)
+    num = _check_num(num)
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    t0, t1 = times[lo], times[hi]
+    edges = t0 + np.arange(num + 1) * (t1 - t0) / num
+    first = np.clip(np.searchsorted(times[:-1], edges - _EPS_S, side="left"), lo, hi)  # (num + 1,)
+    lengths = first[1:] - first[:-1]  # frames starting in each segment
+    draws = rng.integers(0, np.maximum(lengths, 1))
+    centres = _on_screen(times, (edges[:-1] + edges[1:]) / 2, lo, hi)
+    return np.where(lengths > 0, first[:-1] + draws, centres).astype(np.int64)
+
+
+def vfr_fps_indices(
+    times, target_fps: float, max_frames: int | None = None, lo: int = 0, hi: int | None = None
+) -> np.ndarray:
+    """:func:`fps_indices` in time: the frames on screen every ``1 / target_fps`` seconds from the start of
+    frame ``lo``, each once (so at most the clip's own rate), strictly increasing; more than ``max_frames``
+    of them -> :func:`vfr_uniform_indices` with ``max_frames``."""
+    times = _check_times(times)
+    lo, hi = _check_range(times.size - 1, lo, hi)
+    if not (target_fps > 0 and math.isfinite(target_fps)):
+        raise ValueError(f"target fps must be positive, got {target_fps!r}")
+    if max_frames is not None:
+        max_frames = _check_num(max_frames, "max_frames")
+    t0, t1 = times[lo], times[hi]
+    count = max(1, math.ceil((t1 - t0) * target_fps - _EPS))
+    idx = np.unique(_on_screen(times, t0 + np.arange(count) / target_fps, lo, hi))
+    if max_frames is not None and idx.size > max_frames:
+        return vfr_uniform_indices(times, max_frames, lo, hi)
+    return idx
 
 
 def snap_to_keyframes(
-    indices: np.ndarray, keys: Sequence[int], lo: int = 0, hi: int | None = None
+    indices: np.ndarray, keys: Sequence[int], lo: int = 0, hi: int | None = None, times=None
 ) -> np.ndarray:
     """Each index -> the nearest keyframe index inside ``[lo, hi)`` (a tie goes to the earlier keyframe).
 
-    ``keys`` are the video's keyframe indices (any order). Returns ``indices`` unchanged when no keyframe
-    lies inside the range (the caller then decodes exactly). Order and length are kept, so several requests
-    may land on one keyframe when keyframes are sparser than the samples.
+    ``keys`` are the video's keyframe indices (any order); nearest in frames, or in seconds when the clip's
+    ``times`` are given (variable frame rate). Returns ``indices`` unchanged when no keyframe lies inside
+    the range (the caller then decodes exactly). Order and length are kept, so several requests may land on
+    one keyframe when keyframes are sparser than the samples.
     """
     idx = np.asarray(indices, dtype=np.int64)
     k = np.unique(np.asarray(keys, dtype=np.int64))
@@ -241,7 +346,9 @@ def snap_to_keyframes(
         return idx.copy()
     pos = np.clip(np.searchsorted(k, idx), 1, max(1, k.size - 1))
     before, after = k[pos - 1], k[np.minimum(pos, k.size - 1)]
-    return np.where(np.abs(after - idx) < np.abs(idx - before), after, before).astype(np.int64)
+    at = (lambda i: i) if times is None else (lambda i: np.asarray(times, dtype=np.float64)[i])
+    nearer_after = np.abs(at(after) - at(idx)) < np.abs(at(idx) - at(before))
+    return np.where(nearer_after, after, before).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -344,6 +451,46 @@ def video_info(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(path=path, num_frames=n, fps=fps, height=int(h), width=int(w))
 
 
+def _frame_times(vr, n: int, fps: float, path: str) -> np.ndarray | None:
+    """The clip's ``times`` (float64 (n + 1,), see :func:`vfr_window_to_range`) from the container's index,
+    or None for a constant-rate clip (every frame starts within ``_CFR_TOL`` intervals of ``index / fps``)
+    or one whose index holds no usable times (both keep the index arithmetic)."""
+    try:
+        ts = np.asarray(vr.get_frame_timestamp(np.arange(n)), dtype=np.float64)  # (n, 2) start, end
+    except Exception:  # pragma: no cover - decord builds without frame timestamps
+        return None
+    if ts.shape != (n, 2) or not np.isfinite(ts).all():
+        return None
+    starts = ts[:, 0] - ts[0, 0]
+    if np.abs(starts - np.arange(n) / fps).max() <= _CFR_TOL / fps:
+        return None
+    if not (np.diff(starts) > 0).all():
+        log.warning("%s: frame times are not increasing; sampling at index / %g fps instead", path, fps)
+        return None
+    end = ts[-1, 1] - ts[0, 0]
+    if not end > starts[-1]:  # no duration for the last packet: as long as the one before
+        end = 2 * starts[-1] - starts[-2]
+    return np.append(starts, end)
+
+
+def video_times(path: str | os.PathLike) -> np.ndarray | None:
+    """A clip's frame times, float64 (n + 1,) seconds (frame i shows over ``[t[i], t[i + 1])``), or None
+    when it is constant-rate (frame i at ``i / fps``); :class:`VideoError` for an unreadable file."""
+    vr, n, fps = _open(str(path))
+    return _frame_times(vr, n, fps, str(path))
+
+
+def _window_range(n: int, fps: float, window, times) -> tuple[int, int]:
+    if window is None:
+        return 0, n
+    return window_to_range(n, fps, *window) if times is None else vfr_window_to_range(times, *window)
+
+
+def _stamps(idx: np.ndarray, fps: float, times) -> np.ndarray:
+    """float64 seconds of frames ``idx``: their container times, or ``idx / fps`` for a constant-rate clip."""
+    return idx.astype(np.float64) / fps if times is None else times[idx]
+
+
 def _check_sampling(path: str, strategy: str, num_frames, fps, max_frames, seek: str, short: str) -> None:
     """Refuse a strategy / count / rate / policy that cannot sample (before opening the file)."""
     if strategy not in STRATEGIES:
@@ -363,12 +510,15 @@ def _check_sampling(path: str, strategy: str, num_frames, fps, max_frames, seek:
         raise VideoError(f"{path}: num_frames must be a positive integer, got {num_frames!r}")
 
 
-def _indices(path, n, src_fps, strategy, num_frames, fps, max_frames, window, seed, short) -> np.ndarray:
-    """The frame indices a strategy asks for (before keyframe snapping), with the short-video policy."""
+def _indices(path, n, src_fps, strategy, num_frames, fps, max_frames, window, seed, short, times=None):
+    """The frame indices a strategy asks for (before keyframe snapping), with the short-video policy;
+    ``times``: a variable-rate clip's frame times (None: constant rate)."""
     try:
-        lo, hi = (0, n) if window is None else window_to_range(n, src_fps, *window)
-        if strategy == "fps":
+        lo, hi = _window_range(n, src_fps, window, times)
+        if strategy == "fps" and times is None:
             return fps_indices(n, src_fps, float(fps), max_frames, lo, hi)
+        if strategy == "fps":
+            return vfr_fps_indices(times, float(fps), max_frames, lo, hi)
         if num_frames > hi - lo:
             where = "the video" if window is None else f"the window {tuple(window)}"
             if short == "error":
@@ -381,9 +531,13 @@ def _indices(path, n, src_fps, strategy, num_frames, fps, max_frames, window, se
                 return np.arange(lo, hi, dtype=np.int64)
             log.warning("%s: %s has %d frames; repeating them to fill num_frames=%d", path, where, hi - lo,
                         num_frames)  # fmt: skip
-        if strategy == "uniform":
+        if strategy == "uniform" and times is None:
             return uniform_indices(n, num_frames, lo, hi)
-        return segment_indices(n, num_frames, seed, lo, hi)
+        if strategy == "uniform":
+            return vfr_uniform_indices(times, num_frames, lo, hi)
+        if times is None:
+            return segment_indices(n, num_frames, seed, lo, hi)
+        return vfr_segment_indices(times, num_frames, seed, lo, hi)
     except (ValueError, TypeError) as e:  # a window past the end, a negative seed ...
         if isinstance(e, VideoError):
             raise
@@ -401,15 +555,17 @@ def plan_indices(
     window: Sequence[float] | None = None,
     seed: int | None = None,
     short: str = "error",
+    times: np.ndarray | None = None,
 ) -> np.ndarray:
     """The frame indices :func:`sample_frames` decodes with ``seek="exact"`` for a video of
-    ``num_source_frames`` frames at ``source_fps``, without opening it (same checks and errors)."""
+    ``num_source_frames`` frames at ``source_fps`` (with ``times``, :func:`video_times`, for a variable-rate
+    one), without opening it (same checks and errors)."""
     path = str(path)
     _check_sampling(path, strategy, num_frames, fps, max_frames, "exact", short)
     if window is not None:
         window = tuple(window)
     return _indices(
-        path, num_source_frames, source_fps, strategy, num_frames, fps, max_frames, window, seed, short
+        path, num_source_frames, source_fps, strategy, num_frames, fps, max_frames, window, seed, short, times
     )
 
 
@@ -469,23 +625,25 @@ def sample_frames(
         window = (start_s, end_s)
 
     vr, n, src_fps = _open(path, hw, num_threads)
-    asked = _indices(path, n, src_fps, strategy, num_frames, fps, max_frames, window, seed, short)
+    times = _frame_times(vr, n, src_fps, path)
+    asked = _indices(path, n, src_fps, strategy, num_frames, fps, max_frames, window, seed, short, times)
     idx, frames = asked, None
     if seek == "keyframe":
-        lo, hi = (0, n) if window is None else window_to_range(n, src_fps, *window)
+        lo, hi = _window_range(n, src_fps, window, times)
         keys = _key_indices(vr)
-        idx = snap_to_keyframes(asked, keys, lo, hi)
+        idx = snap_to_keyframes(asked, keys, lo, hi, times)
         frames = _decode_keyframes(vr, path, idx, keys, hw, num_threads)
     if frames is None:
         frames = _decode(vr, path, idx)
     return Frames(
         frames=np.ascontiguousarray(frames, dtype=np.uint8),
-        timestamps=idx.astype(np.float64) / src_fps,
+        timestamps=_stamps(idx, src_fps, times),
         indices=idx.astype(np.int64),
         source_fps=src_fps,
         path=path,
         num_source_frames=n,
-        requested_timestamps=asked.astype(np.float64) / src_fps,
+        requested_timestamps=_stamps(asked, src_fps, times),
+        constant_rate=times is None,
     )
 
 

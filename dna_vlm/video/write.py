@@ -58,6 +58,7 @@ def write_video(
     quality: int | None = None,
     preset: str | None = None,
     threads: int | None = None,
+    timestamps: Iterable[float] | None = None,
 ) -> Path:
     """Write uint8 RGB frames ``(T, H, W, 3)`` (even H and W) to an mp4 that decord reads; atomic.
 
@@ -68,9 +69,14 @@ def write_video(
     the video benchmark uses, but x264 here does not always give identical bytes for identical input.
     ``gop`` is the keyframe interval in frames (encoder default if None). ``threads`` is the encoder's thread
     count (default: 1 for frames up to 320x240, else automatic).
+
+    ``timestamps`` (seconds, one per frame, strictly increasing) writes a variable-frame-rate video: frame n
+    is shown from ``timestamps[n]``, stored on the ``1 / fps`` grid (a time off the grid is an error, so the
+    file holds exactly the times asked for). Default: frame n at ``n / fps``.
     """
     path = Path(path)
     first, it = _first_frame(path, frames, fps)
+    ticks = None if timestamps is None else _ticks(path, timestamps, fps)
     _import_av()  # fail early, with the install hint
     from fractions import Fraction
 
@@ -90,6 +96,7 @@ def write_video(
                 quality,
                 preset,
                 threads,
+                ticks,
             )
     except VideoError:
         raise
@@ -120,8 +127,26 @@ def _first_frame(path: Path, frames, fps) -> tuple[np.ndarray, Iterator]:
     return first, it
 
 
-def _encode(tmp: Path, path: Path, frames, shape, rate, codec, gop, quality, preset, threads) -> None:
-    """Encode ``frames`` (each uint8 ``shape``) into the mp4 at ``tmp`` (write_video's worker)."""
+def _ticks(path: Path, timestamps: Iterable[float], fps: float) -> list[int]:
+    """Presentation times in seconds -> ``1 / fps`` ticks; :class:`VideoError` unless strictly increasing,
+    non-negative and on the grid (within 1e-6 s)."""
+    times = [float(t) for t in timestamps]
+    ticks = [round(t * fps) for t in times]
+    for n, (t, k) in enumerate(zip(times, ticks, strict=True)):
+        if not (math.isfinite(t) and t >= 0 and abs(k / fps - t) <= 1e-6):
+            raise VideoError(
+                f"{path}: timestamp {n} ({t!r} s) is not a non-negative multiple of 1/fps = 1/{fps:g}"
+            )
+        if n and k <= ticks[n - 1]:
+            raise VideoError(
+                f"{path}: timestamps must increase, got {times[n - 1]!r} then {t!r} s (frame {n})"
+            )
+    return ticks
+
+
+def _encode(tmp: Path, path: Path, frames, shape, rate, codec, gop, quality, preset, threads, ticks) -> None:
+    """Encode ``frames`` (each uint8 ``shape``) into the mp4 at ``tmp`` (write_video's worker); frame n is
+    presented at tick ``ticks[n]`` of ``1 / rate`` (default n)."""
     av = _import_av()
     h, w, _ = shape
     with av.open(str(tmp), "w", format="mp4") as container:
@@ -141,6 +166,7 @@ def _encode(tmp: Path, path: Path, frames, shape, rate, codec, gop, quality, pre
         if gop is not None:
             stream.codec_context.gop_size = int(gop)
         stream.options = opts
+        n = -1
         for n, frame in enumerate(frames):
             frame = np.asarray(frame)
             if frame.shape != tuple(shape) or frame.dtype != np.uint8:
@@ -148,8 +174,13 @@ def _encode(tmp: Path, path: Path, frames, shape, rate, codec, gop, quality, pre
                     f"{path}: frame {n} is {frame.dtype} {frame.shape}, expected uint8 {tuple(shape)}"
                 )
             vf = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
-            vf.pts, vf.time_base = n, 1 / rate  # explicit timestamps: frame n at n / fps
+            if ticks is not None and n >= len(ticks):
+                raise VideoError(f"{path}: more frames than the {len(ticks)} timestamps given")
+            vf.pts = n if ticks is None else ticks[n]  # explicit timestamps: frame n at pts / fps
+            vf.time_base = 1 / rate
             for packet in stream.encode(vf):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    if ticks is not None and n + 1 != len(ticks):
+        raise VideoError(f"{path}: {n + 1} frames but {len(ticks)} timestamps")

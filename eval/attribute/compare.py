@@ -5,7 +5,9 @@ Input: the JSONL files lmms-eval writes with ``--log_samples`` (``<date>_samples
 several per arm (files, globs, folders), read by :mod:`dna_vlm.eval.logs.samples`: one row per question, its
 right/wrong read by the task's correctness reader (:mod:`dna_vlm.eval.logs.readers`) or, for the dna_vlm tasks, from
 their record dict (:mod:`dna_vlm.eval.logs.records`). Rows pair across arms by (task, doc id) and must be the same
-question (:func:`dna_vlm.eval.logs.samples.check_pairing`).
+question (:func:`dna_vlm.eval.logs.samples.check_pairing`); every input must be what its flag says, by the
+provenance the plugin wrote (:func:`check_roles`), and a ``--probe`` must be of the baseline's questions
+(:func:`probe_join`).
 
 Python API: :func:`attribute` (returns the report dict and writes ``report.json``, ``report.md`` and PNG plots
 when ``out_dir`` is given), :func:`summary_table`, :func:`load_samples`. The statistics live in
@@ -17,16 +19,30 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
+import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from dna_vlm.eval.attribute.encoder_section import EncoderError, add_encoder_args, encoder_section_from_args
-from dna_vlm.eval.attribute.render import summary_table, write_report
-from dna_vlm.eval.logs.records import SampleRecord
-from dna_vlm.eval.logs.samples import Arm, AttributionError, SampleLog, load_arms, load_samples
+from dna_vlm.eval.attribute.render import role_warnings, summary_table, write_report
+from dna_vlm.eval.logs.readers import oracle_twin, reader_names
+from dna_vlm.eval.logs.records import SampleRecord, provenance_path
+from dna_vlm.eval.logs.samples import (
+    Arm,
+    AttributionError,
+    SampleLog,
+    check_questions,
+    load_arm,
+    load_arms,
+    load_samples,
+    video_evidence,
+)
+from dna_vlm.eval.probe.run import PROBE_FORMAT
 from dna_vlm.eval.stats import (
     compare,
     excludes_zero,
@@ -37,13 +53,21 @@ from dna_vlm.eval.stats import (
     wilson_ci,
 )
 
+from dna_vlm.data.synth import ORACLE_VIDEOS
+
 __all__ = [
+    "CONTROL_VIDEO",
     "DEFINITIONS",
     "AttributionError",
+    "Role",
     "SampleLog",
     "attribute",
+    "check_roles",
     "describe_arm",
     "load_samples",
+    "model_identity",
+    "probe_join",
+    "read_probe",
     "summary_table",
 ]
 
@@ -86,11 +110,25 @@ correctly. Cell names use the order baseline, candidate, blind: "RW" = baseline 
   alone). Every statistic above is over the pooled docs (micro average: each question counts once, so a
   task's weight is its number of questions); `--by task` gives the per-task rows. Per-question correctness
   comes from the task's reader in `dna_vlm.eval.logs.readers.READERS` (it reproduces the stock task's rule).
-  Checks (errors): every arm holds the same (task, doc id)s; paired docs are the same question (`pairing`:
-  the logged `doc` fields, file locations compared by base name, else lmms-eval's `doc_hash`;
-  `questions_unverified` counts pairs where neither was logged); no file is given to two arms; a `--blind`
-  log was answered without the video (`blind_verified`: from the plugin's provenance, the records' `blind`
-  field or a `*_no_visual`/`*_blind` task; null/false = could not be told).
+  Checks (errors): every arm holds the same (task, doc id)s; paired docs are the same question by their
+  content (`pairing`): whatever both logs carry of the prompt text, the logged `doc` fields (file locations
+  by base name), the gold `target` / `answer` (between logs of one task or its twins) and the reader's
+  question fields (category, density, clip name) must agree, and a pair counts as verified
+  (`questions_checked`) when the prompt, the doc or a distinguishing `doc_hash` agrees; `evidence` counts the
+  pairs per kind that agreed; `questions_unverified` counts pairs with nothing of that to compare. A
+  `doc_hash` shared by several docs of a log is no evidence and is dropped (`doc_hash_ignored`: lmms-eval
+  0.7.3 writes sha256(null) on every row). No file is given to two arms; a `--blind` log was answered
+  without the video (`blind_verified`: from a `*_no_visual`/`*_blind` task, the records' `blind: true`, the
+  plugin's provenance `controls.video`, else the records' `blind: false`; null/false = could not be told).
+- **roles**: each input checked against the provenance of its run (`<date>_dna_vlm.json`): `--baseline` and
+  `--candidate` are full-video runs without encoder noise, one model per arm; `--control NAME` (none, blind,
+  shuffled, single) and `--noise SIGMA` were run with that control / sigma, and they and `--oracle` with the
+  baseline's model (same weights digest; for stock models the same base and patch); `--oracle` is on the
+  oracle input (an `*_oracle` task or clips under synth-data's oracle folder; the baseline's own clips are
+  refused). A contradiction is an error naming the flag, the file and what the provenance says; a check
+  that cannot be made (no provenance) is listed under `unverified` and warned about. `probe_join`: the
+  probe's test rows against the baseline's questions (its test file: gold answer, question, category,
+  density; its `asked` labels: the gold option text in the prompt).
 - **arms**: what each arm was, from the dna_vlm plugin's provenance beside the logs (`<date>_dna_vlm.json`):
   base model, run dir and weights digest, DnA or stock, controls, frame sampling.
 - **failed samples**: rows the plugin marked `failed` (missing/corrupt video, with a `reason`). Default
@@ -230,6 +268,8 @@ def attribute(
     bootstrap: int = 10_000,
     seed: int = 0,
     plots: bool = True,
+    reader: str | None = None,
+    encoder: dict | None = None,
 ) -> dict:
     """Compare two arms question by question; see ``DEFINITIONS`` for every reported quantity.
 
@@ -240,20 +280,27 @@ def attribute(
         blind: optional log(s) of the same questions answered without the video.
         by: fields to break the comparison down by (e.g. ``("task", "category")`` or ``"task,density"``).
         out_dir: where to write ``report.json``, ``report.md`` and the PNG plots (nothing written if None).
-        metric: force the generic reader on this per-sample metric key (default: the task's correctness reader
-            from :data:`dna_vlm.eval.logs.readers.READERS`, else the only record dict with ``correct`` -- the
-            dna-vlm tasks' ``dna_vlm`` -- else ``accuracy``, else ``acc``, else the only numeric metric).
+        metric: force the generic reader on this per-sample metric key (default: the reader identified from
+            the log, :func:`dna_vlm.eval.logs.readers.identify_reader`, else the only record dict with
+            ``correct`` -- the dna-vlm tasks' ``dna_vlm`` -- else ``accuracy``, else ``acc``, else the only
+            numeric metric). reader: force a reader by name (:func:`dna_vlm.eval.logs.readers.reader_names`).
         failed: ``"exclude"`` (drop docs failed in any log) or ``"wrong"`` (failed = wrong answer).
         bootstrap: number of paired bootstrap replicates (0 disables the CIs); seed: their seed.
+        encoder: the Encoder section's inputs to check before it runs (``{"oracle": logs, "controls": {name:
+            logs}, "noise": {sigma: logs}, "probe": probe.json}``, each optional): every log's role against
+            its provenance and its questions against the baseline's, the probe's test rows against the
+            baseline's questions (``roles`` and ``probe_join`` in the report).
 
     Returns the report dict (also ``report.json``); its keys are the contract of ``report.json`` and other
-    sections may be added beside them. Raises :class:`AttributionError` for unreadable or mismatched logs.
+    sections may be added beside them. Raises :class:`AttributionError` for unreadable or mismatched logs and
+    for an input whose provenance contradicts its role.
     """
     if failed not in ("exclude", "wrong"):
         raise AttributionError(f"failed={failed!r}: use 'exclude' or 'wrong'")
     if isinstance(by, str):
         by = [f.strip() for f in by.split(",") if f.strip()]
-    arms, pairing = load_arms({"baseline": baseline, "candidate": candidate, "blind": blind}, metric)
+    arms, pairing = load_arms({"baseline": baseline, "candidate": candidate, "blind": blind}, metric, reader)
+    roles = check_roles(arms, pairing, encoder or {}, metric, reader)
     all_keys = arms["baseline"].keys
     failures = {name: [(k, r) for k, r in arm.records.items() if r.failed] for name, arm in arms.items()}
     keys = _compared_keys(all_keys, failures, failed)
@@ -266,6 +313,9 @@ def attribute(
     report.update(compare(b, c, bootstrap, seed, "all"))
     report.update(_provenance(arms, failures, failed, len(all_keys) - len(keys), bootstrap, seed))
     report["pairing"] = pairing
+    report["roles"] = roles
+    if (encoder or {}).get("probe") is not None:
+        report["probe_join"] = probe_join(read_probe(encoder["probe"]), encoder["probe"], arms["baseline"])
     report["arms"] = {name: describe_arm(arm) for name, arm in arms.items()}
     if k is not None:
         report["blind"] = _blind_stats(b, c, k, bootstrap, seed, "all")
@@ -296,7 +346,7 @@ def _by_fields(
 def _log_input(log) -> dict:
     return {
         "path": str(log.path), "task": log.task, "sha256": log.sha256, "rows": len(log.records),
-        "metric": log.metric, "reader": log.reader,
+        "metric": log.metric, "reader": log.reader, "reader_by": log.reader_by,
     }  # fmt: skip
 
 
@@ -439,6 +489,352 @@ def _group_value(arms: dict[str, Arm], key: tuple, fld: str):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# roles: what each input must have been, checked against the provenance the plugin writes beside its logs
+
+#: ``--control`` names -> the ``controls.video`` their run records ("none" / "blind": no video at all)
+CONTROL_VIDEO = {"none": "none", "blind": "none", "shuffled": "shuffled", "single": "single"}
+#: doc / record fields the oracle input changes on purpose (its clips have no distractors)
+_ORACLE_CHANGES = frozenset({"density", "distractors", "source_density"})
+
+
+@dataclass(frozen=True)
+class Role:
+    """What an input must have been: ``flag`` names it (``--noise 0.5``); ``video`` / ``noise``: the input
+    controls its run records (``video="none"``: any evidence of no video will do); ``baseline_model``: a run
+    of the baseline's model (the Encoder section's controls, noise and oracle runs); ``oracle``: a run on
+    the oracle input."""
+
+    flag: str
+    video: str = "full"
+    noise: float = 0.0
+    baseline_model: bool = False
+    oracle: bool = False
+
+
+def _encoder_roles(encoder: dict) -> list[tuple[Role, object]]:
+    """``(role, its logs)`` for each Encoder-section input; an unknown ``--control`` name is refused."""
+    out: list[tuple[Role, object]] = []
+    if encoder.get("oracle") is not None:
+        out.append((Role("--oracle", baseline_model=True, oracle=True), encoder["oracle"]))
+    for name, src in (encoder.get("controls") or {}).items():
+        if name not in CONTROL_VIDEO:
+            raise AttributionError(
+                f"--control {name}={src}: unknown control {name!r}; use one of {', '.join(CONTROL_VIDEO)} "
+                "(the plugin's model_args video=none|shuffled|single, or 'blind' for a *_blind task's run)"
+            )
+        out.append((Role(f"--control {name}", video=CONTROL_VIDEO[name], baseline_model=True), src))
+    for sigma, src in (encoder.get("noise") or {}).items():
+        out.append((Role(f"--noise {float(sigma):g}", noise=float(sigma), baseline_model=True), src))
+    return out
+
+
+def check_roles(arms: dict[str, Arm], pairing: dict, encoder: dict, metric=None, reader=None) -> dict:
+    """Check every input against its role (raise :class:`AttributionError` naming the flag, the file and what
+    its provenance says when they disagree); the Encoder-section inputs' questions against the baseline's.
+    Returns ``{flag: {"files", "verified", "unverified"}}`` (and ``questions``: :func:`check_questions`'s
+    counts for the Encoder-section inputs): ``verified`` is True when every check could be made,
+    ``unverified`` says which could not (no provenance, ...)."""
+    base = _arm_identity(arms["baseline"], "--baseline")
+    out = {}
+    for name in ("baseline", "candidate"):
+        _arm_identity(arms[name], f"--{name}")
+        out[f"--{name}"] = _check_role(Role(f"--{name}"), arms[name], base, arms["baseline"])
+    if "blind" in arms:
+        why = [] if pairing["blind_verified"] else ["no provenance, no 'blind' field and a video task name"]
+        out["--blind"] = {"files": _paths(arms["blind"]), "verified": not why, "unverified": why}
+    for role, src in _encoder_roles(encoder):
+        arm = load_arm(role.flag.lstrip("-"), src, metric, reader, pair_with=arms["baseline"])
+        questions = check_questions(arms["baseline"], arm, _ORACLE_CHANGES if role.oracle else frozenset())
+        out[role.flag] = {**_check_role(role, arm, base, arms["baseline"]), "questions": questions}
+    return out
+
+
+def _paths(arm: Arm) -> list[str]:
+    return [str(log.path) for log in arm.logs]
+
+
+def _check_role(role: Role, arm: Arm, base: dict | None, base_arm: Arm) -> dict:
+    gaps = []
+    for log in arm.logs:
+        found = _video_gaps(role, log)
+        found += _model_gaps(role, log, base) if role.baseline_model else []
+        found += _oracle_gaps(log, base_arm) if role.oracle else []
+        gaps += [f"{log.path.name}: {g}" for g in found]
+    return {"files": _paths(arm), "verified": not gaps, "unverified": gaps}
+
+
+def _controls(prov: dict) -> tuple[str, float]:
+    c = prov.get("controls") or {}
+    return str(c.get("video") or "full"), float(c.get("encoder_noise") or 0.0)
+
+
+def _video_gaps(role: Role, log: SampleLog) -> list[str]:
+    """What cannot be told about the log's input controls; raises when they contradict the role."""
+    video, why = video_evidence(log)
+    if role.video == "none" or video is False:
+        if video is True or (video is False and role.video != "none"):
+            need = "a run without the video" if role.video == "none" else f"a run with video={role.video}"
+            raise AttributionError(f"{role.flag} {log.path}: {why}; {role.flag} takes {need}{_fix(role)}")
+        return [] if video is False else [why]
+    if log.provenance is None:
+        return ["no dna_vlm provenance beside it: its input controls cannot be told"]
+    mode, sigma = _controls(log.provenance)
+    if mode != role.video or not math.isclose(sigma, role.noise, rel_tol=1e-9, abs_tol=1e-12):
+        raise AttributionError(
+            f"{role.flag} {log.path}: its provenance ({provenance_path(log.path).name}) says "
+            f"controls.video={mode!r}, encoder_noise={sigma:g}; {role.flag} takes a run with video={role.video!r}, "
+            f"encoder_noise={role.noise:g}{_fix(role)}"
+        )
+    return []
+
+
+def _fix(role: Role) -> str:
+    """How to make the run a role takes."""
+    if role.flag in ("--baseline", "--candidate"):
+        return " (a control or noise run goes to --control / --noise / --blind)"
+    args = {"none": "video=none", "shuffled": "video=shuffled", "single": "video=single"}.get(role.video, "")
+    args = f"encoder_noise={role.noise:g}" if role.noise else args
+    return f" (the baseline's model_args{' with ' + args if args else ''})"
+
+
+def model_identity(prov: dict) -> dict:
+    """What model a run evaluated, from its provenance: base model, run dir, weights digest, patch."""
+    base, weights = prov.get("base_model") or {}, prov.get("weights") or {}
+    return {
+        "base_model": base.get("pretrained") or base.get("name_or_path"),
+        "run_dir": prov.get("run_dir") or prov.get("dna_dir"),
+        "weights_sha256": weights.get("sha256"),
+        "patched_modules": len(prov.get("patch_table") or []),
+        "dna_options": prov.get("dna_options"),
+    }
+
+
+def _same_model(a: dict, b: dict) -> bool:
+    """The same weights (a trained run); else the same base model, patched alike (stock or freshly patched)."""
+    if a["weights_sha256"] or b["weights_sha256"]:
+        return a["weights_sha256"] == b["weights_sha256"]
+    return _patched_base(a) == _patched_base(b)
+
+
+def _patched_base(m: dict) -> tuple:
+    """The base model by its folder or hub name (the same base on another machine) and how it was patched."""
+    return Path(str(m["base_model"])).name, m["patched_modules"], m["dna_options"]
+
+
+def _show_model(m: dict) -> str:
+    w = m["weights_sha256"]
+    run = f"run_dir={m['run_dir']} (weights {w[:12]}...)" if w else "no run dir (stock weights)"
+    return f"{run}, base model {m['base_model']}, {m['patched_modules']} patched modules"
+
+
+def _arm_identity(arm: Arm, flag: str) -> dict | None:
+    """The model of an arm's logs (None without provenance); logs of two models in one arm are refused."""
+    found: list[tuple[SampleLog, dict]] = []
+    for log in arm.logs:
+        if log.provenance is None:
+            continue
+        m = model_identity(log.provenance)
+        other = next((lg for lg, x in found if not _same_model(x, m)), None)
+        if other is not None:
+            raise AttributionError(
+                f"{flag} pools logs of two models: {other.path} ({_show_model(model_identity(other.provenance))}) "
+                f"and {log.path} ({_show_model(m)}); pass one model's logs per arm"
+            )
+        found.append((log, m))
+    return found[0][1] if found else None
+
+
+def _model_gaps(role: Role, log: SampleLog, base: dict | None) -> list[str]:
+    if log.provenance is None:
+        return ["no dna_vlm provenance beside it: its model cannot be told"]
+    if base is None:
+        return [
+            "the baseline's logs have no dna_vlm provenance: whether this is the baseline's model cannot be told"
+        ]
+    mine = model_identity(log.provenance)
+    if not _same_model(mine, base):
+        raise AttributionError(
+            f"{role.flag} {log.path}: a run of another model than the baseline: its provenance says "
+            f"{_show_model(mine)}; the baseline's says {_show_model(base)}. {role.flag} takes a run of the "
+            f"baseline's model{_fix(role)}"
+        )
+    return []
+
+
+def _oracle_gaps(log: SampleLog, base_arm: Arm) -> list[str]:
+    """Evidence that a log is on the oracle input: an oracle twin task, or clips under the synthetic set's
+    oracle folder; refused when it holds the baseline's own clips."""
+    if oracle_twin(log.task):
+        return []
+    videos = {i: str(r.fields["video"]) for i, r in log.records.items() if r.fields.get("video")}
+    if videos and all(f"{ORACLE_VIDEOS}/" in v.replace("\\", "/") for v in videos.values()):
+        return []
+    base = {key[1]: r.fields.get("video") for key, r in base_arm.records.items()}
+    same = [i for i, v in videos.items() if base.get(i) == v]
+    if same and len(same) == len(videos):
+        raise AttributionError(
+            f"--oracle {log.path}: not a run on the oracle input: its task {log.task!r} is no oracle twin (*_oracle) "
+            f"and it holds the baseline's own clips (e.g. {same[0]!r}: {videos[same[0]]}); pass the baseline "
+            f"model's log of the oracle task (dna_vlm_synth_oracle on synth-data's test_oracle.jsonl, clips under "
+            f"{ORACLE_VIDEOS}/)"
+        )
+    return [f"its task {log.task!r} is no oracle twin and its clips are not under {ORACLE_VIDEOS}/: whether it is "
+            "on the oracle input cannot be told"]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the probe: read probe.json, check that its test rows are the baseline's questions
+
+
+def read_probe(path) -> dict:
+    """A ``dna-vlm probe`` result (``probe.json``), checked to hold what the Encoder section reads; errors name
+    the file and what was expected."""
+    p = Path(path)
+    expected = f"expected the probe.json `dna-vlm probe --out DIR` writes (format {PROBE_FORMAT!r})"
+    if not p.is_file():
+        raise AttributionError(f"--probe {p}: no such file; {expected}")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = (
+            f" ({e.msg} at line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+        )
+        raise AttributionError(
+            f"--probe {p}: not valid JSON{where}: a truncated or partly written file? Rerun dna-vlm probe; {expected}"
+        ) from None
+    problem = _probe_problem(data)
+    if problem:
+        raise AttributionError(f"--probe {p}: {problem}; {expected}")
+    return data
+
+
+def _probe_problem(data) -> str | None:
+    """What makes ``data`` not a probe result (None when it is one)."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    fmt = data.get("format")
+    if fmt is not None and fmt != PROBE_FORMAT:
+        what = "a dna-vlm attribute report" if str(fmt).startswith("dna-vlm-attribution") else "another file"
+        return f"its format is {fmt!r} ({what}), not a probe result"
+    arms = data.get("arms")
+    if not isinstance(arms, dict) or not arms:
+        return "no 'arms' (probe results per arm)"
+    for name, arm in arms.items():
+        if not isinstance(arm, dict) or not isinstance(arm.get("labels"), dict):
+            return f"arm {name!r} has no 'labels'"
+        for view, block in {**arm["labels"], "asked": arm.get("asked")}.items():
+            if block is not None and not _predictions_ok(block):
+                return f"arm {name!r} view {view!r} has no per-row 'predictions' (id, label, correct)"
+    return None
+
+
+def _predictions_ok(block) -> bool:
+    preds = block.get("predictions") if isinstance(block, dict) else None
+    return isinstance(preds, list) and all(isinstance(x, dict) and {"id", "correct"} <= set(x) for x in preds)
+
+
+def probe_join(probe: dict, path, base: Arm) -> dict:
+    """Whether the probe's test rows are the baseline's QA questions (same id, same question): each id's gold
+    answer, question text, category and density against the probe's test file (when it is still there and
+    still holds the labels the probe was scored on), and each ``asked`` label against the gold option text
+    the QA prompt lists. Raises naming the ids that differ; returns ``{"verified", "checked", "by", "note"}``
+    (``verified`` None: nothing could be compared)."""
+    qa: dict[str, dict] = {}
+    for key, q in base.questions.items():
+        qa.setdefault(key[1], q)
+    views, template = _probe_views(probe)
+    rows, note = _probe_test_rows(probe, Path(path), views, template)
+    asked = views.get("asked", {})
+    bad, checked, by = [], 0, set()
+    for i, q in qa.items():
+        diffs = _row_diffs(rows[i], q) if i in rows else None
+        label = _label_diff(asked[i], q) if i in asked else None
+        by |= {"test file"} if diffs is not None else set()
+        by |= {"asked labels"} if label is not None else set()
+        checked += diffs is not None or label is not None
+        found = (diffs or []) + ([label] if label else [])
+        bad += [(i, found)] if found else []
+    if bad:
+        first = "; ".join(f"{i!r}: {', '.join(d)}" for i, d in bad[:3])
+        raise AttributionError(
+            f"--probe {path}: its test rows are not the baseline's questions: {len(bad)} of {len(qa)} ids differ "
+            f"({first}). Was the probe made on another test set (another synth seed)? Rerun dna-vlm probe with "
+            "--test on the data the QA logs were evaluated on"
+        )
+    return {"verified": True if checked else None, "checked": checked, "by": sorted(by), "note": note}
+
+
+def _probe_views(probe: dict) -> tuple[dict[str, dict[str, str]], str | None]:
+    """``({view: {row id: label}}, asked template)`` of one arm: every arm is scored on the same test rows."""
+    arm = next(iter(probe["arms"].values()))
+    blocks = {f"label:{k}": v for k, v in arm["labels"].items()}
+    if arm.get("asked"):
+        blocks["asked"] = arm["asked"]
+    views = {v: {str(p["id"]): str(p.get("label")) for p in b["predictions"]} for v, b in blocks.items()}
+    template = (arm.get("asked") or {}).get("template") or (probe.get("settings") or {}).get("asked")
+    return views, template
+
+
+def _probe_test_rows(probe: dict, path: Path, views: dict, template: str | None) -> tuple[dict, str]:
+    """The probe's test file rows by id, and a note; ({}, why) when it is gone or no longer what was probed."""
+    test = (probe.get("settings") or {}).get("test")
+    if not test:
+        return {}, "probe.json names no test file"
+    found = next((c for c in (Path(test), path.parent / test) if c.is_file()), None)
+    if found is None:
+        return {}, f"its test file {test} is not on this machine"
+    try:
+        rows = {str(r["id"]): r for r in map(json.loads, found.read_text().splitlines()) if r}
+    except (ValueError, TypeError, KeyError):
+        return {}, f"its test file {found} is not a dataset JSONL"
+    stale = [i for v, labels in views.items() for i, lab in labels.items()
+             if i in rows and _row_label(rows[i], v, template) != lab]  # fmt: skip
+    if stale:
+        return (
+            {},
+            f"its test file {found} no longer holds the labels it was probed on ({len(stale)} differ): not used",
+        )
+    return rows, f"checked against its test file {found}"
+
+
+def _row_label(row: dict, view: str, template: str | None) -> str | None:
+    try:
+        field = view.removeprefix("label:") if view != "asked" else (template or "").format(**row)
+    except (KeyError, IndexError, ValueError):
+        return None
+    return str(row.get(field))
+
+
+def _row_diffs(row: dict, q: dict) -> list[str]:
+    """How a probe test row differs from a QA question (gold answer, question text, category, density)."""
+    diffs = []
+    if "answer" in q and row.get("answer") is not None and str(row["answer"]) != q["answer"]:
+        diffs.append(f"answer {row['answer']!r} in the probe's test file vs {q['answer']!r} in the QA log")
+    if "input" in q and isinstance(row.get("question"), str) and row["question"] not in q["input"]:
+        diffs.append(f"question {row['question'][:50]!r} is not in the QA prompt")
+    fields = q.get("fields") or {}
+    diffs += [f"{k} {row[k]!r} vs {fields[k]!r}" for k in ("category", "density") if k in row and k in fields and row[k] != fields[k]]  # fmt: skip
+    return diffs
+
+
+_OPTION = re.compile(r"^\s*\(?([A-Z])[.)]\s+(.+?)\s*$", re.M)
+
+
+def _label_diff(label: str, q: dict) -> str | None:
+    """'' when the probe's asked label is the gold option the QA prompt lists, a difference when it is another
+    option, None when it cannot be compared (no options, no gold, or the label is no option)."""
+    options = {m.group(1): m.group(2) for m in _OPTION.finditer(q.get("input") or "")}
+    gold = q.get("answer") if q.get("answer") in options else q.get("target")
+    if gold not in options or label not in options.values():
+        return None
+    return (
+        ""
+        if options[gold] == label
+        else f"probe label {label!r} but the QA gold is {gold}. {options[gold]!r}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -464,8 +860,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--metric",
         default=None,
-        help="force this per-sample metric key (default: the task's correctness reader, see eval/readers.py; "
-        "else the dna_vlm record, else accuracy, else acc, else the only one)",
+        help="force this per-sample metric key with the generic reader (default: the reader identified from "
+        "the log, see eval/logs/readers.py; else the dna_vlm record, else accuracy, else acc, else the only one)",
+    )
+    p.add_argument(
+        "--reader",
+        default=None,
+        metavar="NAME",
+        help="force a correctness reader, e.g. for a renamed copy of a stock task the logs do not identify "
+        f"(default: from the task name, the results JSON's task config or the metric's shape): "
+        f"{', '.join(reader_names())}",
     )
     p.add_argument("--failed", choices=("exclude", "wrong"), default="exclude", help="failed samples policy")
     p.add_argument("--bootstrap", type=int, default=10_000, help="paired bootstrap replicates (0: no CIs)")
@@ -475,6 +879,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_encoder_args(p)  # the Encoder section: --probe, --oracle, --control, --noise (eval/encoder.py)
     p.set_defaults(func=_main)
     return p
+
+
+def _encoder_inputs(args) -> dict:
+    """The Encoder section's inputs as :func:`attribute` checks them (``NAME=PATH`` / ``SIGMA=PATH`` pairs)."""
+    pairs = {}
+    for flag in ("control", "noise"):
+        pairs[flag] = {}
+        for item in getattr(args, flag):
+            key, sep, path = item.partition("=")
+            if not sep or not key or not path:
+                raise AttributionError(
+                    f"--{flag} {item!r}: expected {'NAME' if flag == 'control' else 'SIGMA'}=PATH"
+                )
+            pairs[flag][key] = path
+    try:
+        noise = {float(k): v for k, v in pairs["noise"].items()}
+    except ValueError:
+        raise AttributionError(f"--noise: SIGMA must be a number, got {sorted(pairs['noise'])}") from None
+    return {"oracle": args.oracle, "controls": pairs["control"], "noise": noise, "probe": args.probe}
 
 
 def _main(args) -> int:
@@ -493,6 +916,8 @@ def _main(args) -> int:
             failed=args.failed,
             bootstrap=args.bootstrap,
             seed=args.seed,
+            reader=args.reader,
+            encoder=_encoder_inputs(args),
         )
         section = encoder_section_from_args(
             args,
@@ -509,6 +934,8 @@ def _main(args) -> int:
     if section is not None:
         report["encoder"] = section
     write_report(report, args.out, plots=not args.no_plots)
+    for line in role_warnings(report):
+        print(f"dna-vlm attribute: warning: {line}", file=sys.stderr)
     print(summary_table(report))
     print(f"\nreport: {Path(args.out) / 'report.md'}")
     return 0

@@ -15,7 +15,7 @@ from dna_vlm.eval.report_files import json_safe, pyplot, safe_name, save_png
 
 from dna_vlm.files import atomic_write_bytes, atomic_write_json
 
-__all__ = ["render_markdown", "summary_table", "write_report"]
+__all__ = ["render_markdown", "role_warnings", "summary_table", "write_report"]
 
 
 def write_report(report: dict, out_dir: str | Path, plots: bool = True) -> Path:
@@ -199,29 +199,76 @@ def render_markdown(report: dict) -> str:
 
 
 def _inputs_md(r: dict) -> list[str]:
-    """The table of input logs (arm, task, path, hash prefix, rows, metric/reader), the pairing checks and
-    what each arm was, so a reader can check what was compared."""
+    """The table of input logs (arm, task, path, hash prefix, rows, metric/reader), the pairing checks, the
+    role checks and what each arm was, so a reader can check what was compared."""
     L = ["| arm | task | path | sha256 | rows | metric (reader) |", "|---|---|---|---|---:|---|"]
     for arm, inp in r["inputs"].items():
         for log in inp.get("logs") or [{**inp, "task": "", "metric": r["metric"][arm], "reader": ""}]:
-            reader = f" ({log['reader']})" if log.get("reader") else ""
+            by = log.get("reader_by")
+            reader = f" ({log['reader']}, by {by})" if by and by != log.get("reader") else ""
+            reader = reader or (f" ({log['reader']})" if log.get("reader") else "")
             L.append(
                 f"| {arm} | {_cell(log['task'] or '-')} | `{log['path']}` | `{log['sha256'][:16]}...` | "
                 f"{log['rows']} | {_cell(log['metric'])}{reader} |"
             )
-    return L + _pairing_md(r.get("pairing")) + _arms_md(r.get("arms"))
+    L += _pairing_md(r.get("pairing")) + _roles_md(r.get("roles")) + _probe_join_md(r.get("probe_join"))
+    return L + _arms_md(r.get("arms"))
 
 
 def _pairing_md(p: dict | None) -> list[str]:
     if not p:
         return []
     blind = {True: "yes", False: "could not be told (no provenance or blind field)", None: "no blind arm"}
+    evidence = ", ".join(f"{k} {n}" for k, n in (p.get("evidence") or {}).items()) or "none"
+    ignored = p.get("doc_hash_ignored")
+    hashes = (
+        f" lmms-eval's doc_hash was ignored on {ignored} rows (one value on several docs: lmms-eval 0.7.3 "
+        "hashes null for every doc)."
+        if ignored
+        else ""
+    )
     return [
         "",
         f"Pairing checks: docs paired by (task, doc id); {p['questions_checked']} pairs verified to be the same "
-        f"question, {p['questions_unverified']} not verifiable (no doc or doc_hash logged). "
+        f"question by their content (pairs agreeing on: {evidence}), {p['questions_unverified']} not verifiable "
+        f"(the logs carry no prompt, doc or distinguishing doc_hash).{hashes} "
         f"Blind arm answered without video: {blind[p['blind_verified']]}.",
     ]
+
+
+def _roles_md(roles: dict | None) -> list[str]:
+    """Each input's role as checked against its run's provenance."""
+    if not roles:
+        return []
+    L = ["", "| input | role checked against the provenance |", "|---|---|"]
+    for flag, res in roles.items():
+        verdict = "yes" if res["verified"] else "**unverified**: " + "; ".join(res["unverified"])
+        L.append(f"| {_cell(flag)} | {_cell(verdict)} |")
+    return L
+
+
+def _probe_join_md(j: dict | None) -> list[str]:
+    if not j:
+        return []
+    if j["verified"]:
+        how = f"{j['checked']} test rows checked ({', '.join(j['by'])})"
+        return ["", f"Probe join: the probe's test rows are the baseline's questions: {how}. {j['note']}."]
+    return ["", f"Probe join: **unverified**, nothing to compare the probe's test rows with ({j['note']})."]
+
+
+def role_warnings(report: dict) -> list[str]:
+    """One line per input whose role or join could not be checked (the report says the same)."""
+    out = [f"{flag}: role unverified: {'; '.join(r['unverified'])}" for flag, r in (report.get("roles") or {}).items()
+           if not r["verified"]]  # fmt: skip
+    j = report.get("probe_join")
+    if j and not j["verified"]:
+        out.append(f"--probe: whether its test rows are the baseline's questions is unverified ({j['note']})")
+    unverified = (report.get("pairing") or {}).get("questions_unverified")
+    if unverified:
+        out.append(
+            f"{unverified} paired docs could not be verified to be the same question (no prompt or doc logged)"
+        )
+    return out
 
 
 def _arms_md(arms: dict | None) -> list[str]:

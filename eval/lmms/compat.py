@@ -10,7 +10,7 @@ lmms_eval`` CLI.
 
 Each workaround is minimal, idempotent and can be switched off for bug reports and tests with the environment
 variable ``DNA_VLM_LMMS_COMPAT``: ``0`` (or ``off``) disables all of them; a comma list of names
-(``-unwrap``, ``-filelock``, ``-provenance``, ``-task_index``) disables single ones.
+(``-unwrap``, ``-filelock``, ``-provenance``, ``-task_index``, ``-stock_scores``) disables single ones.
 
 1. ``unwrap`` -- ``lmms_eval/api/instance.py:44-71`` ``unwrap_generation_output`` normalises every model
    output, and its fallback ``return str(output), None`` (line 71) turns a ``loglikelihood`` result
@@ -41,7 +41,14 @@ variable ``DNA_VLM_LMMS_COMPAT``: ``0`` (or ``off``) disables all of them; a com
    the process and reused while no ``.yaml`` file under it was added, removed or changed (path, size,
    mtime_ns: one ``os.walk`` of stats, ~30 ms); each caller gets its own deep copy. The first run still
    indexes, so a single-run CLI call behaves exactly as before.
-5. The CLI exits 0 even when evaluation failed: ``lmms_eval/__main__.py:609-615`` catches every exception of
+5. ``stock_scores`` (not a bug: what a stock score hides) -- with ``bad_video=skip`` a stock aggregate counts
+   every failed doc (as wrong: the plugin makes failures lose). Fix: a wrapper around
+   ``TaskOutput.calculate_aggregate_metric`` (``evaluator_utils.py:115``, called on rank 0 once every rank's
+   values are gathered) that, when the ``dna_vlm`` model was loaded in this process and the task has failed
+   docs, recomputes each aggregate with the task's own aggregation over the other docs and adds both numbers
+   to the provenance (:func:`dna_vlm.eval.lmms.provenance.add_stock_scores`); lmms-eval's own numbers are
+   unchanged.
+6. The CLI exits 0 even when evaluation failed: ``lmms_eval/__main__.py:609-615`` catches every exception of
    ``cli_evaluate_single``, prints the traceback and appends ``None`` to the results (unless
    ``--verbosity DEBUG``). No code can fix that from a plugin; :mod:`dna_vlm.eval.lmms.run` runs the CLI and
    raises (with the stderr tail) when the results file is missing.
@@ -62,12 +69,13 @@ __all__ = [
     "loglikelihood_tuple",
     "patch_filelock_api",
     "patch_provenance",
+    "patch_stock_scores",
     "patch_task_index",
     "patch_unwrap",
 ]
 
 ENV = "DNA_VLM_LMMS_COMPAT"
-NAMES = ("unwrap", "filelock", "provenance", "task_index")
+NAMES = ("unwrap", "filelock", "provenance", "task_index", "stock_scores")
 _applied: dict[str, bool] = {}
 
 
@@ -214,10 +222,40 @@ def patch_task_index() -> bool:
     return True
 
 
+def patch_stock_scores() -> bool:
+    """Workaround 5 (see the module docstring). Returns True when the wrapper is (now) installed."""
+    import logging
+
+    from lmms_eval.evaluator_utils import TaskOutput
+
+    original = TaskOutput.calculate_aggregate_metric
+    if getattr(original, "_dna_vlm_patched", False):
+        return True
+
+    def calculate_aggregate_metric(self, bootstrap_iters=100000):
+        original(self, bootstrap_iters=bootstrap_iters)
+        from dna_vlm.eval.lmms.provenance import add_stock_scores, current
+
+        record = current()
+        if record and self.task is not None:
+            try:
+                add_stock_scores(record, self)
+            except Exception as e:  # a task's own aggregation failing on fewer docs must not stop the run
+                logging.getLogger("dna_vlm.eval.lmms.plugin").warning(
+                    "dna_vlm: task %s: the stock score without the failed docs could not be computed (%s: %s)",
+                    self.task_name, type(e).__name__, e,
+                )  # fmt: skip
+
+    calculate_aggregate_metric._dna_vlm_patched = True  # type: ignore[attr-defined]
+    calculate_aggregate_metric.__wrapped__ = original  # type: ignore[attr-defined]
+    TaskOutput.calculate_aggregate_metric = calculate_aggregate_metric
+    return True
+
+
 def apply() -> dict[str, bool]:
     """Apply every enabled workaround once; returns ``{name: installed}``."""
     fns = (("unwrap", patch_unwrap), ("filelock", patch_filelock_api), ("provenance", patch_provenance),
-           ("task_index", patch_task_index))  # fmt: skip
+           ("task_index", patch_task_index), ("stock_scores", patch_stock_scores))  # fmt: skip
     for name, fn in fns:
         if name in _applied or not enabled(name):
             continue

@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import math
+import numbers
 import re
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "decoy_letter",
     "generate_kwargs",
     "gold_indices",
+    "target_text",
     "task_of",
 ]
 
@@ -37,43 +39,100 @@ def task_of(doc_to_visual):
     return owner if hasattr(owner, "doc_to_target") else None
 
 
-def _gold_strings(task, doc) -> list[str]:
-    """The gold option(s) of ``doc`` as text, from the task's own ``doc_to_target`` / ``doc_to_choice``."""
-    target = task.doc_to_target(doc)
+def _choices(task, doc) -> list[str] | None:
     try:
-        choices = task.doc_to_choice(doc)
+        return [str(c).strip() for c in task.doc_to_choice(doc)]
     except Exception:  # not a multiple_choice task
-        choices = None
-    targets = target if isinstance(target, list) else [target]
-    out = []
-    for t in targets:
-        if isinstance(t, int) and not isinstance(t, bool) and choices and 0 <= t < len(choices):
-            out.append(str(choices[t]))
-        elif isinstance(t, str):
-            out.append(t)
-    return out
+        return None
 
 
-def gold_indices(doc_to_visual, doc, continuations: list[str]) -> list[int]:
-    """Which of a doc's option ``continuations`` are gold (so a failed doc can make them lose); [] when the
-    task cannot say."""
+def _as_index(target, n: int) -> int | None:
+    """An option index from a target: an int, or a digit string (EgoSchema's ``answer`` is "0".."4"), in
+    ``0..n-1``; None otherwise."""
+    if isinstance(target, bool):
+        return None
+    if isinstance(target, numbers.Integral):
+        i = int(target)
+    elif isinstance(target, str) and target.strip().isdigit():
+        i = int(target.strip())
+    else:
+        return None
+    return i if 0 <= i < n else None
+
+
+def _as_letter_index(target, n: int) -> int | None:
+    """An option index from a target that is an option letter alone ("B", "(B)", "B."), in ``0..n-1``."""
+    m = _LETTER_ALONE.match(target.strip()) if isinstance(target, str) else None
+    i = ord(m.group(1)) - ord("A") if m else -1
+    return i if 0 <= i < n else None
+
+
+def _gold_of(target, texts: list[str], choices: list[str] | None) -> list[int] | None:
+    """The option indices one target names: the option whose text it is (lmms-eval's own rule, on the
+    continuations or the task's choices), else an index, else an option letter; None when it names none."""
+    if isinstance(target, str):
+        for options in (texts, choices or []):
+            hits = [i for i, t in enumerate(options) if t == target.strip()]
+            if hits and len(options) == len(texts):
+                return hits
+    i = _as_index(target, len(texts))
+    if i is None:
+        i = _as_letter_index(target, len(texts))
+    return None if i is None else [i]
+
+
+def gold_indices(doc_to_visual, doc, continuations: list[str]) -> list[int] | None:
+    """Which of a doc's option ``continuations`` are gold, from the task's own ``doc_to_target`` /
+    ``doc_to_choice`` (so a failed doc can make them lose); None when the task cannot say (a plain function
+    as ``doc_to_visual``, a target that names no option, a task function that raises)."""
     task = task_of(doc_to_visual)
     if task is None:
-        return []
+        return None
+    texts = [str(c).strip() for c in continuations]
     try:
-        gold = {g.strip() for g in _gold_strings(task, doc)}
+        target = task.doc_to_target(doc)
+        choices = _choices(task, doc)
     except Exception as e:  # a task's own function failing must not stop a skip-mode run
         log.warning("dna_vlm: cannot find the gold option of a failed doc (%s: %s)", type(e).__name__, e)
-        return []
-    return [i for i, c in enumerate(continuations) if str(c).strip() in gold]
+        return None
+    gold: set[int] = set()
+    for t in target if isinstance(target, list) else [target]:
+        hits = _gold_of(t, texts, choices)
+        if hits is None:
+            return None
+        gold.update(hits)
+    return sorted(gold)
 
 
-_LETTER = re.compile(r"^\(?([A-Z])\)?(?:[.:)\s]|$)")
+def target_text(doc_to_visual, doc) -> str:
+    """The task's target of ``doc``, as short text for a report ("?" when it cannot be read)."""
+    task = task_of(doc_to_visual)
+    try:
+        return repr(task.doc_to_target(doc))[:80] if task is not None else "? (no task object)"
+    except Exception as e:
+        return f"? ({type(e).__name__})"
 
 
-def decoy_letter(doc_to_visual, doc) -> str | None:
+_LETTER = re.compile(r"^(?:\(([A-Z])\)|([A-Z])[.:)])")  # "(B) walk", "B. walk", "B: walk", "B) walk"
+_LETTER_ALONE = re.compile(r"^\(?([A-Z])\)?\.?$")
+_OPTION_LINE = re.compile(r"^[ \t]*\(?([A-Z])[).:][ \t]*(.+?)[ \t]*$", re.M)
+
+
+def _letter_in_prompt(context: str | None, target) -> str | None:
+    """The letter of the one option line of the prompt (``(B) walk``, ``B. walk``, ``B: walk``) whose text is
+    ``target``; None when no line or several do."""
+    if not context or not isinstance(target, str) or not target.strip():
+        return None
+    want = target.strip().rstrip(".")
+    found = {m.group(1) for m in _OPTION_LINE.finditer(context) if m.group(2).strip().rstrip(".") == want}
+    return found.pop() if len(found) == 1 else None
+
+
+def decoy_letter(doc_to_visual, doc, context: str | None = None) -> str | None:
     """A wrong option letter for a failed ``generate_until`` doc (the first of A-E that is not the gold
-    letter), or None when the task's target is not an option letter / index."""
+    letter), or None when the gold letter is unknown. The gold letter: the target itself (a letter, or an
+    index as int or digit string), else the letter of the prompt's option line that reads as the target
+    (MVBench's ``(A) run`` with target ``run``), else the letter a target starts with (``B. walk``)."""
     task = task_of(doc_to_visual)
     if task is None:
         return None
@@ -81,14 +140,14 @@ def decoy_letter(doc_to_visual, doc) -> str | None:
         target = task.doc_to_target(doc)
     except Exception:
         return None
-    if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < 26:
-        gold = chr(ord("A") + target)
-    else:
+    i = _as_index(target, 26)
+    if i is None:
+        i = _as_letter_index(target, 26)
+    gold = chr(ord("A") + i) if i is not None else _letter_in_prompt(context, target)
+    if gold is None:  # a target that starts with its letter ("B. walk")
         m = _LETTER.match(str(target).strip())
-        if not m:
-            return None
-        gold = m.group(1)
-    return next(c for c in "ABCDE" if c != gold)
+        gold = (m.group(1) or m.group(2)) if m else None
+    return None if gold is None else next(c for c in "ABCDE" if c != gold)
 
 
 def generate_kwargs(gen_kwargs: dict | None, default_max_new_tokens: int) -> tuple[dict, list[str]]:

@@ -143,7 +143,8 @@ def load_eval_model(
 
 def _apply_saved_dna(model, dna_dir: Path, dtype: str, device):
     """Patch ``model`` with the DnA weights in ``dna_dir`` and move them next to the model's weights."""
-    from dna_vlm import dna_parameters, load_dna
+    from dna_vlm.checkpoint import load_dna
+    from dna_vlm.patching import dna_parameters
     from dna_vlm.runs.loading import resolve_dtype
 
     model = load_dna(model, dna_dir) or model

@@ -12,7 +12,7 @@ the group ``lmms_eval.models``; ``lmms_eval/models/__init__.py`` loads that grou
 ``dna_vlm`` to :class:`DnaVLM`. Importing this module applies :mod:`dna_vlm.eval.lmms.compat` (workarounds
 for lmms-eval 0.7.3 bugs); that import happens before the evaluator needs them.
 
-``model_args`` (``key=value`` comma list):
+``model_args`` (``key=value`` comma list; an unknown key is refused, naming the known ones):
 
 - ``pretrained``: base model path or hub id (default: the run's ``base_model`` when ``dna`` is a run dir).
 - ``dna``: a training run dir (``run_config.json``, loaded with :func:`dna_vlm.runs.loading.load_model`) or a
@@ -41,7 +41,11 @@ Bad videos (``bad_video``, the words of ``dna-vlm train --bad-video``):
   :mod:`dna_vlm.eval.logs.records` (``generate_until``: the failure text with a wrong "decoy" letter;
   ``multiple_choice``: sentinel losses where the gold option loses), so the stock metric never scores it
   right and :func:`dna_vlm.eval.logs.records.row_failure` recognises it from the sample log alone. The failures
-  are logged, counted at the end of each request type and listed in the provenance.
+  are logged, counted at the end of each request type and listed in the provenance. The gold comes from the
+  task's ``doc_to_target``: an option's text, an index (int or digit string) or an option letter; a failed
+  doc whose gold is none of these cannot be made to lose: it is logged, counted and listed in the
+  provenance's ``gold_unknown``. Each stock score of a task with failures is also recomputed without them
+  (the provenance's ``stock_scores``; ``python -m dna_vlm.eval.lmms.run`` prints both numbers).
 
 Input controls (``video=full|none|shuffled|single``, ``encoder_noise=SIGMA``, ``control_seed=N``): see
 :mod:`dna_vlm.eval.lmms.controls`. Frames: ``max_frames``, ``fps``, ``frame_cache=DIR`` (on-disk
@@ -73,16 +77,17 @@ from dna_vlm.eval.lmms.inference import (  # noqa: E402
     decoy_letter,
     generate_kwargs,
     gold_indices,
+    target_text,
 )
 from dna_vlm.eval.lmms.loading import EvalOptions, accelerate_setup, load_eval_model, opt_int, resolve_dna_arg  # noqa: E402
-from dna_vlm.eval.lmms.provenance import build_provenance  # noqa: E402
+from dna_vlm.eval.lmms.provenance import add_gold_unknown, build_provenance  # noqa: E402
 from dna_vlm.eval.lmms.requests import BadVideoError, Loaded, RequestVisuals  # noqa: E402
 from dna_vlm.eval.lmms.visuals import FrameLoader  # noqa: E402
 from dna_vlm.eval.logs.records import FAILED_LOGLIKELIHOOD, failed_losses, failed_response  # noqa: E402
 from lmms_eval.api.instance import Instance  # noqa: E402
 from lmms_eval.api.model import lmms  # noqa: E402
 
-__all__ = ["MODEL_ID", "BadVideoError", "DnaVLM", "manifests"]
+__all__ = ["MODEL_ID", "BadVideoError", "DnaVLM", "known_model_args", "manifests"]
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +175,13 @@ class DnaVLM(lmms):
         self.noise = ProjectorNoise(self._model, self.controls.encoder_noise)
         sampling = {**loader.sampling(), "frame_cache": frame_cache, "prefetch": self.prefetch}
         self.provenance = build_provenance(
-            self._model, self.info, run_dir, dna_dir, sampling, self.controls.as_dict(), self.bad_video
-        )
+            self._model, self.info, run_dir, dna_dir, sampling, self.controls.as_dict(), self.bad_video,
+            trained_kernel=run_config.get("attention_kernel"),
+        )  # fmt: skip
         self.visuals = RequestVisuals(
             loader, self.controls, self.bad_video, self.processor, self.accelerator, self.provenance
         )
+        self._gold_unknown: dict[tuple, str] = {}  # (task, doc_id, kind) -> target, this call's
         if self._world_size > 1 and self.rank == 0:
             log.warning("dna_vlm: %d processes, data parallel", self._world_size)
 
@@ -267,12 +274,53 @@ class DnaVLM(lmms):
             self._generate_chunk(requests, chunk, results)
             pbar.update(len(chunk))
         pbar.close()
-        self.visuals.report("generate_until")
+        self._report("generate_until")
         return [r if r is not None else "" for r in results]
 
     def _failed_text(self, args: tuple, reason: str) -> str:
         doc = self._doc(args[-2], args[-1], args[-3])
-        return failed_response(reason, decoy_letter(args[2], doc))
+        decoy = decoy_letter(args[2], doc, context=args[0])
+        if decoy is None:
+            self._note_gold_unknown("generate_until", args[-2], args[-3], target_text(args[2], doc))
+        return failed_response(reason, decoy)
+
+    # ------------------------------------------------------------------------------------------ unknown golds
+
+    def _note_gold_unknown(self, kind: str, task: str, doc_id, target: str) -> None:
+        """A failed doc whose gold option is unknown: it cannot be made to lose, so a stock metric may count
+        it right. Said once per doc, counted at the end of the request type and listed in the provenance."""
+        if (task, doc_id, kind) in self._gold_unknown:
+            return
+        self._gold_unknown[(task, doc_id, kind)] = target
+        log.warning(
+            "dna_vlm: task %s doc %s failed and its gold option is unknown (doc_to_target gives %s, which is no "
+            "option text, index or letter): the failure %s, so the stock metric MAY COUNT IT RIGHT; compare "
+            "with the stock score without failed docs, or exclude failed docs (dna-vlm attribute does)",
+            task,
+            doc_id,
+            target,
+            "gets no wrong option letter" if kind == "generate_until" else "ties every option",
+        )
+
+    def _report(self, kind: str) -> None:
+        """End of a request type: the visuals' report and the unknown golds of every process into the
+        provenance (rank 0 writes it)."""
+        self.visuals.report(kind)
+        new = [(*key, target) for key, target in self._gold_unknown.items()]
+        if self._world_size > 1:
+            from accelerate.utils import gather_object
+
+            new = [g for part in gather_object([new]) for g in part]
+        for task, doc_id, kind_, target in new:
+            add_gold_unknown(self.provenance, task, doc_id, kind_, target)
+        if new and self.rank == 0:
+            log.warning(
+                "dna_vlm: %d failed %s sample(s) with an unknown gold option (listed in the provenance's "
+                "gold_unknown): the stock metric may count them right",
+                len(new),
+                kind,
+            )
+        self._gold_unknown.clear()
 
     def _generate_chunk(self, requests, idxs: list[int], results: list) -> None:
         """Answer the requests ``idxs`` (same generation kwargs): video ones in one batch, text-only in another."""
@@ -309,7 +357,7 @@ class DnaVLM(lmms):
             else:
                 gk = generate_kwargs(gen_kwargs, self.options.max_new_tokens)
                 res.append(_conversation(self, req.args, doc, x, doc_to_text, gk))
-        self.visuals.report("generate_until_multi_round")
+        self._report("generate_until_multi_round")
         return res
 
     # ------------------------------------------------------------------------------------------ loglikelihood
@@ -336,7 +384,10 @@ class DnaVLM(lmms):
             conts = [requests[i].args[1] for i in idxs]
             conts = [str(c(doc) if callable(c) else c) for c in conts]
             if x.failed is not None:
-                scores = failed_losses(len(conts), gold_indices(dtv, doc, conts))
+                gold = gold_indices(dtv, doc, conts)
+                if gold is None:
+                    self._note_gold_unknown("loglikelihood", task, doc_id, target_text(dtv, doc))
+                scores = failed_losses(len(conts), gold or [])
             else:
                 scores = []
                 for start in range(0, len(idxs), self.batch_size):
@@ -345,7 +396,7 @@ class DnaVLM(lmms):
                 results[i] = s
             pbar.update(len(idxs))
         pbar.close()
-        self.visuals.report("loglikelihood")
+        self._report("loglikelihood")
         return [r if r is not None else FAILED_LOGLIKELIHOOD for r in results]
 
     def _score(self, x: Loaded, conts: list[str]) -> list[tuple[float, bool]]:
@@ -377,11 +428,30 @@ def _conversation(lm: DnaVLM, args, doc, x: Loaded, doc_to_text, gk: tuple[dict,
     return rounds
 
 
+def known_model_args() -> list[str]:
+    """The ``model_args`` keys :class:`DnaVLM` takes, sorted."""
+    import inspect
+
+    params = inspect.signature(DnaVLM.__init__).parameters
+    return sorted(k for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD)
+
+
 def _check_model_args(attention, unknown: dict) -> str | None:
-    """Warn about unknown ``model_args``; validate ``attention`` (None, "dna" or "softmax")."""
-    unknown.pop("max_batch_size", None)
+    """Refuse unknown ``model_args`` (a misspelt key would silently leave its default in force), naming the
+    closest known key; validate ``attention`` (None, "dna" or "softmax")."""
+    import difflib
+
+    unknown.pop("max_batch_size", None)  # lmms-eval's own, passed to every model
     if unknown:
-        log.warning("dna_vlm: ignoring unknown model_args %s", sorted(unknown))
+        known = known_model_args()
+        named = []
+        for key in sorted(unknown):
+            close = difflib.get_close_matches(key, known, n=1)
+            named.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        raise ValueError(
+            f"dna_vlm: unknown model_args {', '.join(named)}; the known keys are {', '.join(known)} "
+            "(see dna_vlm.eval.lmms.plugin)"
+        )
     if attention not in (None, "", "dna", "softmax"):
         raise ValueError(f"dna_vlm: model_args attention must be 'dna' or 'softmax', got {attention!r}")
     return attention or None

@@ -173,16 +173,21 @@ class RequestVisuals:
 
     def report(self, kind: str) -> None:
         """End of a request-type call: stop prefetching; log how many samples failed (``bad_video=skip``) and
-        add them -- from every process -- to the provenance (rank 0 writes it)."""
+        add them -- from every process -- to the provenance (rank 0 writes it), with the frame cache's fault
+        (``frame_cache_faults``: it was bypassed, no sample failed for it)."""
         self.loader.stop_prefetch()
-        new = self._new
+        new, faults = self._new, [self.loader.cache_fault] if self.loader.cache_fault else []
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             from accelerate.utils import gather_object
 
-            new = gather_object([list(new)])
-            new = [f for part in new for f in part]
+            parts = gather_object([(list(new), faults)])
+            new = [f for part, _ in parts for f in part]
+            faults = [f for _, part in parts for f in part]
         for f in new:
             add_failure(self.provenance, *f)
+        if faults:
+            known = self.provenance.setdefault("frame_cache_faults", [])
+            known.extend(f for f in dict.fromkeys(faults) if f not in known)
         self._new = []
         if self.failed:
             per = ", ".join(f"{t}: {n}" for t, n in sorted(self.failed.items()))

@@ -47,6 +47,7 @@ __all__ = [
     "build_command",
     "build_config_command",
     "config_entries",
+    "evaluation_errors",
     "failure_summary",
     "format_failures",
     "main",
@@ -214,7 +215,9 @@ def run_lmms(
     python: str | None = None,
     echo: bool = False,
 ) -> LmmsRun:
-    """Run lmms-eval; return the parsed results or raise :class:`LmmsEvalError` (stderr tail included)."""
+    """Run lmms-eval; return the parsed results or raise :class:`LmmsEvalError`: its first lines are the
+    errors lmms-eval stopped on (e.g. the plugin's, plainly: lmms-eval prints them after a traceback), then
+    the command and the stderr tail."""
     spec = LmmsSpec(
         model_args, _task_list(tasks), output_path, include_path, model, batch_size, limit, log_samples
     )
@@ -222,9 +225,12 @@ def run_lmms(
     t0 = time.time()
     proc = _run(cmd, {**os.environ, **(env or {})}, timeout, echo)
     where = _where(cmd, proc)
-    if proc.returncode != 0:
-        raise LmmsEvalError(f"lmms-eval exited with status {proc.returncode}\n{where}")
-    run = _collect(spec, t0, where)
+    try:
+        if proc.returncode != 0:
+            raise LmmsEvalError(f"lmms-eval exited with status {proc.returncode}\n{where}")
+        run = _collect(spec, t0, where)
+    except LmmsEvalError as e:
+        raise LmmsEvalError(f"{_plain_errors(proc)}{e}") from None
     return _attach(run, proc, cmd, time.time() - t0)
 
 
@@ -316,12 +322,25 @@ def _float(value) -> float | None:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: lmms-eval's report of a run it gave up on (``__main__.py:614``): the message, which may span lines, ends
+#: at this suffix
+_REPORTED, _REPORTED_END = "Error during evaluation: ", ". Please set `--verbosity=DEBUG`"
 
 
-def _reported_errors(proc: subprocess.CompletedProcess) -> list[str]:
-    """lmms-eval's one-line report of each run it gave up on (loguru, coloured even into a pipe)."""
-    text = _ANSI.sub("", f"{proc.stdout or ''}\n{proc.stderr or ''}")
-    return [line.split(" - ", 1)[-1] for line in text.splitlines() if "Error during evaluation:" in line]
+def evaluation_errors(proc: subprocess.CompletedProcess) -> list[str]:
+    """The message of each run lmms-eval gave up on (e.g. the plugin's ``ValueError``), whole and in order:
+    lmms-eval prints it only after the traceback, in loguru colours even into a pipe."""
+    text = _ANSI.sub("", f"{proc.stderr or ''}\n{proc.stdout or ''}")
+    out = []
+    for part in text.split(_REPORTED)[1:]:
+        end = part.find(_REPORTED_END)
+        out.append((part[:end] if end >= 0 else part.split("\n", 1)[0]).strip())
+    return out
+
+
+def _plain_errors(proc: subprocess.CompletedProcess) -> str:
+    """The first lines of a failed run's error: what lmms-eval stopped on, before any tail."""
+    return "".join(f"lmms-eval stopped: {e}\n" for e in evaluation_errors(proc))
 
 
 def _many_error(
@@ -336,7 +355,7 @@ def _many_error(
     else:
         head = "lmms-eval exited 0 (it does so even when an evaluation failed)"
     lines = [f"{head}; {len(failed)} of {len(specs)} runs produced no valid results:"]
-    reported = _reported_errors(proc)
+    reported = evaluation_errors(proc)
     for k, (i, spec, reason) in enumerate(failed):
         lines.append(f"  run {i + 1} ({spec.describe()}): {reason}")
         if len(reported) == len(failed) and not timed_out:  # lmms-eval reports failed runs in order
@@ -353,6 +372,8 @@ def _where(cmd: list[str], proc: subprocess.CompletedProcess) -> str:
     stdout, stderr = proc.stdout or "", proc.stderr or ""
     where = f"command: {' '.join(cmd)}\n--- stderr (tail) ---\n{_tail(stderr)}\n--- stdout (tail) ---\n{_tail(stdout, 20)}"
     block = bad_video_block(stderr)
+    if block and any(block.splitlines()[0] in e for e in evaluation_errors(proc)):
+        block = ""  # already whole in the error lmms-eval stopped on, which comes first
     return (
         f"{block}\n{where}" if block else where
     )  # the plugin's whole list of unreadable videos, however long
@@ -399,9 +420,12 @@ def _metric_names(task_results: dict) -> list[str]:
 
 def failure_summary(results: dict, samples: dict[str, Path]) -> dict[str, dict]:
     """Per task with failed samples (:func:`dna_vlm.eval.logs.records.row_failure`): ``{"failed", "total",
-    "scored": {metric: [value of each failed sample]}, "doc_ids"}``."""
-    from dna_vlm.eval.logs.records import row_failure
+    "scored": {metric: [value of each failed sample]}, "doc_ids"}``, plus, when the provenance has them,
+    ``"stock_scores"`` (each stock score with and without the failed docs) and ``"gold_unknown"`` (the failed
+    doc ids whose gold option was unknown: they could not be made to lose)."""
+    from dna_vlm.eval.logs.records import PROVENANCE_KEY, row_failure
 
+    prov = (results.get("config") or {}).get(PROVENANCE_KEY) or {}
     out: dict[str, dict] = {}
     for task, path in samples.items():
         rows = read_samples(path)
@@ -416,6 +440,12 @@ def failure_summary(results: dict, samples: dict[str, Path]) -> dict[str, dict]:
             "scored": scored,
             "doc_ids": [r.get("doc_id") for r in failed],
         }
+        scores = (prov.get("stock_scores") or {}).get(task)
+        unknown = [g["doc_id"] for g in prov.get("gold_unknown") or [] if g.get("task") == task]
+        if scores:
+            out[task]["stock_scores"] = scores
+        if unknown:
+            out[task]["gold_unknown"] = unknown
     return out
 
 
@@ -435,7 +465,22 @@ def format_failures(failures: dict[str, dict]) -> str:
         lines.append(f"  {task}: {f['failed']} of {f['total']} failed (doc ids {f['doc_ids'][:10]})")
         for metric, values in f["scored"].items():
             lines.append(f"    stock metric {metric}: {_how_scored(values)}")
+        for key, sc in f.get("stock_scores", {}).items():
+            kept = sc["n"] - sc["failed"]
+            lines.append(
+                f"    stock {key} = {_num(sc['stock'])} over {sc['n']} docs; without the {sc['failed']} failed "
+                f"docs: {_num(sc['without_failed'])} over {kept}"
+            )
+        if f.get("gold_unknown"):
+            lines.append(
+                f"    GOLD UNKNOWN for failed doc ids {f['gold_unknown'][:10]}: they could not be made to lose, "
+                "the stock metric may count them right (use the score without the failed docs)"
+            )
     return "\n".join(lines)
+
+
+def _num(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _run(cmd: list[str], env: dict, timeout: float | None, echo: bool) -> subprocess.CompletedProcess:

@@ -7,7 +7,8 @@
 - :class:`FrameLoader` decodes frames. Frames belong to their video, never to a doc's position: the
   in-memory cache (and the on-disk :class:`dna_vlm.video.cache.FrameCache` with ``frame_cache=DIR``) is keyed
   by :func:`dna_vlm.video.cache.frame_key` -- the video's resolved path, size and mtime plus the sampling
-  parameters -- so two tasks whose doc ids collide never share frames.
+  parameters -- so two tasks whose doc ids collide never share frames. A frame cache that cannot be written
+  (read-only, full) never fails a doc: it warns once and is bypassed (:attr:`FrameLoader.cache_fault`).
 - :func:`strip_image_placeholders`: a task that feeds images writes its own ``<image>`` placeholders into
   the text; the model gets the images as one video (its own placeholder, added by
   :func:`dna_vlm.data.prompting.build_inputs`), so the task's are removed and every frame is seen once.
@@ -161,6 +162,13 @@ class FrameLoader:
             from dna_vlm.video.cache import FrameCache
 
             self.disk = FrameCache(cache_dir)
+
+    @property
+    def cache_fault(self) -> str | None:
+        """Why the on-disk frame cache stores nothing (``"DIR: error"``; frames are decoded directly), or None."""
+        if self.disk is None or self.disk.fault is None:
+            return None
+        return f"{self.disk.root}: {self.disk.fault}"
 
     def sampling(self) -> dict[str, Any]:
         """The ``sample_frames`` keyword arguments (also what the cache key hashes)."""

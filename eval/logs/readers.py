@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "BLIND_SUFFIXES",
+    "GENERIC",
     "GRADED_METRICS",
     "ORACLE_SUFFIXES",
     "READERS",
@@ -30,8 +31,12 @@ __all__ = [
     "Reading",
     "TaskReader",
     "find_reader",
-    "graded_metric",
+    "identify_reader",
+    "oracle_twin",
     "pairing_task",
+    "reader_named",
+    "reader_names",
+    "refused_metric",
     "video_free",
 ]
 
@@ -40,6 +45,7 @@ BLIND_SUFFIXES = ("_no_visual", "_blind")
 #: task-name parts of a task's oracle twin: the same questions on a cleaner input (``dna_vlm_synth_oracle``)
 ORACLE_SUFFIXES = ("_oracle",)
 _BLIND_PART = re.compile("(" + "|".join(BLIND_SUFFIXES) + r")(?=_|$)")
+_ORACLE_PART = re.compile("(" + "|".join(ORACLE_SUFFIXES) + r")(?=_|$)")
 _TWIN_PART = re.compile("(" + "|".join(BLIND_SUFFIXES + ORACLE_SUFFIXES) + r")(?=_|$)")
 _LETTERS = "ABCDEFGHIJ"
 
@@ -62,12 +68,22 @@ class Reading:
 @dataclass(frozen=True)
 class TaskReader:
     """``pattern``: fnmatch pattern of lmms-eval task names; ``metric``: the sample-log key read;
-    ``read(value, row) -> Reading``, or None for a refused (graded / unlabelled) task, with ``why``."""
+    ``read(value, row) -> Reading``, or None for a refused (graded / unlabelled) task, with ``why``;
+    ``functions``: stock function names (``process_results`` / aggregation) that identify the task in the
+    results JSON's task config; ``shape(value)``: whether a metric value has this task's shape (set only
+    where no other stock task's metric has it)."""
 
     pattern: str
     metric: str
     read: Callable[[Any, dict], Reading] | None
     why: str = ""
+    functions: tuple[str, ...] = ()
+    shape: Callable[[Any], bool] | None = None
+
+    @property
+    def name(self) -> str:
+        """The name ``--reader`` takes: the pattern without its wildcard (``mvbench_*`` -> ``mvbench``)."""
+        return self.pattern.rstrip("*").rstrip("_")
 
     def refuse(self, task: str) -> ReadError:
         return ReadError(
@@ -95,6 +111,11 @@ def _as01(v: Any, what: str) -> bool:
 
 def _scalars(d: dict, keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: d[k] for k in keys if k in d and (d[k] is None or isinstance(d[k], (str, int, float, bool)))}
+
+
+def _has(*keys: str) -> Callable[[Any], bool]:
+    """A shape test: the metric value is a dict with every one of ``keys``."""
+    return lambda v: isinstance(v, dict) and all(k in v for k in keys)
 
 
 def _doc(row: dict) -> dict:
@@ -225,62 +246,128 @@ _GPT = ("it is graded by a GPT judge (a 0-5 'score' plus a yes/no 'Correctness' 
         "and varies between judge runs), not by a per-question right answer")  # fmt: skip
 _MC_INSTEAD = "; compare a multiple-choice video task instead (videomme, mvbench_*, nextqa_mc_test, ...)"
 
-#: task-name pattern -> reader; the first matching pattern wins
+#: task-name pattern -> reader; the first matching pattern wins (by name, and by config functions)
 READERS: tuple[TaskReader, ...] = (
     TaskReader(
         "videomme_convert_mcq_oe", "acc_score", None, "it is open-ended, scored by an LLM judge" + _MC_INSTEAD
     ),
-    TaskReader("videomme_v2*", "videomme_v2_overall_acc", _videomme_v2),
-    TaskReader("videomme*", "videomme_perception_score", _videomme),
-    TaskReader("mvbench_*", "mvbench_accuracy", _mvbench),
-    TaskReader("egoschema_subset*", "score", _egoschema),
+    TaskReader("videomme_v2*", "videomme_v2_overall_acc", _videomme_v2,
+               functions=("videomme_v2_process_results",), shape=_has("pred_answer", "answer")),
+    TaskReader("videomme*", "videomme_perception_score", _videomme,
+               functions=("videomme_process_results",), shape=_has("pred_answer", "answer")),
+    TaskReader("mvbench_*", "mvbench_accuracy", _mvbench,
+               functions=("mvbench_process_results",), shape=_has("pred_answer", "gt_answer")),
+    TaskReader("egoschema_subset*", "score", _egoschema,
+               functions=("egoschema_aggregate_score",), shape=_has("pred", "ground_truth")),
     TaskReader(
-        "egoschema*", "submission", None, _NO_LABELS + "; use egoschema_subset / egoschema_subset_mcppl"
+        "egoschema*", "submission", None, _NO_LABELS + "; use egoschema_subset / egoschema_subset_mcppl",
+        functions=("egoschema_aggregate_mc", "egoschema_aggregate_mc_ppl"),
     ),
-    TaskReader("nextqa_mc_*", "exact_match", _nextqa_mc),
+    TaskReader("nextqa_mc_*", "exact_match", _nextqa_mc, functions=("nextqa_mc_process_results",)),
     TaskReader(
         "nextqa_oe_*",
         "WUPS",
         None,
         "WUPS is a graded word-similarity score (0-1), not right/wrong; "
         "use nextqa_mc_test (the same videos, multiple choice)",
+        functions=("nextqa_process_results",),
     ),
     TaskReader(
-        "perceptiontest_test_*", "submission", None, _NO_LABELS + "; use perceptiontest_val_mc / _mcppl"
+        "perceptiontest_test_*", "submission", None, _NO_LABELS + "; use perceptiontest_val_mc / _mcppl",
+        functions=("perceptiontest_aggregate_mc", "perceptiontest_aggregate_mc_ppl"),
     ),
-    TaskReader("perceptiontest_val_mcppl*", "accuracy", _perceptiontest_mcppl),
-    TaskReader("perceptiontest_val_mc*", "accuracy", _perceptiontest_mc),
-    TaskReader("longvideobench_test_*", "submission", None, _NO_LABELS + "; use longvideobench_val_v / _i"),
-    TaskReader("longvideobench_*", "lvb_acc", _longvideobench),
-    TaskReader("mlvu_dev*", "mlvu_percetion_score", _mlvu),
-    TaskReader("mlvu_test*", "mlvu_percetion_score", None, _NO_LABELS + "; use mlvu_dev"),
-    TaskReader("timescope*", "timescope_perception_score", _timescope),
-    TaskReader("videomathqa_mcq*", "videomathqa_perception_score", _videomathqa),
+    TaskReader("perceptiontest_val_mcppl*", "accuracy", _perceptiontest_mcppl,
+               functions=("perceptiontest_val_process_results_mc_ppl",),
+               shape=lambda v: _has("pred_id", "answer_id")(v) and "correct" not in v),
+    TaskReader("perceptiontest_val_mc*", "accuracy", _perceptiontest_mc,
+               functions=("perceptiontest_val_process_results_mc",), shape=_has("pred_id", "answer_id", "correct")),
+    TaskReader(
+        "longvideobench_test_*", "submission", None, _NO_LABELS + "; use longvideobench_val_v / _i",
+        functions=("longvideobench_aggregate_results_for_submission",),
+    ),
+    TaskReader("longvideobench_*", "lvb_acc", _longvideobench,
+               functions=("longvideobench_aggregate_results",), shape=_has("answer", "parsed_pred")),
+    # mlvu dev / test and videomathqa mcq / mbin log the same metric dict: only their aggregation tells them apart
+    TaskReader("mlvu_dev*", "mlvu_percetion_score", _mlvu,
+               functions=("mlvu_aggregate_results_dev",), shape=_has("pred_answer", "answer")),
+    TaskReader("mlvu_test*", "mlvu_percetion_score", None, _NO_LABELS + "; use mlvu_dev",
+               functions=("mlvu_aggregate_results_test",), shape=_has("pred_answer", "answer")),
+    TaskReader("timescope*", "timescope_perception_score", _timescope,
+               functions=("timescope_process_results",), shape=_has("pred_answer", "answer")),
+    TaskReader("videomathqa_mcq*", "videomathqa_perception_score", _videomathqa,
+               functions=("videomathqa_mcq_aggregate_results",), shape=_has("pred_answer", "answer")),
     TaskReader(
         "videomathqa_mbin*",
         "videomathqa_perception_score",
         None,
         "its score is per question group (multi-binary: right only if every binary variant is), not per doc; "
         "use videomathqa_mcq",
+        functions=("videomathqa_multi_binary_aggregate_results",),
+        shape=_has("pred_answer", "answer"),
     ),
     TaskReader("activitynetqa*", "gpt_eval_score", None, _GPT + _MC_INSTEAD),
     TaskReader("videochatgpt*", "gpt_eval_score", None, _GPT + _MC_INSTEAD),
     TaskReader("video_detail_description*", "gpt_eval_score", None, _GPT + _MC_INSTEAD),
-)
+)  # fmt: skip
+
+#: the reader name that forces the generic reader (``--reader generic``)
+GENERIC = "generic"
 
 #: metric names that are graded (never 0/1 correctness), refused in the generic reader too
 GRADED_METRICS = re.compile(r"gpt|llm|judge|wups|cider|meteor|rouge|bleu|bertscore|^mae$|^rmse$|^obo", re.I)
 
 
 def find_reader(task: str | None) -> TaskReader | None:
-    """The table entry for ``task`` (None for an unknown or unnamed task: use the generic reader)."""
+    """The table entry for ``task`` by its name (None for an unknown or unnamed task)."""
     if not task:
         return None
     return next((r for r in READERS if fnmatch.fnmatchcase(task, r.pattern)), None)
 
 
-def graded_metric(metric: str) -> ReadError | None:
-    """A refusal for a metric whose name says it is graded (GPT/LLM judges, WUPS, captioning scores)."""
+def reader_names() -> list[str]:
+    """Every name ``--reader`` takes (the table's, then ``generic``)."""
+    return [r.name for r in READERS] + [GENERIC]
+
+
+def reader_named(name: str) -> TaskReader | None:
+    """The reader ``--reader name`` forces (None for ``generic``); an unknown name raises listing them."""
+    if name == GENERIC:
+        return None
+    found = next((r for r in READERS if name in (r.name, r.pattern)), None)
+    if found is None:
+        raise ReadError(f"--reader {name!r}: no such reader; readers: {', '.join(reader_names())}")
+    return found
+
+
+def identify_reader(task: str, row: dict, functions: Sequence[str] = ()) -> tuple[TaskReader | None, str]:
+    """``(reader or None for the generic one, how it was identified)`` for a log of ``task`` whose first row
+    is ``row``; ``functions``: the function names in the task's config in the results JSON (``[]`` when
+    there is none). Raises :class:`ReadError` when the metric's shape fits several tasks and nothing else
+    tells them apart."""
+    by_name = find_reader(task)
+    if by_name is not None:
+        return by_name, "task name"
+    by_config = next((r for r in READERS if set(r.functions) & set(functions)), None)
+    if by_config is not None:
+        return by_config, "results config"
+    fits = [r for r in READERS if r.shape is not None and r.metric in row and r.shape(row[r.metric])]
+    if len(fits) > 1:
+        names = ", ".join(r.name for r in fits)
+        raise ReadError(
+            f"task {task!r}: its metric {fits[0].metric!r} has the shape of several stock tasks ({names}) and no "
+            "results JSON beside the log names its functions; choose one with --reader NAME"
+        )
+    return (fits[0], "metric shape") if fits else (None, GENERIC)
+
+
+def refused_metric(metric: str) -> ReadError | None:
+    """A refusal for a metric whose name says it is graded (GPT/LLM judges, WUPS, captioning scores) or a
+    benchmark-server submission (no labels); None for any other metric."""
+    if metric == "submission":
+        return ReadError(
+            "metric 'submission' is a file for a benchmark's submission server (its labels are not public): "
+            "no question has a right answer here; evaluate the task's labelled split"
+        )
     if not GRADED_METRICS.search(metric):
         return None
     return ReadError(
@@ -299,3 +386,8 @@ def pairing_task(task: str) -> str:
 def video_free(task: str) -> bool:
     """Whether ``task`` is a video-free twin by its name (``*_no_visual*``, ``*_blind*``)."""
     return bool(_BLIND_PART.search(task))
+
+
+def oracle_twin(task: str) -> bool:
+    """Whether ``task`` is an oracle twin by its name (``*_oracle*``: the same questions on a cleaner input)."""
+    return bool(_ORACLE_PART.search(task))

@@ -218,8 +218,3 @@ def aggregate_sum(items) -> int:
 
 def aggregate_count(items) -> int:
     return len(list(items))
-
-
-def tasks_dir() -> Path:
-    """The folder to pass to ``--include_path``."""
-    return Path(__file__).resolve().parent

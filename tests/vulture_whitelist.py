@@ -4,7 +4,7 @@ Each entry is used by something outside Python's call graph: a framework calling
 task file naming a function, a dataclass field written to / read from JSON, or an attribute a library reads.
 Add a name here only with the reason; anything else vulture reports is dead code: delete it.
 """
-# ruff: noqa: B018
+# ruff: noqa: B018, F821
 # fmt: off
 
 # torch.nn.Module hooks (called by Module.__repr__) and HF attention keyword arguments accepted for signature

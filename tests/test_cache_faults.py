@@ -247,7 +247,8 @@ def test_train_cli_on_a_read_only_cache(data, plain, tmp_path):
     assert proc.stderr.count(f"frame cache {root} cannot be written") == 1
     assert "Read-only file system" in proc.stderr and "0 unreadable videos skipped" in proc.stderr
     steps, summary = _run(out)
-    assert summary["skipped_videos"] == [] and [r["loss"] for r in steps] == plain
+    # the child runs with its own thread count: the same data and steps, equal up to reduction order
+    assert summary["skipped_videos"] == [] and [r["loss"] for r in steps] == pytest.approx(plain, rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ evaluation

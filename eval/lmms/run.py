@@ -136,37 +136,20 @@ class LmmsSpec:
         return f"output_path={self.output_path} model_args={_model_args(self.model_args)}"
 
 
-def build_command(
-    model_args: str | Mapping,
-    tasks: Sequence[str] | str,
-    output_path: str | os.PathLike,
-    include_path: str | os.PathLike | None = TASKS_DIR,
-    model: str = "dna_vlm",
-    batch_size: int | None = 1,
-    limit: int | float | None = None,
-    log_samples: bool = True,
-    extra_args: Sequence[str] = (),
-    python: str | None = None,
-) -> list[str]:
-    """The ``python -m lmms_eval ...`` command line (the same CLI as the ``lmms-eval`` script)."""
-    tasks = tasks if isinstance(tasks, str) else ",".join(tasks)
-    cmd = [
-        python or sys.executable,
-        "-m",
-        "lmms_eval",
-        "--model",
-        model,
-        "--model_args",
-        _model_args(model_args),
-    ]
-    cmd += ["--tasks", tasks, "--output_path", str(output_path)]
-    if include_path is not None:
-        cmd += ["--include_path", str(include_path)]
-    if batch_size is not None:
-        cmd += ["--batch_size", str(batch_size)]
-    if limit is not None:
-        cmd += ["--limit", str(limit)]
-    if log_samples:
+def build_command(*args, extra_args: Sequence[str] = (), python: str | None = None, **kwargs) -> list[str]:
+    """The ``python -m lmms_eval ...`` command line (the same CLI as the ``lmms-eval`` script) of the run
+    ``LmmsSpec(*args, **kwargs)``; ``extra_args`` are appended as given."""
+    spec = LmmsSpec(*args, **kwargs)
+    cmd = [python or sys.executable, "-m", "lmms_eval", "--model", spec.model]
+    cmd += ["--model_args", _model_args(spec.model_args), "--tasks", ",".join(spec.task_list())]
+    cmd += ["--output_path", str(spec.output_path)]
+    if spec.include_path is not None:
+        cmd += ["--include_path", str(spec.include_path)]
+    if spec.batch_size is not None:
+        cmd += ["--batch_size", str(spec.batch_size)]
+    if spec.limit is not None:
+        cmd += ["--limit", str(spec.limit)]
+    if spec.log_samples:
         cmd += ["--log_samples"]
     return cmd + list(extra_args)
 
@@ -201,26 +184,20 @@ def _new_files(root: Path, pattern: str, since: float) -> list[Path]:
 
 
 def run_lmms(
-    model_args: str | Mapping,
-    tasks: Sequence[str] | str,
-    output_path: str | os.PathLike,
-    include_path: str | os.PathLike | None = TASKS_DIR,
-    model: str = "dna_vlm",
-    batch_size: int | None = 1,
-    limit: int | float | None = None,
-    log_samples: bool = True,
+    *args,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     python: str | None = None,
     echo: bool = False,
+    **kwargs,
 ) -> LmmsRun:
-    """Run lmms-eval; return the parsed results or raise :class:`LmmsEvalError`: its first lines are the
+    """Run lmms-eval on the run ``LmmsSpec(*args, **kwargs)`` (its fields: model_args, tasks, output_path,
+    include_path, model, batch_size, limit, log_samples); return the parsed results or raise
+    :class:`LmmsEvalError`: its first lines are the
     errors lmms-eval stopped on (e.g. the plugin's, plainly: lmms-eval prints them after a traceback), then
     the command and the stderr tail."""
-    spec = LmmsSpec(
-        model_args, _task_list(tasks), output_path, include_path, model, batch_size, limit, log_samples
-    )
+    spec = LmmsSpec(*args, **kwargs)  # model_args, tasks, output_path, include_path, model, batch_size, ...
     cmd = build_command(**spec.as_kwargs(), extra_args=extra_args, python=python)
     t0 = time.time()
     proc = _run(cmd, {**os.environ, **(env or {})}, timeout, echo)
@@ -544,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--include_path", default=str(TASKS_DIR))
     ap.add_argument("--batch_size", type=int, default=1)
     ap.add_argument("--limit", type=float, default=None)
-    ap.add_argument("--no_log_samples", action="store_true")
+    ap.add_argument("--no_log_samples", action="store_true", help="do not write the per-sample logs")
+    ap.add_argument("--log_samples", action="store_true", help="the default (accepted as lmms-eval spells it)")
     ap.add_argument("--timeout", type=float, default=None)
     ap.add_argument("--print_tasks_dir", action="store_true", help="print the --include_path folder and exit")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: passed to lmms-eval")

@@ -219,6 +219,7 @@ def test_training_trains_on_every_video(kind, data, plain, tmp_path, monkeypatch
     steps, summary = _run(out)
     assert [r["loss"] for r in steps] == plain
     assert summary["skipped_videos"] == [] and summary["skip_events"] == 0 and steps[-1]["skipped_total"] == 0
+    assert summary["frame_cache_bypassed"] == faults[:1] and faults[0].startswith(f"{root}")  # recorded once
     (warning,) = _cache_warnings(caplog)
     error = "No space left on device" if kind == "full_disk" else "FileExistsError"
     assert f"frame cache {root} cannot be written" in warning and error in warning
@@ -249,6 +250,7 @@ def test_train_cli_on_a_read_only_cache(data, plain, tmp_path):
     steps, summary = _run(out)
     # the child runs with its own thread count: the same data and steps, equal up to reduction order
     assert summary["skipped_videos"] == [] and [r["loss"] for r in steps] == pytest.approx(plain, rel=1e-5)
+    assert len(summary["frame_cache_bypassed"]) == 1 and "Read-only file system" in summary["frame_cache_bypassed"][0]
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -117,6 +117,7 @@ def run_summary(step: int, trainable: dict, record: RunRecord, eval_loss: float 
         "eval_loss": eval_loss,
         "skipped_videos": record.skipped,
         "skip_events": record.skip_events,
+        "frame_cache_bypassed": record.cache_faults,  # faults that made the cache decode directly (no data lost)
         "lambda_mean_abs": lambda_mean,
         "elapsed_s": record.elapsed(),
         "num_processes": num_processes,

@@ -82,6 +82,7 @@ class RunRecord:
     skipped: list[dict] = field(default_factory=list)  # each unreadable video once, with its first step
     skip_events: int = 0  # unreadable videos met, counting repeats
     elapsed_before: float = 0.0  # seconds spent by earlier invocations
+    cache_faults: list[str] = field(default_factory=list)  # "DIR: error" of a frame cache bypassed, once each
     t0: float = field(default_factory=time.time)
 
     def elapsed(self) -> float:
@@ -98,6 +99,10 @@ class RunRecord:
                 new.append({**b, "first_step": step + 1})
         self.skipped.extend(new)
         return new
+
+    def add_cache_faults(self, faults: list[str]) -> None:
+        """Remember each frame-cache fault once (the cache was bypassed: frames decoded directly)."""
+        self.cache_faults.extend(f for f in dict.fromkeys(faults) if f not in self.cache_faults)
 
 
 # ------------------------------------------------------------------------------------ where to start
@@ -288,6 +293,7 @@ class Checkpoints:
             "scaler": scaler,
             "skipped": record.skipped,
             "skip_events": record.skip_events,
+            "cache_faults": record.cache_faults,
             "losses": record.losses,
             "elapsed_s": record.elapsed(),
             "reason": reason,
@@ -306,7 +312,8 @@ class Checkpoints:
                 f"{path}: saved with {state['num_processes']} processes, resuming with {self.num_processes}; "
                 "the data order would differ: resume with the same number of processes"
             )
-        record = RunRecord(state["losses"], state["skipped"], state["skip_events"], state["elapsed_s"])
+        record = RunRecord(state["losses"], state["skipped"], state["skip_events"], state["elapsed_s"],
+                           cache_faults=state.get("cache_faults", []))  # fmt: skip
         try:
             opt = unflatten_optimizer(load_safetensors(path / "optimizer.safetensors"), state["optimizer"])
             trainable = load_safetensors(path / "trainable.safetensors")

@@ -363,8 +363,10 @@ class Trainer:
         from accelerate.utils import gather_object
 
         failed = self.cfg.bad_video == "fail" and item["batch"] is None
-        bad = item["bad"]
+        bad, faults = item["bad"], item.get("cache_faults", [])
         if self.acc.num_processes > 1:
+            if any_process(self.acc, bool(faults)):
+                faults = [f for sub in gather_object([faults]) for f in sub]
             any_bad = any_process(self.acc, bool(bad))
             bad = [b for sub in gather_object([bad]) for b in sub] if any_bad else []
             failed = any_process(self.acc, failed)
@@ -376,6 +378,7 @@ class Trainer:
                 f"Checkpoint at step {step} saved in {self.out / CKPT_DIR}; fix or drop the row and rerun "
                 "with --resume, or use --bad-video skip"
             )
+        self.record.add_cache_faults(faults)
         for b in self.record.add_skipped(bad, step):
             self.log(f"warning: skipping unreadable video {b['video']} ({b['source']}): {b['error']}")
         return len(bad)

@@ -20,6 +20,8 @@ from dna_vlm.patching import (
     supported_model_types,
     unpatch,
 )
+from dna_vlm.runs.export import export_run, register_auto_classes
+from dna_vlm.runs.loading import load_model
 from dna_vlm.version import __version__
 
 __all__ = [
@@ -38,10 +40,13 @@ __all__ = [
     "dna_attention_varlen",
     "dna_layers",
     "dna_parameters",
+    "export_run",
     "is_patched",
     "load_dna",
+    "load_model",
     "mark_dna_trainable",
     "patch",
+    "register_auto_classes",
     "save_dna",
     "supported_model_types",
     "unpatch",

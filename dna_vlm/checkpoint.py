@@ -32,14 +32,14 @@ FORMAT = "dna-vlm/1"
 WEIGHTS, CONFIG = "dna_weights.safetensors", "dna_config.json"
 
 
-def _state_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The negative branches (none in the softmax control arm), plus every positive-branch tensor whose bytes
-    changed since patch()."""
+def _state_tensors(model: nn.Module, positive: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The negative branches (none in the softmax control arm), plus (``positive``) every positive-branch
+    tensor whose bytes changed since patch()."""
     tensors, changed = {}, []
     for rec, layer in patched_layers(model):
         for pname, p in layer.neg.named_parameters() if layer.neg is not None else ():
             tensors[f"{rec.key}.neg.{pname}"] = p
-        for pname, digest in rec.fingerprint.items():
+        for pname, digest in rec.fingerprint.items() if positive else ():
             p = layer.get_parameter(_base_param_name(layer, pname))
             if tensor_digest(p) != digest:
                 tensors[f"{rec.key}.{pname}"] = p
@@ -54,13 +54,16 @@ def _base_param_name(layer: nn.Module, pname: str) -> str:
     return f"{mod_name}.base_layer.{leaf}" if hasattr(mod, "base_layer") else pname
 
 
-def save_dna(model: nn.Module, out_dir: str | os.PathLike) -> Path:
-    """Write ``dna_weights.safetensors`` + ``dna_config.json`` to ``out_dir`` (atomically); returns the dir."""
+def save_dna(model: nn.Module, out_dir: str | os.PathLike, *, positive: bool = True) -> Path:
+    """Write ``dna_weights.safetensors`` + ``dna_config.json`` to ``out_dir`` (atomically); returns the dir.
+
+    ``positive=False`` leaves out the tuned positive-branch weights: for a folder whose model weights carry
+    them already (``dna-vlm export``), so that only what DnA added is saved here."""
     base = unwrap(model)
     state = patch_state(base)
     if state is None:
         raise NotPatchedError("save_dna: the model is not DnA-patched; call dna_vlm.patch(model) first")
-    tensors, changed = _state_tensors(base)
+    tensors, changed = _state_tensors(base, positive)
     config = {  # the dna_config.json schema (format dna-vlm/1): keep it stable, run dirs depend on it
         "format": FORMAT,
         "dna_vlm_version": __version__,

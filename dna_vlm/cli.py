@@ -39,7 +39,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "tiny-model": ("dna_vlm.tiny.default", "write the embedded tiny LLaVA-OneVision video LLM (no download)"),
     "train": ("dna_vlm.train", "LoRA-tune the vision tower -> projector path (DnA or softmax control arm)"),
+    "export": ("dna_vlm.runs.export", "write a run dir as one model folder (LoRA merged, DnA part beside)"),
     "synth-data": ("dna_vlm.data.synth", "generate the synthetic dense-scene video QA set"),
+    "check-data": (
+        "dna_vlm.data.validate",
+        "validate training data (project JSONL, LLaVA, sharegpt; JSON/JSONL/parquet/datasets) and summarise it",
+    ),
 }
 
 

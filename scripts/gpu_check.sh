@@ -10,6 +10,8 @@
 #              (DnA's own parameters must still move: lambda leaves 0.5)
 #   train-4bit the same with the LLM in 4-bit (bitsandbytes)
 #   bench      `dna-vlm bench` in bf16 (ratios against stock attention, same run)
+#   fsdp       DDP vs FSDP2 tiny-model trainings on all visible GPUs (NPROC to override): steps/s, peak memory
+#              per process, losses must agree (scripts/gpu_check_fsdp.py)
 #
 # Usage: bash scripts/gpu_check.sh [stage ...]   (default: all). Outputs go to $OUT (or ./gpu_check_out).
 # If dna-vlm is not installed (a bare GPU machine), it is staged from this checkout into a temp dir; wheels in
@@ -20,7 +22,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/gpu_check_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-STAGES=${*:-"kernel families train-bf16 train-4bit bench"}
+STAGES=${*:-"kernel families train-bf16 train-4bit bench fsdp"}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 if ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
@@ -89,6 +91,11 @@ for s in $STAGES; do
       stage train-bf16 train bf16 --dtype bfloat16 ;;
     train-4bit) stage train-4bit train q4 --load-in-4bit --mixed-precision bf16 ;;
     bench) stage bench $DNA bench --device cuda --dtype bfloat16 --compare-forms --reps 20 --json "$OUT/bench_cuda.json" ;;
+    fsdp)
+      NPROC=${NPROC:-$($PY -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
+      tiny_setup && stage fsdp $PY "$ROOT/scripts/gpu_check_fsdp.py" --model "$WORK/tiny" \
+        --data "$WORK/data/train.jsonl" --out "$OUT/fsdp" --processes "$NPROC" --device "${DEVICE:-cuda}" \
+        --mixed-precision bf16 -- --num-frames 8 --batch-size 4 --lr 1e-3 ;;
     *) echo "unknown stage $s"; rc=2 ;;
   esac
 done

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dna_vlm.eval.demo",),
     ("dna_vlm.eval.attribute", "dna_vlm.eval.inspection", "dna_vlm.eval.lmms"),
     ("dna_vlm.eval.probe",),
-    ("dna_vlm.eval.logs", "dna_vlm.eval.stats", "dna_vlm.eval.report_files"),
+    ("dna_vlm.eval.logs", "dna_vlm.eval.stats", "dna_vlm.eval.report_files", "dna_vlm.eval.degrade"),
     ("dna_vlm.bench",),
     ("dna_vlm.train",),
     ("dna_vlm.runs", "dna_vlm.tiny"),

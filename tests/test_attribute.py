@@ -15,7 +15,7 @@ from dna_vlm.eval.logs.records import (
     failure_reason,
     is_failed_loss,
 )
-from dna_vlm.eval.stats import holm, mcnemar_exact, paired_bootstrap_ci, wilson_ci
+from dna_vlm.eval.stats import bonferroni, mcnemar_exact, paired_exact_ci, wilson_ci
 from scipy.stats import binomtest
 
 from dna_vlm.cli import main as cli_main
@@ -98,8 +98,10 @@ def test_headline_numbers(logs):
     assert r["baseline_ci95"] == pytest.approx(hand_wilson(8, 20))
     assert r["candidate_ci95"] == pytest.approx(hand_wilson(14, 20))
     lo, hi = r["delta_ci95"]
-    assert lo <= 0.3 <= hi
-    assert r["significant"] == (lo > 0 or hi < 0)
+    assert lo <= 0.3 <= hi and r["delta_ci"] == r["delta_ci95"]  # the headline is a family of one
+    assert r["significant"] is False and lo < 0 < hi  # p = 0.109: the exact CI must include 0
+    assert r["family"] == "headline" and r["p_adjusted"] == r["mcnemar_p"] and 0 < r["mde"] < 1
+    assert "Bonferroni" in r["verdict_rule"]
     assert set(r["inputs"]) == {"baseline", "candidate"}
     assert len(r["inputs"]["baseline"]["sha256"]) == 64
     assert r["failed"]["excluded_docs"] == 0
@@ -113,22 +115,10 @@ def test_wilson_and_mcnemar_against_scipy():
     assert mcnemar_exact(2, 8) == pytest.approx(2 * sum(math.comb(10, i) for i in range(3)) / 2**10)
     assert mcnemar_exact(8, 2) == pytest.approx(0.109375)
     assert mcnemar_exact(0, 0) == 1.0
-    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-
-
-def test_bootstrap_deterministic_and_equals_doc_resampling():
-    x = np.array([1] * 6 + [0] * 8 + [1] * 2 + [0] * 4)
-    y = np.array([1] * 6 + [1] * 8 + [0] * 2 + [0] * 4)
-    a = paired_bootstrap_ci(x, y, 5000, 0, "t")
-    assert a == paired_bootstrap_ci(x, y, 5000, 0, "t")
-    assert a != paired_bootstrap_ci(x, y, 5000, 1, "t")
-    assert a[0] <= 0.3 <= a[1]
-    # the multinomial shortcut has the distribution of resampling doc indices
-    rng = np.random.default_rng(1)
-    idx = rng.integers(0, 20, size=(20000, 20))
-    ref = np.percentile(y[idx].mean(1) - x[idx].mean(1), [2.5, 97.5])
-    assert a == pytest.approx(ref, abs=0.051)
-    assert paired_bootstrap_ci(x, y, 0, 0, "t") is None
+    assert bonferroni([0.01, 0.04, 0.3]) == pytest.approx([0.03, 0.12, 0.9])
+    # the delta's CI, by hand: 8 fixed / 2 broken of 20 -> 10/20 * (2 * CP(8 of 10) - 1)
+    lo, hi = binomtest(8, 10).proportion_ci(method="exact")
+    assert paired_exact_ci(8, 2, 20) == pytest.approx([0.5 * (2 * lo - 1), 0.5 * (2 * hi - 1)])
 
 
 def test_by_group_numbers(logs):
@@ -146,18 +136,24 @@ def test_by_group_numbers(logs):
     assert list(d) == ["1", "2", "3"]  # numeric order
     # density 3: 8 docs all fixed
     assert (d["3"]["n"], d["3"]["fixed"], d["3"]["delta"]) == (8, 8, 1.0)
-    assert "unreliable" in d["3"]["ci_warning"] and r["ci_warning"] is None  # 8 vs 10 discordant docs
+    assert "only 8 discordant" in d["3"]["ci_warning"] and r["ci_warning"] is None  # 8 vs 10 discordant docs
     assert d["3"]["mcnemar_p"] == pytest.approx(2 / 2**8)
+    # a family of 3: Bonferroni p, the CI at 1 - 0.05/3, the verdict from both
+    assert d["3"]["p_adjusted"] == pytest.approx(3 * 2 / 2**8) and d["3"]["family"] == "by density"
+    assert d["3"]["significant"] and d["3"]["delta_ci"][0] > 0 and d["3"]["ci_level"] == pytest.approx(1 - 0.05 / 3)
+    assert d["3"]["delta_ci"][0] < d["3"]["delta_ci95"][0] and d["3"]["mde"] is None
     # density 1: RR 3, RW 1, WW 3 -> delta -1/7
     assert d["1"]["delta"] == pytest.approx(-1 / 7)
     ps = [d[k]["mcnemar_p"] for k in d]
-    assert [d[k]["mcnemar_p_holm"] for k in d] == pytest.approx(holm(ps))
+    assert [d[k]["p_adjusted"] for k in d] == pytest.approx(bonferroni(ps))
+    assert not d["1"]["significant"] and d["1"]["mde"] > 0
     t = r["trends"]["density"]
     assert t["buckets"] == 3
     dens = np.array([x[4] for x in TABLE], float)
     diff = np.array([x[1] - x[0] for x in TABLE], float)
     assert t["slope"] == pytest.approx(np.polyfit(dens, diff, 1)[0])
-    assert t["slope"] > 0 and t["slope_ci95"][0] <= t["slope"] <= t["slope_ci95"][1]
+    assert t["slope"] > 0 and t["slope_ci"][0] <= t["slope"] <= t["slope_ci"][1]
+    assert t["family_size"] == 1 and t["significant"] == (t["slope_ci"][0] > 0 or t["slope_ci"][1] < 0)
     assert "category" not in r["trends"]
 
 
@@ -200,7 +196,8 @@ def test_failed_samples_policy(tmp_path):
     b, c = write(tmp_path / "b.jsonl", rows_b), write(tmp_path / "c.jsonl", rows_c)
     ex = attribute(b, c, bootstrap=0)
     assert ex["n"] == 7 and ex["n_total"] == 10 and ex["failed"]["excluded_docs"] == 3
-    assert ex["baseline_acc"] == 1.0 and ex["delta"] == 0.0 and ex["delta_ci95"] is None
+    assert ex["baseline_acc"] == 1.0 and ex["delta"] == 0.0 and ex["delta_ci95"][0] < 0 < ex["delta_ci95"][1]
+    assert "no discordant questions" in ex["ci_warning"] and ex["mde"] is not None
     assert ex["failed"]["candidate"] == [
         {"id": "q003", "reason": "missing video /x/3.mp4"},
         {"id": "q004", "reason": "a|b\nc"},

@@ -54,6 +54,26 @@ def test_probe_recovers_planted_signal_and_not_shuffled_labels():
     assert lo <= 0.25 <= hi
 
 
+def test_probe_cv_scales_inside_each_fold_and_extends_an_edge_grid():
+    """The CV accuracy is that of the whole pipeline (scaler refitted in each training fold) at the chosen C;
+    a C at the grid's edge extends the grid, and an edge left is recorded."""
+    from dna_vlm.eval.probe.fit import C_GRID, _pipeline
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    x, y = _planted(200, 16, 4, 1.5)
+    x[:, 5] *= 1e3  # a feature on another scale: the scaler matters
+    p = fit_probe(x, y, seed=0)
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    ref = cross_val_score(_pipeline().set_params(lr__C=p.C), x, np.array(y, dtype=object), cv=cv).mean()
+    assert p.cv_acc == pytest.approx(ref) and p.C_at_edge is None and p.C_grid[0] < p.C < p.C_grid[-1]
+    # a label that is a linear function of one feature with no noise: CV accuracy keeps rising with C
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(120, 3))
+    ys = ["a" if v > 0 else "b" for v in xs[:, 0] + 1e-3 * xs[:, 1]]
+    q = fit_probe(xs, ys, seed=0)
+    assert len(q.C_grid) >= len(C_GRID) and (q.C_at_edge is None) == (q.C_grid[0] < q.C < q.C_grid[-1])
+
+
 def test_fit_many_in_processes_equals_serial_fits():
     """Parallel fitting (joblib worker processes) changes where the fits run, not what they find."""
     jobs = {k: _planted(120, 8, k, 1.0) for k in range(3)}
@@ -90,7 +110,7 @@ def test_probe_arms_pairs_arms_on_test_rows():
     sc = strong["shuffled_labels_control"]
     assert sc["acc_ci95"][0] <= sc["expected_if_independent"] <= sc["acc_ci95"][1]
     assert sc["expected_if_independent"] <= sc["chance"] + 1e-12
-    (cmp,) = compare_arms(arms, n_boot=2000)
+    (cmp,) = compare_arms(arms)
     assert cmp["baseline"] == "weak" and cmp["candidate"] == "strong" and cmp["view"] == "label:lab"
     assert cmp["delta"] == pytest.approx(strong["acc"] - weak["acc"])
     assert cmp["delta_ci95"][0] > 0 and cmp["mcnemar_p"] < 1e-6

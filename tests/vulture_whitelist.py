@@ -46,6 +46,8 @@ process_results_generate_blind
 process_results_mc_blind
 aggregate_sum
 aggregate_count
+# transformers' Auto classes read the model class's config_class (dna_vlm.runs.export.register_auto_classes)
+config_class
 # pytest: autouse fixtures and module marks are found by name
 _seed
 pytestmark
@@ -54,3 +56,5 @@ intermediate_size
 num_hidden_layers
 sample_rate
 previous_round_info
+# accelerate reads DistributedDataParallelKwargs.find_unused_parameters when it wraps the model in DDP
+find_unused_parameters

@@ -296,9 +296,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmark DnA against stock attention (ratios measured in one run)")
     p.add_argument("--shapes", default="vit-b,so400m,long", help=f"comma list of {','.join(SHAPES)}")
     p.add_argument("--quick", action="store_true", help="tiny shapes, few reps (smoke test)")
-    p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--reps", type=int, default=7, help="timed repetitions per row, interleaved across arms (default: 7)"
+    )
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default: 2)")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda when available, else cpu)",
+    )
     p.add_argument("--dtype", default=None, help="float32 (CPU default) | bfloat16 (CUDA default) | float16")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument(

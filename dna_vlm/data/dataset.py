@@ -7,6 +7,10 @@ Row format::
 ``video`` is a path relative to the JSONL file's folder (or absolute); ``options`` is optional and, when
 present, ``answer`` is the option LETTER ("A", "B", ...). Any other field is kept in ``Example.extra``
 (the synthetic set adds ``category`` and ``density``).
+
+The other formats the field uses (LLaVA ``conversations``, LLaMA-Factory sharegpt ``messages``; JSON, JSONL,
+parquet, a ``datasets`` folder) are read by :mod:`dna_vlm.data.formats` into the same :class:`Example`; a
+conversation of more than one exchange (or with a system turn) keeps its turns in ``Example.turns``.
 """
 
 from __future__ import annotations
@@ -16,26 +20,59 @@ import hashlib
 import json
 import os
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dna_vlm.files import atomic_write_bytes, file_digest
 
-__all__ = ["LETTERS", "DatasetError", "Example", "dataset_identity", "load_dataset", "write_jsonl"]
+__all__ = [
+    "LETTERS",
+    "PLACEHOLDERS",
+    "DatasetError",
+    "Example",
+    "Turn",
+    "check_id",
+    "check_no_placeholder",
+    "dataset_identity",
+    "iter_jsonl",
+    "load_dataset",
+    "read_bytes",
+    "validate_row",
+    "video_path",
+    "write_jsonl",
+]
 
 LETTERS = string.ascii_uppercase
 CORE_FIELDS = ("id", "video", "question", "options", "answer")
+#: video placeholders the field writes in the text (LLaVA: "<image>" even for videos; LLaMA-Factory: "<video>")
+PLACEHOLDERS = ("<image>", "<video>")
 
 
 class DatasetError(ValueError):
     """A dataset file or one of its rows is invalid; the message names ``file:line`` and the field."""
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One turn of a conversation: ``role`` "system", "user" or "assistant", its text without any video placeholder, and
+    ``video``: the row's video goes in this (user) turn, where the model's chat template puts a video."""
+
+    role: str
+    text: str
+    video: bool = False
+
+
 @dataclass
 class Example:
-    """One validated dataset row. ``video`` is an absolute path; ``source`` is ``"file:line"``."""
+    """One validated dataset row. ``video`` is an absolute path; ``source`` is ``"file:line"`` (or
+    ``"file row N"`` for parquet / ``datasets`` folders).
+
+    ``turns`` is empty for a single question (``question`` / ``options`` / ``answer`` are the row); for a
+    conversation of several exchanges (or with a system turn) it holds every turn, trained on every assistant
+    turn, and ``question`` / ``answer`` are its first user turn and its last assistant turn (for summaries).
+    """
 
     id: str
     video: str
@@ -44,6 +81,7 @@ class Example:
     answer: str
     extra: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    turns: tuple[Turn, ...] = ()
 
     @property
     def answer_index(self) -> int | None:
@@ -61,6 +99,10 @@ class Example:
         if relative_to is not None:
             with contextlib.suppress(ValueError):  # another drive on Windows: keep it absolute
                 video = os.path.relpath(self.video, os.path.abspath(relative_to))
+        if self.turns:  # a conversation: LLaVA-style rows (dna_vlm.data.formats reads them back)
+            convo = [{"from": _LLAVA_ROLE[t.role], "value": ("<video>\n" if t.video else "") + t.text}
+                     for t in self.turns]  # fmt: skip
+            return {"id": self.id, "video": video, "conversations": convo, **self.extra}
         row: dict[str, Any] = {"id": self.id, "video": video, "question": self.question}
         if self.options is not None:
             row["options"] = list(self.options)
@@ -69,19 +111,24 @@ class Example:
         return row
 
 
+_LLAVA_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
 def _fail(source: str, msg: str) -> DatasetError:
     return DatasetError(f"{source}: {msg}")
 
 
-def _validate_row(row: Any, source: str, base_dir: Path, check_videos: bool, seen: dict[str, str]) -> Example:
+def validate_row(row: Any, source: str, base_dir: Path, check_videos: bool, seen: dict[str, str]) -> Example:
+    """The :class:`Example` of one row of the project's format (``seen``: ids met so far -> their source,
+    updated); a bad row raises :class:`DatasetError` naming ``source`` and the field."""
     if not isinstance(row, dict):
         raise _fail(source, f"expected a JSON object per line, got {type(row).__name__}")
     missing = [k for k in ("id", "video", "question", "answer") if k not in row]
     if missing:
         raise _fail(source, f"missing required field(s) {', '.join(map(repr, missing))}")
 
-    rid = _check_id(row["id"], source, seen)
-    vpath = _video_path(row["video"], source, base_dir, check_videos)
+    rid = check_id(row["id"], source, seen)
+    vpath = video_path(row["video"], source, base_dir, check_videos)
     question = row["question"]
     if not isinstance(question, str) or not question.strip():
         raise _fail(source, f"field 'question' must be a non-empty string, got {question!r}")
@@ -89,6 +136,8 @@ def _validate_row(row: Any, source: str, base_dir: Path, check_videos: bool, see
     if options is not None:
         _check_options(options, source)
     answer = _check_answer(row["answer"], options, source)
+    for name in ("question", "answer"):
+        check_no_placeholder(row[name], f"field {name!r}", source)
     extra = {k: v for k, v in row.items() if k not in CORE_FIELDS}
     seen[rid] = source
     return Example(
@@ -102,7 +151,19 @@ def _validate_row(row: Any, source: str, base_dir: Path, check_videos: bool, see
     )
 
 
-def _check_id(rid: Any, source: str, seen: dict[str, str]) -> str:
+def check_no_placeholder(text: str, where: str, source: str) -> None:
+    """A video placeholder left in the text would reach the processor as a second video: refuse it here."""
+    for ph in PLACEHOLDERS:
+        if ph in text:
+            raise _fail(
+                source,
+                f"{where} holds the video placeholder {ph!r}: in the project's format the video is put in by "
+                "the model's chat template; remove it",
+            )
+
+
+def check_id(rid: Any, source: str, seen: dict[str, str]) -> str:
+    """``rid`` as a unique, non-empty string id (``seen``: ids met so far -> their source)."""
     if isinstance(rid, bool) or not isinstance(rid, (str, int)):
         raise _fail(source, f"field 'id' must be a string or integer, got {type(rid).__name__}")
     rid = str(rid)
@@ -113,8 +174,9 @@ def _check_id(rid: Any, source: str, seen: dict[str, str]) -> str:
     return rid
 
 
-def _video_path(video: Any, source: str, base_dir: Path, check_videos: bool) -> Path:
-    """The row's video as a normalised path (relative ones resolve against the JSONL file's folder)."""
+def video_path(video: Any, source: str, base_dir: Path, check_videos: bool) -> Path:
+    """The row's video as a normalised path (relative ones resolve against ``base_dir``: the data file's folder
+    or ``--video-root``)."""
     if not isinstance(video, str) or not video.strip():
         raise _fail(source, f"field 'video' must be a non-empty string (a path), got {video!r}")
     vpath = Path(os.path.expanduser(video))
@@ -154,27 +216,40 @@ def _check_answer(answer: Any, options: list | None, source: str) -> str:
 
 
 def load_dataset(path: str | os.PathLike, check_videos: bool = False) -> list[Example]:
-    """Read and validate a JSONL dataset.
+    """Read and validate a JSONL dataset in the project's format (:mod:`dna_vlm.data.formats` reads the
+    others).
 
     Blank lines are skipped. Every row is validated; the first bad one raises :class:`DatasetError` naming
     ``file:line`` and the field. Relative video paths resolve against the JSONL file's folder. With
     ``check_videos=True`` every video must exist (checked here, not when frames are read).
     """
     path = Path(path)
+    base_dir = path.resolve().parent
+    seen: dict[str, str] = {}
+    examples = [validate_row(row, source, base_dir, check_videos, seen) for source, row in iter_jsonl(path)]
+    if not examples:
+        raise DatasetError(f"{path}: the dataset has no rows")
+    return examples
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes without a UTF-8 byte-order mark; a missing / unreadable file is a DatasetError."""
     if not path.exists():
         raise DatasetError(f"{path}: dataset file not found")
     if not path.is_file():
         raise DatasetError(f"{path}: not a file")
-    base_dir = path.resolve().parent
-    examples: list[Example] = []
-    seen: dict[str, str] = {}
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise DatasetError(f"{path}: cannot read ({e})") from e
-    if raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark
-        raw = raw[3:]
-    for lineno, bline in enumerate(raw.splitlines(), start=1):
+    return raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """(``"file:line"``, parsed value) of every non-blank line of a JSONL file; a line that is not UTF-8 or
+    not JSON raises :class:`DatasetError` naming it."""
+    path = Path(path)
+    for lineno, bline in enumerate(read_bytes(path).splitlines(), start=1):
         source = f"{path}:{lineno}"
         try:
             line = bline.decode("utf-8")
@@ -183,13 +258,9 @@ def load_dataset(path: str | os.PathLike, check_videos: bool = False) -> list[Ex
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield source, json.loads(line)
         except json.JSONDecodeError as e:
             raise _fail(source, f"invalid JSON ({e.msg} at column {e.colno})") from e
-        examples.append(_validate_row(row, source, base_dir, check_videos, seen))
-    if not examples:
-        raise DatasetError(f"{path}: the dataset has no rows")
-    return examples
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any] | Example]) -> Path:
@@ -211,4 +282,13 @@ def dataset_identity(path: str | os.PathLike, examples: list[Example]) -> dict:
     """What a resumed run checks its data against: the file's digest, its row count and a digest of its row
     ids in order (``{"file_digest", "rows", "ids_digest"}``)."""
     ids = hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest()
-    return {"file_digest": file_digest(path), "rows": len(examples), "ids_digest": ids}
+    return {"file_digest": _data_digest(Path(path)), "rows": len(examples), "ids_digest": ids}
+
+
+def _data_digest(path: Path) -> str:
+    """sha256 of a data file, or of a folder's files (a ``datasets`` folder): their relative names and digests."""
+    if not path.is_dir():
+        return file_digest(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    lines = "\n".join(f"{p.relative_to(path).as_posix()} {file_digest(p)}" for p in files)
+    return hashlib.sha256(lines.encode()).hexdigest()

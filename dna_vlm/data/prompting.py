@@ -7,6 +7,10 @@ evaluation and the blind (no-video) control.
 - :func:`build_inputs` turns frames + prompts (+ answers) into the model's batch: the processor's batch with
   ``pixel_values_videos``, or with ``frames_list=None`` a text-only tokenizer batch; with answers, ``labels``
   are -100 everywhere except the answer tokens and the end-of-turn token after them.
+- :func:`build_chat_inputs` does the same for conversations (:func:`example_turns` of a dataset row): every
+  assistant turn is labelled (with all earlier turns as context, through the model's chat template), every
+  other token is -100. A single question is the conversation of one user and one assistant turn, and
+  :func:`build_inputs` with answers is exactly that case.
 """
 
 from __future__ import annotations
@@ -18,16 +22,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dna_vlm.data.dataset import Turn
+
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
     "MCQ_INSTRUCTION",
     "batch_to_device",
+    "build_chat_inputs",
     "build_inputs",
     "chat_prompt",
+    "chat_text",
     "end_of_turn_ids",
+    "example_turns",
     "format_question",
+    "model_placeholders",
     "takes_video",
 ]
 
@@ -44,6 +54,21 @@ def format_question(question: str, options: Sequence[str] | None = None) -> str:
         raise ValueError(f"at most 26 options are supported, got {len(options)}")
     lines = [question] + [f"{string.ascii_uppercase[i]}. {opt}" for i, opt in enumerate(options)]
     return "\n".join([*lines, MCQ_INSTRUCTION])
+
+
+def example_turns(example) -> tuple[Turn, ...]:
+    """The conversation of a dataset row (:class:`~dna_vlm.data.dataset.Example`): its turns, or for a single
+    question the user turn (:func:`format_question`, with the video) and the answer."""
+    if example.turns:
+        return tuple(example.turns)
+    user = Turn("user", format_question(example.question, example.options), video=True)
+    return (user, Turn("assistant", example.answer))
+
+
+def model_placeholders(processor) -> list[str]:
+    """The processor's own video / image placeholder strings: text holding one would be taken for a video."""
+    names = ("video_token", "image_token")
+    return [t for t in (getattr(processor, n, None) for n in names) if isinstance(t, str) and t]
 
 
 def _tokenizer(processor):
@@ -67,13 +92,15 @@ def takes_video(processor) -> bool:
     return getattr(processor, "video_processor", None) is not None
 
 
-def _messages(prompt: str, answer: str | None, video: bool, n_images: int = 0) -> list[dict]:
-    user: list[dict[str, Any]] = [{"type": "video"}] if video else []
-    if video and n_images:  # an image-only processor: one image entry per frame
-        user = [{"type": "image"}] * n_images
-    msgs: list[dict[str, Any]] = [{"role": "user", "content": [*user, {"type": "text", "text": prompt}]}]
-    if answer is not None:
-        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+def _messages(turns: Sequence[Turn], video: bool, n_images: int = 0) -> list[dict]:
+    """Chat-template messages; the turn holding the video gets the video item (an image-only processor: one
+    image item per frame) before its text."""
+    msgs: list[dict[str, Any]] = []
+    for t in turns:
+        content: list[dict[str, Any]] = []
+        if t.video and video:
+            content = [{"type": "image"}] * n_images if n_images else [{"type": "video"}]
+        msgs.append({"role": t.role, "content": [*content, {"type": "text", "text": t.text}]})
     return msgs
 
 
@@ -88,25 +115,47 @@ def chat_prompt(
     with the generation prompt (the assistant turn's header); with ``answer`` it holds the full assistant turn.
     The processor's chat template, else its tokenizer's, else a plain LLaVA-style format. For an image-only
     processor the video is ``n_frames`` image placeholders."""
+    turns = (Turn("user", prompt, video=True),) + (() if answer is None else (Turn("assistant", answer),))
+    return chat_text(processor, turns, video=video, n_frames=n_frames)
+
+
+def chat_text(processor, turns: Sequence[Turn], video: bool = True, n_frames: int | None = None) -> str:
+    """A conversation rendered by the model's chat template (see :func:`chat_prompt`); it ends with the
+    generation prompt when its last turn is not the assistant's."""
     n_images = 0 if takes_video(processor) else int(n_frames or 0)
     if video and not takes_video(processor) and not n_images:
         raise ValueError(f"{type(processor).__name__} takes images only: pass n_frames to chat_prompt")
+    turns = tuple(turns)
+    generation = not turns or turns[-1].role != "assistant"
     tok = _tokenizer(processor)
     owner = processor if getattr(processor, "chat_template", None) else tok
     if getattr(owner, "chat_template", None):
-        key = (owner.chat_template, tok.bos_token, tok.eos_token, prompt, answer, video, n_images)
+        key = (owner.chat_template, tok.bos_token, tok.eos_token, turns, video, n_images)
         memo = _chat_memo(owner)
         if memo is not None and key in memo:
             return memo[key]
         text = owner.apply_chat_template(
-            _messages(prompt, answer, video, n_images), add_generation_prompt=answer is None, tokenize=False
+            _messages(turns, video, n_images), add_generation_prompt=generation, tokenize=False
         )
         if memo is not None:
             memo[key] = text
         return text
+    return _plain_chat(processor, tok, turns, video)
+
+
+def _plain_chat(processor, tok, turns: Sequence[Turn], video: bool) -> str:
+    """LLaVA-1.5's plain format for a processor without a chat template:
+    ``[system ]USER: <video>\nq ASSISTANT: a</s>USER: q2 ASSISTANT:``."""
     placeholder = f"{_video_token(processor)}\n" if video else ""
-    text = f"USER: {placeholder}{prompt} ASSISTANT:"
-    return text if answer is None else f"{text} {answer}{tok.eos_token or ''}"
+    parts = []
+    for t in turns:
+        if t.role == "system":
+            parts.append(f"{t.text} ")
+        elif t.role == "user":
+            parts.append(f"USER: {placeholder if t.video else ''}{t.text} ASSISTANT:")
+        else:
+            parts.append(f" {t.text}{tok.eos_token or ''}")
+    return "".join(parts)
 
 
 #: rendered chat texts per processor / tokenizer: training renders the same rows every epoch, and the Jinja
@@ -155,23 +204,53 @@ def build_inputs(
         )
     if not prompts:
         raise ValueError("build_inputs: empty batch")
+    if answers is not None:  # a question and its answer: the conversation of one exchange
+        convos = [
+            (Turn("user", p, video=True), Turn("assistant", a)) for p, a in zip(prompts, answers, strict=True)
+        ]
+        return build_chat_inputs(processor, frames_list, convos, return_tensors)
+    videos = None if frames_list is None else [_as_video(f) for f in frames_list]
+    lens = [None] * len(prompts) if videos is None else [len(v) for v in videos]
+    texts = [
+        chat_prompt(processor, p, video=videos is not None, n_frames=t)
+        for p, t in zip(prompts, lens, strict=True)
+    ]
+    return _encode(processor, texts, videos, "left", return_tensors)
+
+
+def build_chat_inputs(
+    processor,
+    frames_list: Sequence[Any] | None,
+    conversations: Sequence[Sequence[Turn]],
+    return_tensors: str = "pt",
+):
+    """The training batch of ``len(conversations)`` conversations (each ending with an assistant turn), with
+    their videos (one per conversation, placed in the turn marked ``video``) or (``frames_list=None``) without.
+
+    Right-padded, with ``labels`` (B, L): the tokens of every assistant turn and the end-of-turn token after
+    each; -100 elsewhere (system and user turns, the template's headers, the video, padding).
+    """
+    n_videos = len(conversations) if frames_list is None else len(frames_list)
+    if n_videos != len(conversations):
+        raise ValueError(f"build_chat_inputs: got {n_videos} videos, {len(conversations)} conversations")
+    if not conversations:
+        raise ValueError("build_chat_inputs: empty batch")
+    for i, turns in enumerate(conversations):
+        if not turns or turns[-1].role != "assistant":
+            raise ValueError(f"build_chat_inputs: conversation {i} does not end with an assistant turn")
     videos = None if frames_list is None else [_as_video(f) for f in frames_list]
     with_video = videos is not None
-    lens = [None] * len(prompts) if videos is None else [len(v) for v in videos]
-    prefixes = [
-        chat_prompt(processor, p, video=with_video, n_frames=t) for p, t in zip(prompts, lens, strict=True)
-    ]
-    texts = (
-        prefixes
-        if answers is None
-        else [
-            chat_prompt(processor, p, a, video=with_video, n_frames=t)
-            for p, a, t in zip(prompts, answers, lens, strict=True)
-        ]
-    )
-    batch = _encode(processor, texts, videos, "left" if answers is None else "right", return_tensors)
-    if answers is not None:
-        batch["labels"] = _answer_labels(processor, batch, prefixes, texts, answers, with_video)
+    lens = [None] * len(conversations) if videos is None else [len(v) for v in videos]
+    texts, prefixes = [], []  # prefixes[row]: (text before, text through) each assistant turn
+    for turns, t in zip(conversations, lens, strict=True):
+        turns = tuple(turns)
+        texts.append(chat_text(processor, turns, video=with_video, n_frames=t))
+        prefixes.append([
+            tuple(chat_text(processor, turns[:j], video=with_video, n_frames=t) for j in (k, k + 1))
+            for k, turn in enumerate(turns) if turn.role == "assistant"
+        ])  # fmt: skip
+    batch = _encode(processor, texts, videos, "right", return_tensors)
+    batch["labels"] = _turn_labels(processor, batch, prefixes, texts, with_video)
     return batch
 
 
@@ -192,15 +271,15 @@ def _encode(processor, texts: list[str], videos: list[np.ndarray] | None, side: 
         tok.padding_side = old_side
 
 
-def _answer_labels(
-    processor, batch, prefixes: list[str], texts: list[str], answers: Sequence[str], with_video: bool
-):
-    """(B, L) labels: the answer tokens and the end-of-turn token after them; -100 elsewhere.
+def _turn_labels(processor, batch, prefixes: list[list[tuple[str, str]]], texts: list[str], with_video: bool):
+    """(B, L) labels: each assistant turn's tokens and the end-of-turn token after them; -100 elsewhere.
 
-    The answer is found from the END of each row: the tokens of ``text[len(prefix):]`` (the assistant turn)
-    must close the row. Processors that insert per-frame text (timestamps, "FrameN:") make the row's start
-    differ from the prefix tokenized alone, so matching from the start would put labels inside the video block.
-    Where the turn's tokens merge across the boundary, the longest common prefix of the prefix is the fallback.
+    An assistant turn is found from the END of its row: the tokens of ``text[len(prefix):]`` (that turn and all
+    after it) must close the row. Processors that insert per-frame text (timestamps, "FrameN:") make the row's
+    start differ from the prefix tokenized alone, so matching from the start would put labels inside the video
+    block. Where the turn's tokens merge across the boundary, the longest common prefix of the prefix is the
+    fallback. Earlier turns must render the same with and without the later ones (checked): a template that
+    rewrites them (dropping earlier reasoning, say) cannot be trained on several turns this way.
     """
     import torch
 
@@ -208,15 +287,22 @@ def _answer_labels(
     ids = batch["input_ids"]
     labels = torch.full_like(ids, IGNORE_INDEX)
     eos_ids = end_of_turn_ids(tok)
-    for row, (prefix, text) in enumerate(zip(prefixes, texts, strict=True)):
+    for row, (row_prefixes, text) in enumerate(zip(prefixes, texts, strict=True)):
         row_ids = ids[row][batch["attention_mask"][row].bool()].tolist()  # right padding: real tokens first
-        start = _suffix_start(tok, prefix, text, row_ids)
-        if start is None:
-            start = _prefix_start(processor, tok, prefix, row_ids, with_video)
-        end = next((j + 1 for j in range(start, len(row_ids)) if row_ids[j] in eos_ids), len(row_ids))
-        if end <= start:
-            raise ValueError(f"build_inputs: the answer of row {row} tokenized to nothing ({answers[row]!r})")
-        labels[row, start:end] = ids[row, start:end]
+        for k, (prefix, through) in enumerate(row_prefixes):
+            if not text.startswith(through):
+                raise ValueError(
+                    f"build_chat_inputs: the chat template renders row {row}'s turns before assistant turn {k + 1} "
+                    "differently once later turns follow; multi-turn labels need a template that keeps earlier "
+                    "turns as they are"
+                )
+            start = _suffix_start(tok, prefix, text, row_ids)
+            if start is None:
+                start = _prefix_start(processor, tok, prefix, row_ids, with_video)
+            end = next((j + 1 for j in range(start, len(row_ids)) if row_ids[j] in eos_ids), len(row_ids))
+            if end <= start:
+                raise ValueError(f"build_inputs: assistant turn {k + 1} of row {row} tokenized to nothing")
+            labels[row, start:end] = ids[row, start:end]
     return labels
 
 

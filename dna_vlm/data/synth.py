@@ -520,11 +520,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "holds the same set."
         ),
     )
-    p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--n-train", type=int, default=DEFAULTS["n_train"])
-    p.add_argument("--n-val", type=int, default=DEFAULTS["n_val"])
-    p.add_argument("--n-test", type=int, default=DEFAULTS["n_test"])
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for {train,val,test}.jsonl and the clips")
+    p.add_argument(
+        "--n-train", type=int, default=DEFAULTS["n_train"], help="training rows (default: %(default)s)"
+    )
+    p.add_argument(
+        "--n-val", type=int, default=DEFAULTS["n_val"], help="validation rows (default: %(default)s)"
+    )
+    p.add_argument("--n-test", type=int, default=DEFAULTS["n_test"], help="test rows (default: %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=DEFAULTS["seed"], help="seed of scenes and questions (default: %(default)s)"
+    )
     p.add_argument("--max-density", type=int, default=DEFAULTS["max_density"], help="most distractors (0..3)")
     p.add_argument("--frames", type=int, default=DEFAULTS["frames"], help="frames per clip")
     p.add_argument("--size", type=int, default=DEFAULTS["size"], help="clip width = height in pixels (even)")

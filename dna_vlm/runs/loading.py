@@ -4,7 +4,8 @@ trained), and find its parts (vision towers, projector, language model) whatever
 A run dir (the output of ``dna-vlm train``) holds ``run_config.json``, whose schema is
 :class:`dna_vlm.runs.config.RunConfig`. :func:`load_model` rebuilds the tuned model from it in one call: base
 model -> the attention layers it trained through (DnA: ``load_dna``; the softmax control: dna-vlm's control
-layers) -> PEFT adapter (merged) -> projector weights. :func:`build_inputs` (from
+layers) -> PEFT adapter (merged) -> projector weights. It also loads a ``dna-vlm export`` folder
+(:mod:`dna_vlm.runs.export`: the same model in one folder). :func:`build_inputs` (from
 :mod:`dna_vlm.data.prompting`) builds batches.
 """
 
@@ -20,7 +21,14 @@ from torch import nn
 
 from dna_vlm.data.prompting import build_inputs, format_question
 from dna_vlm.files import SafetensorsFileError, check_safetensors, load_safetensors, sampled_digest
-from dna_vlm.runs.config import RUN_CONFIG, RUN_FORMAT, RunConfig, RunError
+from dna_vlm.runs.config import ATTENTIONS, RUN_CONFIG, RUN_FORMAT, RunConfig, RunError
+from dna_vlm.runs.formats import (
+    EXPORT_MANIFEST,
+    export_model_config,
+    is_export,
+    read_adapter_config,
+    verify_export,
+)
 
 __all__ = [
     "ALLOW_BASE_ENV",
@@ -318,20 +326,27 @@ def load_base_model(
     attn_implementation: str | None = None,
     load_in_4bit: bool = False,
     trust_remote_code: bool = False,
+    config=None,
 ):
-    """(model, processor) of a HF video LLM from a local path or hub id, on ``device``, in eval mode."""
-    from transformers import AutoConfig, AutoProcessor
+    """(model, processor) of a HF video LLM from a local path or hub id, on ``device``, in eval mode.
+    ``config``: the model's transformers config when ``pretrained/config.json`` is not read as is (an
+    export's, :func:`dna_vlm.runs.formats.export_model_config`)."""
+    from transformers import AutoConfig
 
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     pretrained = str(pretrained)
-    try:
-        config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise RunError(
-            f"cannot load a model config from {pretrained!r} (a local model directory or a hub id): {e}"
-        ) from e
-    kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if config is not None:
+        kwargs: dict = {"config": config}
+    else:
+        kwargs = {}
+        try:
+            config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise RunError(
+                f"cannot load a model config from {pretrained!r} (a local model directory or a hub id): {e}"
+            ) from e
+    kwargs |= {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
@@ -342,8 +357,18 @@ def load_base_model(
     if not load_in_4bit:
         model.to(dev)
     model.eval()
-    processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-    return model, processor
+    return model, _processor(pretrained, config if "config" in kwargs else None, trust_remote_code)
+
+
+def _processor(pretrained: str, config, trust_remote_code: bool):
+    """The model's processor; with ``config`` given, its tokenizer is built from that config, not from
+    config.json (an export's, which transformers would read as a generic config and warn about)."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if config is not None:
+        kwargs["tokenizer"] = AutoTokenizer.from_pretrained(pretrained, config=config, **kwargs)
+    return AutoProcessor.from_pretrained(pretrained, **kwargs)
 
 
 def _resolve_base(run_dir: Path, run: RunConfig) -> str:
@@ -369,9 +394,11 @@ def load_model(
     trust_remote_code: bool = False,
     allow_base_mismatch: bool = False,
 ):
-    """(model, processor), in eval mode.
+    """(model, processor), in eval mode: ``load_model(PATH)`` takes a model, a run dir or an export.
 
-    - ``pretrained``: local path or hub id; defaults to the run's ``base_model``.
+    - ``pretrained``: local path or hub id; defaults to the run's ``base_model``. A ``dna-vlm export`` folder
+      is loaded whole (manifest checked, config restored, its ``dna/`` part applied; no ``run_dir`` with it);
+      a run dir given here (no ``run_dir``) is read as ``run_dir``.
     - ``run_dir``: a ``dna-vlm train`` output; applies its DnA weights (``load_dna``), its PEFT adapter
       (merged into the weights) and its projector weights.
     - ``attention``: None = the run's arm (or stock softmax without a run); ``"dna"`` without a run patches
@@ -384,6 +411,14 @@ def load_model(
     """
     if attention not in (None, "dna", "softmax"):
         raise RunError(f"attention={attention!r}: expected 'dna', 'softmax' or None")
+    if pretrained is not None and run_dir is None and (Path(pretrained) / RUN_CONFIG).is_file():
+        pretrained, run_dir = None, pretrained  # load_model(RUN_DIR): the run dir as the one argument
+    if pretrained is not None and is_export(pretrained):
+        if run_dir is not None:
+            raise RunError(f"{pretrained} is a dna-vlm export, which holds its run already: drop run_dir")
+        kwargs = dict(device=device, dtype=dtype, attn_implementation=attn_implementation,
+                      load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code)  # fmt: skip
+        return _load_export(Path(pretrained), attention, **kwargs)
     run = None
     if run_dir is not None:
         run_dir = Path(run_dir)
@@ -410,6 +445,24 @@ def load_model(
         from dna_vlm.patching import patch
 
         patch(model)
+    model.eval()
+    return model, processor
+
+
+def _load_export(path: Path, attention: str | None, **load_kwargs):
+    """(model, processor) of a ``dna-vlm export`` folder: its manifest checked, its weights loaded with its
+    real config, then its ``dna/`` part (``load_dna``: the DnA or control layers it was exported with)."""
+    record = verify_export(path)
+    arm, dna = record.get("attention"), record.get("dna_dir")
+    if arm not in ATTENTIONS or dna not in (None, "dna"):
+        raise RunError(
+            f"{path / EXPORT_MANIFEST}: 'attention' {arm!r} / 'dna_dir' {dna!r}; re-export the run"
+        )
+    if attention not in (None, arm):
+        raise RunError(f"{path}: exported from a {arm} run; load it with attention={arm!r} or None")
+    model, processor = load_base_model(path, config=export_model_config(path), **load_kwargs)
+    if dna:
+        _load_run_dna(model, path / dna)
     model.eval()
     return model, processor
 
@@ -488,8 +541,9 @@ def _load_run_adapter(model: nn.Module, adapter_path: Path, run: RunConfig) -> n
 
     if not adapter_path.is_dir():
         raise RunError(f"{adapter_path}: the run's PEFT adapter dir is missing")
+    config = read_adapter_config(adapter_path)  # guarded (PEFT alone refuses it) or an older run's plain one
     try:
-        return PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+        return PeftModel.from_pretrained(model, str(adapter_path), config=config).merge_and_unload()
     except RuntimeError as e:  # "size mismatch for ..." from load_state_dict
         raise RunError(
             f"{adapter_path}: the adapter does not fit this base model ({_first_line(e)}); it was trained on "

@@ -369,7 +369,7 @@ def add_parser(subparsers) -> None:
         "with --family a tiny model of another supported family, "
         "with a locally built tokenizer and processor, and save it to OUT_DIR.",
     )
-    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the model, tokenizer and processor to")
     p.add_argument(
         "--family",
         choices=tiny_families(),
@@ -377,8 +377,10 @@ def add_parser(subparsers) -> None:
         help="which video-LLM family to build (HF model_type; processor, tokenizer and chat template "
         "included, offline)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", choices=sorted(SIZES), default="small")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    p.add_argument(
+        "--size", choices=sorted(SIZES), default="small", help="tower / LM widths and depths (default: small)"
+    )
     p.add_argument(
         "--pretrain-steps",
         type=int,

@@ -27,13 +27,17 @@ def mix_seed(*xs: int) -> int:
 
 
 def load_examples(cfg: TrainConfig) -> tuple[list, list]:
-    """(training rows, evaluation rows); malformed rows fail here with file:line, before OUT is touched."""
-    from dna_vlm.data.dataset import load_dataset
+    """(training rows, evaluation rows) in ``cfg.data_format`` (videos under ``cfg.video_root``); malformed
+    rows fail here with file:line, before OUT is touched and before any model loads."""
+    from dna_vlm.data.formats import read_dataset
 
-    examples = load_dataset(cfg.data)
+    def read(path: str) -> list:
+        return read_dataset(path, cfg.data_format, cfg.video_root)
+
+    examples = read(cfg.data)
     if not examples:
         raise TrainError(f"{cfg.data}: the dataset is empty")
-    return examples, (load_dataset(cfg.eval_data) if cfg.eval_data else [])
+    return examples, (read(cfg.eval_data) if cfg.eval_data else [])
 
 
 class MicroBatches(torch.utils.data.Dataset):
@@ -54,6 +58,22 @@ class MicroBatches(torch.utils.data.Dataset):
         self._perm: dict[int, np.ndarray] = {}
         self._cache = None  # FrameMemory (over an optional FrameCache), made on first use
         self._fault_told = False  # the frame cache's fault went out with a batch
+        self._check_text()
+
+    def _check_text(self) -> None:
+        """Refuse text holding the model's own video / image token (it would be taken for a second video and
+        fail in the processor mid-run); the row is named. Runs once the processor is known."""
+        from dna_vlm.data.prompting import example_turns, model_placeholders
+
+        marks = model_placeholders(self.processor)
+        for ex in self.examples if marks else ():
+            for turn in example_turns(ex):
+                hit = next((m for m in marks if m in turn.text), None)
+                if hit is not None:
+                    raise TrainError(
+                        f"{ex.source}: a {turn.role} turn holds {hit!r}, this model's video / image placeholder "
+                        "token: remove it from the text (the video is put in by the chat template)"
+                    )
 
     def __len__(self) -> int:  # unbounded in principle; the sampler decides
         return 1 << 62
@@ -123,15 +143,11 @@ class MicroBatches(torch.utils.data.Dataset):
         return [f"{disk.root}: {disk.fault}"]
 
     def _batch(self, good):
-        from dna_vlm.data.prompting import build_inputs, format_question
+        """Every assistant turn of the rows labelled (a single question: its answer)."""
+        from dna_vlm.data.prompting import build_chat_inputs, example_turns
 
-        exs = [self.examples[i] for i, _ in good]
-        return build_inputs(
-            self.processor,
-            [f for _, f in good],
-            [format_question(e.question, e.options) for e in exs],
-            [e.answer for e in exs],
-        )
+        convos = [example_turns(self.examples[i]) for i, _ in good]
+        return build_chat_inputs(self.processor, [f for _, f in good], convos)
 
 
 def _identity(x):

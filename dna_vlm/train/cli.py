@@ -34,9 +34,13 @@ def main(args: argparse.Namespace) -> int:
     from dna_vlm.video.decode import VideoError
 
     try:
+        cfg = TrainConfig.from_args(args)
+        if cfg.check_data:  # validation only: no model loads, OUT is not touched
+            from dna_vlm.data.validate import check_files
+
+            return check_files([p for p in (cfg.data, cfg.eval_data) if p], cfg.data_format, cfg.video_root)
         from dna_vlm.train.trainer import train
 
-        cfg = TrainConfig.from_args(args)
         out = train(cfg)
     except TrainInterrupted as e:
         print(f"dna-vlm train: {e}", file=sys.stderr)

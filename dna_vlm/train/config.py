@@ -17,7 +17,18 @@ from dataclasses import MISSING, dataclass
 
 from dna_vlm.options import ARMS, NEG_BRANCHES, DnAOptions
 
-__all__ = ["GROUPS", "TrainConfig", "add_arguments", "option", "resumable_fields"]
+__all__ = [
+    "DEFAULT_STEPS",
+    "GROUPS",
+    "TrainConfig",
+    "add_arguments",
+    "option",
+    "resumable_fields",
+    "total_steps",
+]
+
+#: the steps of a run that names neither --max-steps nor --epochs
+DEFAULT_STEPS = 100
 
 #: titles of the option groups of ``dna-vlm train --help``, in the order they are listed
 GROUPS = {
@@ -87,10 +98,34 @@ class TrainConfig:
         help="local model dir or hub id (e.g. the output of `dna-vlm tiny-model`)", group="io", check="path"
     )
     data: str = option(
-        help="training JSONL (id, video, question, options?, answer)", group="io", check="path"
+        help="training data: the project's JSONL (id, video, question, options?, answer), LLaVA "
+        "`conversations` or LLaMA-Factory sharegpt `messages` rows, as JSON / JSONL / parquet or a `datasets` "
+        "save_to_disk folder (README, 'Bring your data')",
+        group="io",
+        check="path",
     )
     output: str = option(
         help="run dir to write (checkpoints, metrics, weights, run_config.json)", group="io", check="path"
+    )
+    data_format: str = option(
+        "auto",
+        choices=("auto", "qa", "llava", "sharegpt"),
+        group="io",
+        help="row format of --data / --eval-data: auto tells them apart row by row; qa: the project's rows",
+    )
+    video_root: str | None = option(
+        None,
+        check="path",
+        group="io",
+        shown="the data file's folder",
+        help="folder relative video paths of --data / --eval-data start in",
+    )
+    check_data: bool = option(
+        False,
+        group="io",
+        resumable=True,
+        help="only validate --data / --eval-data (every row, videos present), print a summary and exit: no "
+        "model is loaded (also: `dna-vlm check-data FILE`)",
     )
     # -- the arm
     attention: str = option(
@@ -137,8 +172,22 @@ class TrainConfig:
         "dtype in the forward; in bf16 lambda would not move) or the model's dtype",
     )
     # -- steps, batch and optimiser
-    max_steps: int = option(
-        100, check="positive_int", group="optim", help="optimiser steps of the whole run", resumable=True
+    max_steps: int | None = option(
+        None,
+        check="positive_int",
+        group="optim",
+        shown=f"{DEFAULT_STEPS} unless --epochs",
+        help="optimiser steps of the whole run (give this or --epochs, not both)",
+        resumable=True,
+    )
+    epochs: float | None = option(
+        None,
+        check="positive",
+        group="optim",
+        shown="none",
+        help="passes over the training rows instead of --max-steps: steps = ceil(epochs x "
+        "ceil(rows / (batch size x processes)) / grad accum); may be fractional",
+        resumable=True,
     )
     batch_size: int = option(
         2, check="positive_int", group="optim", help="examples per micro-batch, per process"
@@ -253,6 +302,22 @@ class TrainConfig:
     eval_every: int = option(
         0, check="count", group="run", help="evaluate every N steps (0: only at the end)", resumable=True
     )
+    best_metric: str = option(
+        "none",
+        choices=("none", "accuracy", "loss"),
+        group="run",
+        help="keep the best evaluation's checkpoint by eval accuracy (higher wins) or eval loss (lower "
+        "wins): never deleted by --keep-checkpoints, exported as OUT/best/ (a run dir) at the end; "
+        "needs --eval-data",
+    )
+    report_to: str = option(
+        "none",
+        choices=("none", "tensorboard", "wandb"),
+        group="run",
+        help="also log the metrics through accelerate's trackers: tensorboard (OUT/tensorboard) or "
+        "wandb (files under OUT/wandb; WANDB_MODE=offline keeps them local); metrics.jsonl is always written",
+        resumable=True,
+    )
     num_workers: int = option(
         0, check="count", group="run", help="data loader processes decoding videos", resumable=True
     )
@@ -315,6 +380,16 @@ class TrainConfig:
             )
         if self.resume and self.overwrite:
             raise ValueError("TrainConfig: resume and overwrite exclude each other")
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError(
+                f"TrainConfig: max_steps ({self.max_steps}) and epochs ({self.epochs}) both set: "
+                "give one of them (--max-steps or --epochs)"
+            )
+        if self.best_metric != "none" and self.eval_data is None:
+            raise ValueError(
+                f"TrainConfig.best_metric={self.best_metric!r} needs eval_data (--eval-data, the validation "
+                "rows it is measured on)"
+            )
 
     def _check_field(self, f: dataclasses.Field) -> None:
         value, choices, check = getattr(self, f.name), f.metadata["choices"], f.metadata["check"]
@@ -367,6 +442,18 @@ def _argument(f: dataclasses.Field, hint) -> dict:
     if meta["choices"]:
         kw["choices"] = meta["choices"]
     return kw
+
+
+def total_steps(cfg: TrainConfig, n_rows: int, num_processes: int) -> int:
+    """The run's optimiser steps: ``max_steps``, else ``epochs`` passes over ``n_rows`` training rows
+    (micro-batches of ``batch_size`` per process, ``grad_accum`` of them a step; at least one step), else
+    :data:`DEFAULT_STEPS`."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    if cfg.epochs is None:
+        return DEFAULT_STEPS
+    per_epoch = math.ceil(n_rows / (cfg.batch_size * num_processes))  # micro-batches of one pass
+    return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum - 1e-9))
 
 
 def resumable_fields() -> frozenset[str]:

@@ -24,6 +24,7 @@ from torch import nn
 
 from dna_vlm.files import atomic_save_safetensors, atomic_write_json, remove_path
 from dna_vlm.runs.config import RUN_FORMAT, RunConfig
+from dna_vlm.runs.formats import guard_adapter_config
 from dna_vlm.runs.loading import ARTEFACTS, base_identity, manifest
 from dna_vlm.train.config import TrainConfig
 from dna_vlm.train.state import RunRecord
@@ -56,6 +57,8 @@ def save_weights(m: nn.Module, stage: Path, cfg: TrainConfig, processor, proj_pa
     if cfg.tune == "full":
         processor.save_pretrained(str(stage / sub))
     adapter_dir = "adapter" if cfg.tune == "lora" else None
+    if adapter_dir:  # PEFT alone would apply it without the DnA layers or projector: make PEFT refuse it
+        guard_adapter_config(stage / adapter_dir)
     if cfg.tune == "lora" and cfg.projector == "full" and proj_path is not None:
         proj = m.get_base_model().get_submodule(proj_path)
         atomic_save_safetensors(proj.state_dict(), stage / "projector.safetensors")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -201,7 +202,11 @@ def build_model(cfg: TrainConfig, device: torch.device) -> BuiltModel:
         target_modules=lora_target_modules(model, cfg.projector),
         bias="none",
     )
-    model = get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` property (a FutureWarning on
+        # every run); upstream, not ours: silenced for this one message, in this one call
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        model = get_peft_model(model, lora)
     base = model.get_base_model()
     dna_ids, proj_ids = _unfreeze_dna_and_projector(base, cfg, proj_path)
     _enable_checkpointing(base, towers, cfg)
@@ -288,5 +293,8 @@ def lambda_mean(model: nn.Module) -> float | None:
     from dna_vlm.patching import dna_layers
 
     layers = [layer for _, layer in dna_layers(model) if layer.neg is not None]
-    vals = [layer.neg.neg_scale.detach().float().abs().mean() for layer in layers]
+    scales = [layer.neg.neg_scale.detach() for layer in layers]
+    # FSDP shards lambda: gathered whole (every process computes this metric, so the collective is safe)
+    scales = [s.full_tensor() if hasattr(s, "full_tensor") else s for s in scales]
+    vals = [s.float().abs().mean() for s in scales]
     return float(torch.stack(vals).mean()) if vals else None

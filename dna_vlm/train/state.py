@@ -36,9 +36,11 @@ from dna_vlm.files import (
 from dna_vlm.runs.config import RUN_CONFIG, RunError
 from dna_vlm.runs.loading import identity_differences, verify_run_dir
 from dna_vlm.train.config import TrainConfig, resumable_fields
+from dna_vlm.train.distributed import shard_like
 from dna_vlm.train.errors import TrainError
 
 __all__ = [
+    "BEST_DIR",
     "CKPT_DIR",
     "RESUMABLE_CHANGES",
     "Checkpoints",
@@ -56,10 +58,12 @@ __all__ = [
 ]
 
 CKPT_DIR = "checkpoints"
+#: OUT/best/: the run dir (OUT's layout) of the --best-metric checkpoint's weights, written at the end
+BEST_DIR = "best"
 STATE_FORMAT = "dna-vlm-train-state/1"
 #: what a previous run may have left in OUT; --overwrite deletes exactly these
 RUN_FILES = (RUN_CONFIG, CKPT_DIR, "metrics.jsonl", "dna", "adapter", "projector.safetensors",
-             "summary.json", "tensorboard")  # fmt: skip
+             "summary.json", "tensorboard", "wandb", BEST_DIR)  # fmt: skip
 #: keys of TrainConfig that may differ between an interrupted run and its resumption
 RESUMABLE_CHANGES = resumable_fields()
 #: paths compared resolved, and by the identity of what they hold (a moved run dir / model / data resumes)
@@ -83,6 +87,7 @@ class RunRecord:
     skip_events: int = 0  # unreadable videos met, counting repeats
     elapsed_before: float = 0.0  # seconds spent by earlier invocations
     cache_faults: list[str] = field(default_factory=list)  # "DIR: error" of a frame cache bypassed, once each
+    best: dict | None = None  # {"metric", "value", "step"} of the best evaluation so far (--best-metric)
     t0: float = field(default_factory=time.time)
 
     def elapsed(self) -> float:
@@ -252,14 +257,18 @@ class Checkpoints:
     """Writes and reads ``OUT/checkpoints`` for one run (fixed: settings, processes, data layout)."""
 
     def __init__(self, out: Path, cfg: TrainConfig, num_processes: int, per_epoch: int, global_bs: int,
-                 identity: dict | None = None):  # fmt: skip
-        """``identity``: {"model": base_identity, "data": dataset_identity} recorded and checked on resume."""
+                 identity: dict | None = None, sharding: str = "none"):  # fmt: skip
+        """``identity``: {"model": base_identity, "data": dataset_identity} recorded and checked on resume;
+        ``sharding``: how the model is spread (:data:`dna_vlm.train.distributed.SHARDINGS`), recorded only:
+        the tensors are whole in every case, so a run resumes under another sharding."""
         self.root, self.cfg, self.num_processes = out / CKPT_DIR, cfg, num_processes
         self.per_epoch, self.global_bs, self.identity = per_epoch, global_bs, identity or {}
+        self.sharding = sharding
 
     def save(self, step: int, reason: str, trainable: dict, optimizer: dict, scheduler: dict,
              scaler: dict | None, record: RunRecord) -> Path:  # fmt: skip
-        """Write ``step-NNNNNN`` whole, point latest.json at it, drop the oldest beyond keep_checkpoints."""
+        """Write ``step-NNNNNN`` whole, point latest.json at it, drop the oldest beyond keep_checkpoints
+        (never the best one, ``record.best``)."""
         name = f"step-{step:06d}"
         tmp = self.root / f".{name}.tmp-{os.getpid()}"
         remove_path(tmp)
@@ -272,7 +281,8 @@ class Checkpoints:
         remove_path(path)
         os.replace(tmp, path)
         atomic_write_json(self.root / "latest.json", {"dir": name, "step": step})
-        older = [p for s, p in _step_dirs(self.root) if s < step]  # superseded; newer ones are never touched
+        best = (record.best or {}).get("step")  # the --best-metric checkpoint is kept besides
+        older = [p for s, p in _step_dirs(self.root) if s < step and s != best]  # newer ones: never touched
         for old in older[: max(0, len(older) - (self.cfg.keep_checkpoints - 1))]:
             remove_path(old)
         return path
@@ -294,12 +304,14 @@ class Checkpoints:
             "skipped": record.skipped,
             "skip_events": record.skip_events,
             "cache_faults": record.cache_faults,
+            "best": record.best,
             "losses": record.losses,
             "elapsed_s": record.elapsed(),
             "reason": reason,
             "config": cfg.to_dict(),
             "identity": self.identity,
             "num_processes": self.num_processes,
+            "sharding": self.sharding,
         }  # fmt: skip
 
     def load(self, path: Path) -> Restored:
@@ -313,7 +325,7 @@ class Checkpoints:
                 "the data order would differ: resume with the same number of processes"
             )
         record = RunRecord(state["losses"], state["skipped"], state["skip_events"], state["elapsed_s"],
-                           cache_faults=state.get("cache_faults", []))  # fmt: skip
+                           cache_faults=state.get("cache_faults", []), best=state.get("best"))  # fmt: skip
         try:
             opt = unflatten_optimizer(load_safetensors(path / "optimizer.safetensors"), state["optimizer"])
             trainable = load_safetensors(path / "trainable.safetensors")
@@ -326,6 +338,7 @@ class Checkpoints:
     def _check_settings(self, path: Path, state: dict) -> None:
         """Settings, paths (resolved) and identities (data, base model) must match the checkpoint's."""
         old, new = state["config"], self.cfg.to_dict()
+        old = {**_field_defaults(), **old}  # a setting newer than the checkpoint: it ran with the default
         diffs = [
             f"{k}: {old.get(k)!r} -> {v!r}"
             for k, v in new.items()
@@ -343,6 +356,14 @@ class Checkpoints:
                 f"{path}: cannot resume with different settings ({'; '.join(diffs)}); "
                 "use the original settings and data, or a new --output"
             )
+
+
+def _field_defaults() -> dict:
+    """The plain defaults of :class:`TrainConfig`'s fields."""
+    import dataclasses
+
+    fields = dataclasses.fields(TrainConfig)
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
 
 
 def _resolved(path) -> str | None:
@@ -379,5 +400,5 @@ def load_trainable(
     if bad:
         raise TrainError(f"{path}: trainable weights of another model size ({'; '.join(bad[:3])})")
     with torch.no_grad():
-        for n, t in tensors.items():
-            params[n].copy_(t.to(params[n]))
+        for n, t in tensors.items():  # a sharded (FSDP) parameter takes its shard of the whole tensor
+            params[n].copy_(shard_like(t.to(params[n].dtype), params[n]))

@@ -20,25 +20,38 @@ import torch
 
 from dna_vlm.data.dataset import dataset_identity
 from dna_vlm.data.prompting import batch_to_device
-from dna_vlm.files import atomic_write_json, remove_stale_temps
+from dna_vlm.files import SafetensorsFileError, atomic_write_json, load_safetensors, remove_stale_temps
 from dna_vlm.runs.loading import base_identity, find_language_model, quiet_bitsandbytes
 from dna_vlm.runs.lock import LockedError, OutputLock
 from dna_vlm.train.batches import MicroBatches, load_examples, make_loader, mix_seed
-from dna_vlm.train.config import TrainConfig
+from dna_vlm.train.config import TrainConfig, total_steps
+from dna_vlm.train.distributed import (
+    any_process,
+    check_launch,
+    check_processes,
+    full_optimizer_state,
+    full_tensors,
+    gather_for_export,
+    prepare_model,
+    shard_optimizer_state,
+    sharding_of,
+    whole_parameters,
+)
 from dna_vlm.train.errors import TrainError, TrainInterrupted
+from dna_vlm.train.evaluate import EvalResult, answer_accuracy, improves
 from dna_vlm.train.finalize import make_run_config, run_summary, save_weights, stage_dir, write_run_dir
 from dna_vlm.train.loss import lm_loss, takes_logits_to_keep
-from dna_vlm.train.metrics import MetricsLog
+from dna_vlm.train.metrics import MetricsLog, check_tracker
 from dna_vlm.train.model import (
     attention_kernel_of,
     build_model,
     describe_patch,
     format_summary,
     lambda_mean,
-    make_optimizer,
     param_summary,
 )
 from dna_vlm.train.state import (
+    BEST_DIR,
     CKPT_DIR,
     RUN_FILES,
     Checkpoints,
@@ -59,25 +72,22 @@ def log_main(acc, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def any_process(acc, flag: bool) -> bool:
-    """True when ``flag`` is true on any process (a collective: every process must call it)."""
-    if acc.num_processes == 1:
-        return flag
-    t = torch.tensor(1.0 if flag else 0.0, device=acc.device)
-    return bool(acc.reduce(t, "sum") > 0)
-
-
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    use_cpu = cfg.device == "cpu" or not torch.cuda.is_available()  # torchrun on CPU: gloo, MULTI_CPU
-    return Accelerator(
+    use_cpu = check_launch(cfg)  # torchrun on CPU: gloo, MULTI_CPU; refuses what the launch cannot honour
+    check_tracker(cfg.report_to)
+    trackers = {} if cfg.report_to == "none" else {"log_with": cfg.report_to, "project_dir": cfg.output}
+    acc = Accelerator(
+        **trackers,
         cpu=use_cpu,
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[DistributedDataParallelKwargs()],  # find_unused_parameters: set by prepare_model
     )
+    check_processes(acc)
+    return acc
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,7 @@ class RunSetup:
     start: Start
     t0: float  # when this invocation started (the run's time counts from here)
     lock: OutputLock | None = None  # held by the main process until the run ends
+    cfg: TrainConfig | None = None  # the settings with --epochs resolved into max_steps (total_steps)
 
     @classmethod
     def open(cls, cfg: TrainConfig) -> RunSetup:
@@ -98,12 +109,16 @@ class RunSetup:
         t0 = time.time()
         acc = make_accelerator(cfg)
         examples, eval_examples = load_examples(cfg)
+        steps = total_steps(cfg, len(examples), acc.num_processes)
+        if cfg.epochs is not None:
+            log_main(acc, f"--epochs {cfg.epochs} over {len(examples)} rows: {steps} steps")
+        cfg = dataclasses.replace(cfg, max_steps=steps, epochs=None)
         out = Path(cfg.output)
         lock = lock_output(acc, out)
         try:
             if acc.is_main_process:
                 clean_temps(acc, out)
-            return cls(acc, examples, eval_examples, prepare_output(out, cfg, acc), t0, lock)
+            return cls(acc, examples, eval_examples, prepare_output(out, cfg, acc), t0, lock, cfg)
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -188,6 +203,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, setup: RunSetup | None = None):
         setup = setup or RunSetup.open(cfg)
+        given, cfg = cfg, setup.cfg or cfg  # cfg: max_steps resolved (total_steps)
         self.cfg, self.out, self.acc = cfg, Path(cfg.output), setup.acc
         if setup.start.kind is StartKind.FINISHED:
             raise TrainError(f"{setup.start.note}: nothing to train (train() returns such a run as it is)")
@@ -203,23 +219,25 @@ class Trainer:
         self.log(format_summary(self.summary))
         if built.report is not None:
             self.log(describe_patch(built.report))
-        optimizer, self.scheduler = make_optimizer(built.groups, cfg)
-        self.model, self.optimizer = self.acc.prepare(built.model, optimizer)
+        self.ds = MicroBatches(
+            setup.examples, self.processor, cfg, self.acc.process_index, self.acc.num_processes
+        )
+        self.model, self.optimizer, self.scheduler = prepare_model(self.acc, built, cfg, self.ds)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.trim_logits = takes_logits_to_keep(self.model)  # LM head only where a label is predicted
         self.float_dtype = next(p.dtype for p in self.trainable)
         self.eval_examples = setup.eval_examples
-        self.ds = MicroBatches(
-            setup.examples, self.processor, cfg, self.acc.process_index, self.acc.num_processes
-        )
         identity = {"model": base_identity(cfg.model), "data": dataset_identity(cfg.data, setup.examples)}
+        sharding = sharding_of(self.model, self.acc)
         self.checkpoints = Checkpoints(
-            self.out, cfg, self.acc.num_processes, self.ds.per_epoch, self.ds.global_bs, identity
+            self.out, cfg, self.acc.num_processes, self.ds.per_epoch, self.ds.global_bs, identity, sharding
         )
         self.start_step, self.record = self._restore(setup.start, RunRecord(t0=setup.t0))
-        self.metrics = MetricsLog(self.out, self.start_step, enabled=self.acc.is_main_process)
+        config = cfg.to_dict() | {"epochs": given.epochs}  # the steps resolved, and the epochs asked for
+        self.metrics = MetricsLog(self.out, self.start_step, self.acc.is_main_process, self.acc, cfg.report_to,
+                                  config)  # fmt: skip
         if self.acc.is_main_process:
-            atomic_write_json(self.out / "train_config.json", cfg.to_dict())
+            atomic_write_json(self.out / "train_config.json", config)
         self.signals = StopSignals()
 
     def log(self, msg: str) -> None:
@@ -234,11 +252,19 @@ class Trainer:
         m = self.acc.unwrap_model(self.model)
         params = {n: p for n, p in m.named_parameters() if p.requires_grad}
         load_trainable(params, restored.trainable, start.checkpoint)
-        self.optimizer.load_state_dict(restored.optimizer)
+        self.optimizer.load_state_dict(shard_optimizer_state(self.optimizer, restored.optimizer))
         self.scheduler.load_state_dict(restored.scheduler)
         if restored.scaler and getattr(self.acc, "scaler", None):
             self.acc.scaler.load_state_dict(restored.scaler)
         self.log(f"resuming from {start.checkpoint} (step {restored.step})")
+        best = restored.record.best
+        best_dir = None if best is None else self.checkpoints.root / f"step-{best['step']:06d}"
+        if best_dir is not None and not (best_dir / "state.json").is_file():
+            raise TrainError(
+                f"{start.checkpoint}: the best checkpoint it names (step {best['step']}, {best['metric']} "
+                f"{best['value']:.4f}) is missing from {self.checkpoints.root}: restore it, or start over "
+                "with --overwrite"
+            )
         return restored.step, dataclasses.replace(restored.record, t0=record.t0)
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -247,13 +273,13 @@ class Trainer:
         try:
             with self.signals:
                 step = self.loop(self.start_step)
-            eval_loss = self.evaluate()
-            if eval_loss is not None:
-                self.write_metrics({"step": step, "eval_loss": eval_loss})
-                self.log(f"eval loss at step {step}: {eval_loss:.4f}")
+            ev = self.evaluate()
+            if ev is not None:
+                self.after_eval(step, ev)
+                self.log(f"eval at step {step}: {self.describe(ev)}")
             if step > self.start_step:  # else it is on disk already (finalising again after a kill)
                 self.save_checkpoint(step, "final")
-            self.finalize(step, eval_loss)
+            self.finalize(step, ev)
         finally:
             self.metrics.close()
             self.setup.release()
@@ -344,12 +370,14 @@ class Trainer:
     def after_step(self, step: int) -> None:
         """Periodic eval and checkpoint; on a signal (seen by any process) checkpoint and stop."""
         cfg = self.cfg
+        new_best = False
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
             ev = self.evaluate()
             if ev is not None:
-                self.write_metrics({"step": step, "eval_loss": ev})
-        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-            self.save_checkpoint(step, "periodic")
+                new_best = self.after_eval(step, ev)
+        periodic = cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps
+        if new_best or periodic:  # a new best is checkpointed at once: OUT/best/ is exported from it
+            self.save_checkpoint(step, "best" if new_best else "periodic")
         received = self.signals.received
         if any_process(self.acc, received is not None) and step < cfg.max_steps:
             self.save_checkpoint(step, f"signal {received}")
@@ -392,8 +420,9 @@ class Trainer:
         if lm is not None:
             lm.eval()
 
-    def evaluate(self) -> float | None:
-        """Mean answer-token loss over the evaluation rows (all processes), None without them."""
+    def evaluate(self) -> EvalResult | None:
+        """Mean answer-token loss and accuracy (:mod:`dna_vlm.train.evaluate`) over the evaluation rows (all
+        processes), None without them."""
         if not self.eval_examples:
             return None
         acc, cfg = self.acc, dataclasses.replace(self.cfg, bad_video="skip")
@@ -402,8 +431,27 @@ class Trainer:
         )
         self.model.eval()
         loss = answer_loss(self.model, ds, len(self.eval_examples), acc, self.float_dtype, self.trim_logits)
+        accuracy, rows, skipped = answer_accuracy(self.model, self.processor, self.eval_examples, cfg, acc,
+                                                  self.float_dtype, self.trim_logits)  # fmt: skip
         self.train_mode()
-        return loss
+        return EvalResult(loss, accuracy, rows, skipped)
+
+    def after_eval(self, step: int, ev: EvalResult) -> bool:
+        """Log ``ev``; True when it is the best so far by ``--best-metric`` (then ``record.best`` names it)."""
+        self.write_metrics(ev.record(step))
+        metric = self.cfg.best_metric
+        if metric == "none" or not improves(metric, ev.value(metric), self.record.best):
+            return False
+        self.record.best = {"metric": metric, "value": ev.value(metric), "step": step,
+                            "eval_loss": ev.loss, "eval_accuracy": ev.accuracy}  # fmt: skip
+        self.log(f"best {metric} so far at step {step}: {self.describe(ev)}")
+        return True
+
+    @staticmethod
+    def describe(ev: EvalResult) -> str:
+        acc = "n/a" if ev.accuracy is None else f"{ev.accuracy:.3f}"
+        skipped = f", {ev.skipped} unreadable" if ev.skipped else ""
+        return f"loss {ev.loss:.4f}, accuracy {acc} ({ev.rows} rows{skipped})"
 
     # -- output -------------------------------------------------------------------------------------
     def write_metrics(self, rec: dict) -> None:
@@ -413,31 +461,73 @@ class Trainer:
         """Every process's part of a checkpoint (collective); the main process writes it."""
         self.acc.wait_for_everyone()
         m = self.acc.unwrap_model(self.model)
-        trainable = {n: p.detach() for n, p in m.named_parameters() if p.requires_grad}
-        optimizer = self.optimizer.state_dict()
+        # whole tensors under FSDP (collectives): the same checkpoint format as DDP and one process
+        trainable = full_tensors({n: p.detach() for n, p in m.named_parameters() if p.requires_grad})
+        optimizer = full_optimizer_state(self.optimizer.state_dict())
         if self.acc.is_main_process:
             scaler = self.acc.scaler.state_dict() if getattr(self.acc, "scaler", None) else None
             self.checkpoints.save(step, reason, trainable, optimizer, self.scheduler.state_dict(), scaler,
                                   self.record)  # fmt: skip
         self.acc.wait_for_everyone()
 
-    def finalize(self, step: int, eval_loss: float | None) -> None:
-        """Write the run dir's weights, summary.json and (last, marking it complete) run_config.json."""
+    def finalize(self, step: int, ev: EvalResult | None) -> None:
+        """Write the run dir's weights, summary.json and (last, marking it complete) run_config.json; with a
+        best evaluation, OUT/best/ first (a kill before the run dir commits finalises both again)."""
         acc = self.acc
         acc.wait_for_everyone()
+        whole = gather_for_export(acc.unwrap_model(self.model))  # FSDP: whole tensors (collective); else {}
         if acc.is_main_process:
-            stage, m = stage_dir(self.out), acc.unwrap_model(self.model)
-            dirs = save_weights(m, stage, self.cfg, self.processor, self.proj_path)
-            kernel = attention_kernel_of(m)
-            run_config = make_run_config(self.cfg, self.out, self.proj_path, step, dirs, kernel)
-            summary = run_summary(step, self.summary, self.record, eval_loss, lambda_mean(self.model),
-                                  acc.num_processes)  # fmt: skip
-            write_run_dir(self.out, stage, run_config, summary)
+            with whole_parameters(acc.unwrap_model(self.model), whole) as m:
+                if self.record.best is not None:
+                    self.export_best(m, self.record.best, step)
+                summary = self.write_run(m, self.out, step, ev, self.record)
             self.log(
                 f"done: {step} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, "
-                f"{len(self.record.skipped)} unreadable videos skipped; run dir {self.out}"
+                f"{len(self.record.skipped)} unreadable videos skipped; run dir {self.out}{self.best_note()}"
             )
         acc.wait_for_everyone()
+
+    def write_run(self, m, out: Path, step: int, ev: EvalResult | dict | None, record: RunRecord) -> dict:
+        """Commit ``m``'s weights as the run dir ``out`` of ``step`` (``ev``: its evaluation, an
+        :class:`EvalResult` or a ``record.best`` dict); returns its summary."""
+        out.mkdir(exist_ok=True)  # OUT/best/ the first time
+        stage = stage_dir(out)
+        dirs = save_weights(m, stage, self.cfg, self.processor, self.proj_path)
+        run_config = make_run_config(self.cfg, out, self.proj_path, step, dirs, attention_kernel_of(m))
+        ev = ev.record(step) if isinstance(ev, EvalResult) else (ev or {})
+        summary = run_summary(step, self.summary, record, ev.get("eval_loss"), lambda_mean(m),
+                              self.acc.num_processes)  # fmt: skip
+        summary |= {"eval_accuracy": ev.get("eval_accuracy"), "best": self.best_entry()}
+        write_run_dir(out, stage, run_config, summary)
+        return summary
+
+    def best_note(self) -> str:
+        best = self.record.best
+        return "" if best is None else f", best (step {best['step']}) in {self.out / BEST_DIR}"
+
+    def best_entry(self) -> dict | None:
+        """summary.json's ``best``: the best evaluation's step, metric and value, and its run dir's name."""
+        return None if self.record.best is None else {**self.record.best, "dir": BEST_DIR}
+
+    def export_best(self, m, best: dict, step: int) -> None:
+        """OUT/best/: the run dir of the best checkpoint's weights (OUT's layout), loaded into ``m`` for the
+        write and put back after (``step``: the final step, whose weights ``m`` holds)."""
+        record = dataclasses.replace(self.record, losses=self.record.losses[: best["step"]])
+        if best["step"] == step:
+            self.write_run(m, self.out / BEST_DIR, step, best, record)
+            return
+        path = self.checkpoints.root / f"step-{best['step']:06d}"
+        params = {n: p for n, p in m.named_parameters() if p.requires_grad}
+        final = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
+        try:
+            tensors = load_safetensors(path / "trainable.safetensors")
+        except SafetensorsFileError as e:
+            raise TrainError(f"the best checkpoint: {e}; restore {path} and rerun with --resume") from None
+        load_trainable(params, tensors, path)
+        try:
+            self.write_run(m, self.out / BEST_DIR, best["step"], best, record)
+        finally:
+            load_trainable(params, final, path)
 
 
 def train(config: TrainConfig | dict) -> Path:
@@ -451,6 +541,8 @@ def train(config: TrainConfig | dict) -> Path:
     for the whole call (:class:`dna_vlm.runs.lock.OutputLock`): a second writer gets a :class:`TrainError`.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
+    if cfg.check_data:  # a command-line mode; never train when only a check was asked for
+        raise TrainError("check_data only validates the data: call dna_vlm.data.validate.check_data(path) instead")
     setup = RunSetup.open(cfg)
     try:
         if setup.start.kind is StartKind.FINISHED:

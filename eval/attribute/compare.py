@@ -43,15 +43,7 @@ from dna_vlm.eval.logs.samples import (
     video_evidence,
 )
 from dna_vlm.eval.probe.run import PROBE_FORMAT
-from dna_vlm.eval.stats import (
-    compare,
-    excludes_zero,
-    holm,
-    mcnemar_exact,
-    ols_trend,
-    paired_bootstrap_ci,
-    wilson_ci,
-)
+from dna_vlm.eval.stats import VERDICT_RULE, apply_family, compare, ols_trend, trend_verdicts, wilson_ci
 
 from dna_vlm.data.synth import ORACLE_VIDEOS
 
@@ -84,26 +76,32 @@ correctly. Cell names use the order baseline, candidate, blind: "RW" = baseline 
 - **delta**: candidate_acc - baseline_acc = (fixed - broken) / n.
 - **flips**: `fixed` = #docs with b=0, c=1 (wrong -> right); `broken` = #(b=1, c=0) (right -> wrong);
   `both_right` = #(b=1, c=1); `both_wrong` = #(b=0, c=0). They sum to n.
-- **delta_ci95**: paired bootstrap percentile interval (2.5th, 97.5th percentile of B replicates): each
-  replicate resamples the n docs with replacement, keeping each doc's (b_i, c_i) pair together, and recomputes
-  delta. Because c_i - b_i takes only the values -1/0/+1, a replicate is drawn exactly as multinomial counts
-  of (fixed, broken, unchanged) with probabilities (fixed/n, broken/n, rest/n) -- the same distribution as
-  resampling doc indices. numpy Generator seeded from `--seed` and the quantity's name (deterministic).
-- **significant**: the delta_ci95 interval excludes 0. With few discordant docs (fixed + broken < 10, e.g.
-  small groups) the percentile bootstrap is too narrow (it can collapse to a point): `ci_warning` says so and
-  report.md marks the row with a dagger; rely on mcnemar_p there.
+- **delta_ci95**: the exact 95% CI of delta that inverts the exact McNemar test: with m = fixed + broken
+  discordant docs, delta = m/n (2 pi - 1) where pi = P(fixed | discordant), and pi runs over the
+  Clopper-Pearson 95% interval of fixed/m (conditional on m; no randomness). It excludes 0 exactly when
+  mcnemar_p < 0.05 (tested over every cell up to n = 240). With m = 0 it is the unconditional bound
+  |delta| <= the Clopper-Pearson upper bound of 0 discordant in n.
 - **mcnemar_p**: exact McNemar test: two-sided exact binomial test of `fixed` successes in fixed + broken
   trials with p = 0.5 (`scipy.stats.binomtest(broken, broken + fixed, 0.5)`); 1 when fixed + broken = 0.
   It asks whether the flips are more one-sided than chance; both_right/both_wrong carry no information.
+- **families and the verdict** (`verdict_rule` in report.json): each table of the report is a family of k
+  comparisons (`family`, `family_size`): the headline (k = 1), each `--by` field's groups, the video
+  reliances (2), each field's per-group reliances, the trends. `p_adjusted` = min(1, k mcnemar_p)
+  (Bonferroni); **significant** = p_adjusted < 0.05; `delta_ci` is the exact CI above at level `ci_level` =
+  1 - 0.05/k, so it excludes 0 exactly when the row is significant (tables print it). `mde`: for a row that
+  is not significant, the minimal detectable effect: the smallest |delta| the exact test at level 0.05/k
+  detects with power 0.8 over n docs discordant at the observed rate (or at rate |delta| when larger).
+  `ci_warning` (a dagger in report.md) flags rows with fewer than 10 discordant docs ("no discordant
+  questions" with none): the comparison rests on a handful of questions.
 - **by_group[field][value]**: the same statistics restricted to the docs whose `field` (read from the
-  metric dict, else from `doc`) equals `value`. `mcnemar_p_holm` is Holm's step-down adjustment of the group
-  p-values within one field (use it when scanning many groups).
+  metric dict, else from `doc`) equals `value`; the field's groups are one family.
 - **trends[field]** (numeric fields with >= 3 distinct values, e.g. density): `slope` = ordinary least
   squares slope of d_i = c_i - b_i on the field's value x_i over docs (change of delta per unit of x; a
-  linear probability model, no logistic link), `slope_ci95` = paired bootstrap over docs (resample docs,
-  refit), `p_value` = the OLS t-test of slope = 0 (`scipy.stats.linregress`; approximate for 0/1 data);
-  `baseline_slope` / `candidate_slope` are the same fit of b_i and c_i (accuracy per unit of x). A positive
-  `slope` means the candidate's gain grows with the field, e.g. with semantic density.
+  linear probability model, no logistic link); `slope_ci` = percentile bootstrap CI (resample docs, refit;
+  one draw per field) at level 1 - 0.05/k over the k trended fields, `significant` = it excludes 0;
+  `ols_p_value` = the OLS t-test of slope = 0 (`scipy.stats.linregress`; approximate for 0/1 data, shown for
+  reference, not the verdict); `baseline_slope` / `candidate_slope` are the same fit of b_i and c_i
+  (accuracy per unit of x). A positive `slope` means the candidate's gain grows with the field.
 - **pooling and pairing**: an arm is one sample log or several (e.g. the 20 MVBench subtasks); docs pair by
   (task, doc id), the task read from lmms-eval's file name `<date>_samples_<task>.jsonl` (a video-free twin
   such as `videomme_no_visual` or `*_blind` pairs with its video task; with one log per arm, docs pair by id
@@ -138,8 +136,8 @@ correctly. Cell names use the order baseline, candidate, blind: "RW" = baseline 
 
 With a blind log (`blind`):
 
-- **video_reliance[m]** for m in baseline, candidate: acc(m) - acc(blind), with the same paired bootstrap CI
-  and exact McNemar p (m vs blind). It splits as `video_helps` - `video_hurts` (divided by n), where
+- **video_reliance[m]** for m in baseline, candidate: acc(m) - acc(blind), with the same exact CI, McNemar p
+  and verdict fields (m vs blind; the two are one family). It splits as `video_helps` - `video_hurts` (divided by n), where
   `video_helps` = #(m right, blind wrong) and `video_hurts` = #(m wrong, blind right).
 - **blind_overlap[m]**: #(m right and blind right) / #(m right): the fraction of m's correct answers that
   need no video (Wilson CI over m's correct docs). High overlap = accuracy that says little about the encoder.
@@ -172,34 +170,27 @@ def _ratio(a: int, b: int) -> float | None:
     return a / b if b else None
 
 
-def _blind_stats(b, c, k, n_boot: int, seed: int, name: str) -> dict:
-    """Blind accuracy, each video model's reliance on / overlap with the blind model, and the error split."""
+def _blind_stats(b, c, k, family: str = "video reliance") -> dict:
+    """Blind accuracy, each video model's reliance on / overlap with the blind model, and the error split.
+    The two reliances are one family (``family``) until :func:`_field_stats` pools a field's groups."""
     n = len(b)
     kk = int(k.sum())
     out: dict = {"n": n, "correct": kk, "acc": kk / n if n else math.nan, "ci95": wilson_ci(kk, n)}
     out["video_reliance"], out["blind_overlap"] = {}, {}
     for arm, m in (("baseline", b), ("candidate", c)):
-        out["video_reliance"][arm] = _video_reliance(m, k, n_boot, seed, f"{name}/reliance/{arm}")
+        out["video_reliance"][arm] = _video_reliance(m, k)
         out["blind_overlap"][arm] = _blind_overlap(m, k)
+    apply_family(out["video_reliance"], family)
     out["cells"] = _cells(b, c, k)
     out["decomposition"] = _decomposition(out["cells"], n - int(b.sum()), n - int(c.sum()))
     return out
 
 
-def _video_reliance(m, k, n_boot: int, seed: int, name: str) -> dict:
+def _video_reliance(m, k) -> dict:
     """acc(m) - acc(blind) as a paired comparison of model ``m`` against the blind model ``k``."""
-    n = len(m)
-    helps = int(np.sum((m == 1) & (k == 0)))
-    hurts = int(np.sum((m == 0) & (k == 1)))
-    ci = paired_bootstrap_ci(k, m, n_boot, seed, name)
-    return {
-        "delta": (helps - hurts) / n if n else math.nan,
-        "delta_ci95": ci,
-        "significant": excludes_zero(ci),
-        "mcnemar_p": mcnemar_exact(helps, hurts),
-        "video_helps": helps,
-        "video_hurts": hurts,
-    }
+    r = compare(k, m)
+    keep = ("n", "delta", "delta_ci95", "mcnemar_p", "ci_warning", "fixed", "broken")
+    return {**{x: r[x] for x in keep}, "video_helps": r["fixed"], "video_hurts": r["broken"]}
 
 
 def _blind_overlap(m, k) -> dict:
@@ -285,7 +276,8 @@ def attribute(
             ``correct`` -- the dna-vlm tasks' ``dna_vlm`` -- else ``accuracy``, else ``acc``, else the only
             numeric metric). reader: force a reader by name (:func:`dna_vlm.eval.logs.readers.reader_names`).
         failed: ``"exclude"`` (drop docs failed in any log) or ``"wrong"`` (failed = wrong answer).
-        bootstrap: number of paired bootstrap replicates (0 disables the CIs); seed: their seed.
+        bootstrap: bootstrap replicates of the quantities with no exact test (trend slopes; the Encoder
+            section's ratios and calibration; 0: none of those CIs); seed: their seed. Deltas get exact CIs.
         encoder: the Encoder section's inputs to check before it runs (``{"oracle": logs, "controls": {name:
             logs}, "noise": {sigma: logs}, "probe": probe.json}``, each optional): every log's role against
             its provenance and its questions against the baseline's, the probe's test rows against the
@@ -310,7 +302,7 @@ def attribute(
     b, c, k = arrays["baseline"], arrays["candidate"], arrays.get("blind")
 
     report: dict = {"format": "dna-vlm-attribution/2"}
-    report.update(compare(b, c, bootstrap, seed, "all"))
+    report.update(compare(b, c, family="headline"))
     report.update(_provenance(arms, failures, failed, len(all_keys) - len(keys), bootstrap, seed))
     report["pairing"] = pairing
     report["roles"] = roles
@@ -318,8 +310,9 @@ def attribute(
         report["probe_join"] = probe_join(read_probe(encoder["probe"]), encoder["probe"], arms["baseline"])
     report["arms"] = {name: describe_arm(arm) for name, arm in arms.items()}
     if k is not None:
-        report["blind"] = _blind_stats(b, c, k, bootstrap, seed, "all")
+        report["blind"] = _blind_stats(b, c, k)
     report.update(_by_fields(list(dict.fromkeys(by)), arms, keys, (b, c, k), bootstrap, seed))
+    report["verdict_rule"] = VERDICT_RULE
     report["definitions"] = DEFINITIONS
 
     if out_dir is not None:
@@ -340,6 +333,7 @@ def _by_fields(
         out["group_order"][fld] = list(groups)  # report.json sorts keys; this keeps the natural order
         if trend is not None:
             out["trends"][fld] = trend
+    trend_verdicts(out["trends"])  # the trends of all fields are one family
     return out
 
 
@@ -465,13 +459,15 @@ def _field_stats(fld: str, vals: list, b, c, k, n_boot: int, seed: int) -> tuple
     for v in sorted(set(vals), key=_sort_key):
         # the type check keeps e.g. 1 and True (equal in Python) in separate groups
         mask = np.array([x == v and type(x) is type(v) for x in vals])
-        g = compare(b[mask], c[mask], n_boot, seed, f"{fld}={v}")
+        g = compare(b[mask], c[mask])
         g["value"] = v
         if k is not None:
-            g["blind"] = _blind_stats(b[mask], c[mask], k[mask], n_boot, seed, f"{fld}={v}")
+            g["blind"] = _blind_stats(b[mask], c[mask], k[mask])
         groups[str(v)] = g
-    for g, p in zip(groups.values(), holm([g["mcnemar_p"] for g in groups.values()]), strict=True):
-        g["mcnemar_p_holm"] = p
+    apply_family(groups, f"by {fld}")  # each table is a family
+    if k is not None:
+        apply_family([r for g in groups.values() for r in g["blind"]["video_reliance"].values()],
+                     f"video reliance by {fld}")  # fmt: skip
     present = [v for v in vals if v is not MISSING]
     if not (_numeric(present) and len(set(present)) >= 3):
         return groups, None
@@ -843,7 +839,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "attribute",
         description="Compare a baseline and a candidate (and optionally a video-blind) arm of lmms-eval "
-        "--log_samples JSONL question by question (several logs per arm are pooled by task and doc id): Wilson CIs, paired bootstrap CI of the delta, exact McNemar test, flips, "
+        "--log_samples JSONL question by question (several logs per arm are pooled by task and doc id): Wilson CIs, the exact McNemar test and the exact CI of the delta that inverts it (Bonferroni within each table), minimal detectable effects, flips, "
         "per-group breakdowns and an error decomposition. Writes report.json, report.md and PNG plots.",
     )
     logs = "lmms-eval --log_samples JSONL file(s), glob(s) or folder(s) (every *samples*.jsonl under it)"
@@ -872,8 +868,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         f"{', '.join(reader_names())}",
     )
     p.add_argument("--failed", choices=("exclude", "wrong"), default="exclude", help="failed samples policy")
-    p.add_argument("--bootstrap", type=int, default=10_000, help="paired bootstrap replicates (0: no CIs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap replicates for slopes and ratios (0: no bootstrap CIs; deltas' CIs are exact)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the bootstrap resampling behind the CIs (default: 0)"
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--out", required=True, help="report folder (report.json, report.md, *.png)")
     add_encoder_args(p)  # the Encoder section: --probe, --oracle, --control, --noise (eval/encoder.py)

@@ -15,7 +15,7 @@ from dna_vlm.eval.report_files import json_safe, pyplot, safe_name, save_png
 
 from dna_vlm.files import atomic_write_bytes, atomic_write_json
 
-__all__ = ["render_markdown", "role_warnings", "summary_table", "write_report"]
+__all__ = ["delta_cell", "mde_text", "render_markdown", "role_warnings", "summary_table", "write_report"]
 
 
 def write_report(report: dict, out_dir: str | Path, plots: bool = True) -> Path:
@@ -55,7 +55,7 @@ def _p(p) -> str:
 
 def summary_table(report: dict) -> str:
     """A short fixed-width table for terminals (accuracies in %, delta in points)."""
-    rows = [("", "n", "baseline", "candidate", "delta [95% CI]", "McNemar p", "fixed/broken")]
+    rows = [("", "n", "baseline", "candidate", "delta [CI]", "McNemar p", "fixed/broken")]
 
     def row(name, s):
         return (
@@ -63,7 +63,7 @@ def summary_table(report: dict) -> str:
             str(s["n"]),
             _pct(s["baseline_acc"]),
             _pct(s["candidate_acc"]),
-            f"{_spct(s['delta'])} {_sci(s['delta_ci95'])}",
+            f"{_spct(s['delta'])} {_sci(s['delta_ci'])}{' *' if s['significant'] else ''}",
             _p(s["mcnemar_p"]),
             f"{s['fixed']}/{s['broken']}",
         )
@@ -81,13 +81,15 @@ def summary_table(report: dict) -> str:
         for r in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
+    lines.append("CIs: exact, 95% for 'all', 1 - 0.05/k within a --by field of k groups; * = significant "
+                 "(Bonferroni McNemar p < 0.05)")
     if "blind" in report:
         bl = report["blind"]
         rel = bl["video_reliance"]
         lines.append(
             f"blind {_pct(bl['acc'])}%  video reliance: baseline {_spct(rel['baseline']['delta'])} "
-            f"{_sci(rel['baseline']['delta_ci95'])}, candidate {_spct(rel['candidate']['delta'])} "
-            f"{_sci(rel['candidate']['delta_ci95'])} points"
+            f"{_sci(rel['baseline']['delta_ci'])}, candidate {_spct(rel['candidate']['delta'])} "
+            f"{_sci(rel['candidate']['delta_ci'])} points"
         )
     tasks = [t for t in report.get("tasks", []) if t]
     if len(tasks) > 1:
@@ -106,37 +108,54 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def mde_text(r: dict) -> str:
+    """The minimal detectable effect of a comparison's row, in points, for the text beside a null effect."""
+    m = r.get("mde")
+    if m is None:
+        return "mde: none (too few questions to detect any effect)"
+    return f"mde ±{100 * m:.1f}"
+
+
+def delta_cell(r: dict) -> str:
+    """A comparison's delta with its CI at the family's level, the verdict mark (``*``), the few-discordant
+    flag (``†``) and, for a null effect, its minimal detectable effect."""
+    out = f"{_spct(r['delta'])} {_sci(r.get('delta_ci'))}{' *' if r['significant'] else ''}"
+    out += " †" if r.get("ci_warning") else ""
+    return out + ("" if r["significant"] else f" ({mde_text(r)})")
+
+
+def _level(r: dict) -> str:
+    return f"{100 * r['ci_level']:.4g}%"
+
+
 def _verdict(r: dict) -> str:
-    if r["delta_ci95"] is None:
-        return "No bootstrap CI was computed (--bootstrap 0)."
     warn = f" Caution: {r['ci_warning']}." if r.get("ci_warning") else ""
     if r["significant"]:
         way = "higher" if r["delta"] > 0 else "lower"
-        disagree = (
-            " The exact McNemar test does not confirm it at the 5% level." if r["mcnemar_p"] >= 0.05 else ""
-        )
         return (
-            f"The candidate is {way} by {abs(100 * r['delta']):.1f} points; the 95% CI "
-            f"{_sci(r['delta_ci95'])} excludes 0 (McNemar p = {_p(r['mcnemar_p'])}).{disagree}{warn}"
+            f"The candidate is {way} by {abs(100 * r['delta']):.1f} points: exact McNemar p = {_p(r['mcnemar_p'])} "
+            f"< 0.05, and the exact {_level(r)} CI {_sci(r['delta_ci'])} excludes 0.{warn}"
         )
+    m = r.get("mde")
+    mde = (f"the smallest effect this comparison detects with power 0.8 (n = {r['n']}, {r['fixed'] + r['broken']} "
+           f"discordant) is ±{100 * m:.1f} points" if m is not None else "too few questions to detect any effect")  # fmt: skip
     return (
-        f"No detectable difference: delta {_spct(r['delta'])} points, 95% CI {_sci(r['delta_ci95'])} includes 0 "
-        f"(McNemar p = {_p(r['mcnemar_p'])}). With n = {r['n']} the CI half-width is about "
-        f"{50 * (r['delta_ci95'][1] - r['delta_ci95'][0]):.1f} points: smaller effects cannot be resolved.{warn}"
+        f"No difference distinguishable from zero: delta {_spct(r['delta'])} points, exact {_level(r)} CI "
+        f"{_sci(r['delta_ci'])} includes 0 (McNemar p = {_p(r['mcnemar_p'])}); {mde}.{warn}"
     )
 
 
 def _stats_table(groups: dict, label: str) -> list[str]:
+    first = next(iter(groups.values()))
     out = [
-        f"| {label} | n | baseline % [95% CI] | candidate % [95% CI] | delta pts [95% CI] | McNemar p | Holm p | fixed | broken | both right | both wrong |",
+        f"| {label} | n | baseline % [95% CI] | candidate % [95% CI] | delta pts [{_level(first)} CI] | McNemar p | Bonferroni p (k={first['family_size']}) | fixed | broken | both right | both wrong |",
         "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for v, s in groups.items():
         out.append(
             f"| {v} | {s['n']} | {_pct(s['baseline_acc'])} {_ci(s['baseline_ci95'])} | "
-            f"{_pct(s['candidate_acc'])} {_ci(s['candidate_ci95'])} | {_spct(s['delta'])} {_sci(s['delta_ci95'])}"
-            f"{' *' if s['significant'] else ''}{' †' if s.get('ci_warning') else ''} | {_p(s['mcnemar_p'])} | {_p(s.get('mcnemar_p_holm'))} | "
-            f"{s['fixed']} | {s['broken']} | {s['both_right']} | {s['both_wrong']} |"
+            f"{_pct(s['candidate_acc'])} {_ci(s['candidate_ci95'])} | {delta_cell(s)} | {_p(s['mcnemar_p'])} | "
+            f"{_p(s['p_adjusted'])} | {s['fixed']} | {s['broken']} | {s['both_right']} | {s['both_wrong']} |"
         )
     return out
 
@@ -146,13 +165,13 @@ def _blind_md(bl: dict) -> list[str]:
     out = [
         f"Blind accuracy (no video): **{_pct(bl['acc'])}%** {_ci(bl['ci95'])}.",
         "",
-        "| model | video reliance pts [95% CI] | McNemar p | video helps | video hurts | correct answers the blind model also gets |",
+        f"| model | video reliance pts [{_level(rel['baseline'])} CI; family of 2] | McNemar p | video helps | video hurts | correct answers the blind model also gets |",
         "|---|---|---:|---:|---:|---|",
     ]
     for arm in ("baseline", "candidate"):
         r, o = rel[arm], ov[arm]
         out.append(
-            f"| {arm} | {_spct(r['delta'])} {_sci(r['delta_ci95'])} | {_p(r['mcnemar_p'])} | {r['video_helps']} | "
+            f"| {arm} | {delta_cell(r)} | {_p(r['mcnemar_p'])} | {r['video_helps']} | "
             f"{r['video_hurts']} | {_pct(o['fraction'])}% {_ci(o['ci95'])} ({o['blind_also_right']}/{o['model_right']}) |"
         )
     sb, sc = dec["baseline_errors_share"], dec["candidate_errors_share"]
@@ -317,11 +336,12 @@ def _headline_md(r: dict) -> list[str]:
         L.append(f"| blind (no video) | {_pct(r['blind']['acc'])} | {_ci(r['blind']['ci95'])} |")
     L += [
         "",
-        f"**delta (candidate - baseline): {_spct(r['delta'])} points**, paired bootstrap 95% CI "
-        f"{_sci(r['delta_ci95'])} ({r['bootstrap']} replicates, seed {r['seed']}); exact McNemar p = "
-        f"{_p(r['mcnemar_p'])}.",
+        f"**delta (candidate - baseline): {_spct(r['delta'])} points**, exact {_level(r)} CI "
+        f"{_sci(r['delta_ci'])} (it inverts the McNemar test); exact McNemar p = {_p(r['mcnemar_p'])}.",
         "",
         _verdict(r),
+        "",
+        f"Verdict rule: {r.get('verdict_rule', '')}",
         "",
         f"Flips: fixed (wrong -> right) {r['fixed']}, broken (right -> wrong) {r['broken']}, both right "
         f"{r['both_right']}, both wrong {r['both_wrong']}.",
@@ -368,15 +388,19 @@ def _group_md(fld: str, groups: dict, t: dict | None) -> list[str]:
         "",
         *_stats_table(groups, fld),
         "",
-        "`*` = the delta CI excludes 0; `†` = fewer than 10 discordant docs: the bootstrap CI is unreliable, "
-        "trust the McNemar p-value.",
+        f"This table is one family of k = {len(groups)} comparisons: `*` = significant (Bonferroni p < 0.05; "
+        "the exact CI at the table's level then excludes 0); `†` = fewer than 10 discordant docs (the row rests "
+        "on a handful of questions); a row that is not significant shows its minimal detectable effect (mde, "
+        "points, power 0.8).",
         "",
     ]
     if t:
+        ci = t.get("slope_ci")
         L += [
             f"Trend over {fld} ({t['buckets']} values): delta changes by {_spct(t['slope'])} points per unit "
-            f"of {fld}, 95% CI {_sci(t['slope_ci95'])}, OLS p = {_p(t['p_value'])} "
-            f"({'CI excludes 0' if t['significant'] else 'CI includes 0: no detectable trend'}). "
+            f"of {fld}, bootstrap {_level(t)} CI {_sci(ci)} (the trends of the {t['family_size']} field(s) are "
+            f"one family; OLS p = {_p(t['ols_p_value'])}, for reference) "
+            f"({'significant: the CI excludes 0' if t['significant'] else 'no detectable trend: the CI includes 0' if ci else 'no bootstrap CI (--bootstrap 0)'}). "
             f"Accuracy slopes: baseline {_spct(t['baseline_slope'])}, candidate {_spct(t['candidate_slope'])} "
             "points per unit.",
             "",
@@ -394,11 +418,12 @@ def _group_blind_md(fld: str, groups: dict) -> list[str]:
         bl = s["blind"]
         rel, dec = bl["video_reliance"], bl["decomposition"]
         L.append(
-            f"| {v} | {_pct(bl['acc'])} | {_spct(rel['baseline']['delta'])} {_sci(rel['baseline']['delta_ci95'])} | "
-            f"{_spct(rel['candidate']['delta'])} {_sci(rel['candidate']['delta_ci95'])} | {dec['encoder_fixed']} | "
+            f"| {v} | {_pct(bl['acc'])} | {delta_cell(rel['baseline'])} | "
+            f"{delta_cell(rel['candidate'])} | {dec['encoder_fixed']} | "
             f"{dec['encoder_broken']} | {dec['shared_errors']} | {dec['video_hurts_both']} |"
         )
-    L.append("")
+    k = next(iter(groups.values()))["blind"]["video_reliance"]["baseline"]["family_size"]
+    L += ["", f"The reliances of this table are one family of k = {k} (CIs at 1 - 0.05/k).", ""]
     return L
 
 
@@ -438,7 +463,7 @@ def _plot_accuracy(plt, r: dict, out: Path) -> Path:
     ax.set_xticks(range(len(arms)), [a[0] for a in arms])
     ax.set_ylabel("accuracy % (95% Wilson CI)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"delta {_spct(r['delta'])} pts {_sci(r['delta_ci95'])}, n={r['n']}", fontsize=9)
+    ax.set_title(f"delta {_spct(r['delta'])} pts, exact 95% CI {_sci(r['delta_ci95'])}, n={r['n']}", fontsize=9)
     path = save_png(fig, out / "accuracy.png", dpi=110)
     plt.close(fig)
     return path
@@ -497,14 +522,14 @@ def _plot_group(plt, r: dict, fld: str, groups: dict, out: Path) -> Path:
     a1.set_ylim(-5, 112)
     a1.legend(fontsize=8)
     dl = np.array([groups[k]["delta"] for k in keys])
-    derr = _delta_err(dl, [groups[k]["delta_ci95"] for k in keys])
+    derr = _delta_err(dl, [groups[k]["delta_ci"] for k in keys])
     a2.errorbar(xs, 100 * dl, yerr=derr, fmt="o", color=_COLORS["candidate"], capsize=3)
     a2.axhline(0, color="k", lw=0.8)
-    a2.set_ylabel("delta pts (95% CI)")
+    a2.set_ylabel(f"delta pts ({_level(groups[keys[0]])} CI)")
     a2.set_xticks(xs, keys, rotation=30 if max(len(k) for k in keys) > 6 else 0)
     a2.set_xlabel(fld)
     t = r.get("trends", {}).get(fld)
-    title = f"by {fld}" + (f": trend {_spct(t['slope'])} pts/unit {_sci(t['slope_ci95'])}" if t else "")
+    title = f"by {fld}" + (f": trend {_spct(t['slope'])} pts/unit {_sci(t.get('slope_ci'))}" if t else "")
     a1.set_title(title, fontsize=9)
     path = save_png(fig, out / f"by_{safe_name(fld, 'field')}.png", dpi=110)
     plt.close(fig)

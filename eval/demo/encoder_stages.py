@@ -12,22 +12,26 @@ from dna_vlm.eval.attribute.encoder_section_render import encoder_paragraph
 
 from dna_vlm.files import atomic_write_json
 
-__all__ = ["ENCODER_RUNS", "encoder_summary", "md_probe", "run_encoder_section", "run_probe_stage"]
+__all__ = ["ENCODER_RUNS", "MASKS", "encoder_summary", "md_probe", "run_encoder_section", "run_probe_stage"]
 
+
+#: strengths of the planted degradation ``encoder_mask=p`` (:mod:`dna_vlm.eval.degrade`): the sensitivity curve
+#: and the calibration's planted encoder changes (each measured by QA and by the probe)
+MASKS = (0.25, 0.5, 0.75)
 
 #: the softmax arm's extra runs for the Encoder section: (name, plugin model_args, lmms-eval task)
 ENCODER_RUNS = (
     ("oracle", {}, "dna_vlm_synth_oracle"),
     ("none", {"video": "none"}, "dna_vlm_synth"),
     ("shuffled", {"video": "shuffled"}, "dna_vlm_synth"),
-    ("noise0.5", {"encoder_noise": 0.5}, "dna_vlm_synth"),
-    ("noise2", {"encoder_noise": 2.0}, "dna_vlm_synth"),
+    *((f"mask{p:g}", {"encoder_mask": p}, "dna_vlm_synth") for p in MASKS),
 )
 
 
-def run_probe_stage(dest: Path, base: str, runs: list[str], data: dict, cfg) -> dict:
+def run_probe_stage(dest: Path, base: str, runs: list[str], data: dict, cfg, mask_arms=()) -> dict:
     """dna-vlm probe on the baseline and every arm: colour, shape and motion of the target, and per question
-    the attribute it asks; fitted on the train split, scored on the test and oracle rows."""
+    the attribute it asks; fitted on the train split, scored on the test and oracle rows. ``mask_arms`` also
+    get the planted ``encoder_mask`` variants (arms ``<arm>@mask<p>``, p in :data:`MASKS`)."""
     from dna_vlm.eval.probe.run import run_probe
 
     from dna_vlm.data.synth import LABEL_FIELDS
@@ -35,7 +39,8 @@ def run_probe_stage(dest: Path, base: str, runs: list[str], data: dict, cfg) -> 
     res = run_probe(
         dest, data["train"], data["test"], list(LABEL_FIELDS.values()), model=base, runs=runs,
         stock_name="baseline", test_oracle=data["test_oracle"], asked="target_{category}",
-        num_frames=cfg.num_frames, batch_size=32,
+        num_frames=cfg.num_frames, batch_size=32, masks=MASKS if mask_arms else (),
+        mask_arms=tuple(mask_arms) or None,
     )  # fmt: skip
     asked = {arm: {k: a["asked"][k] for k in ("acc", "acc_ci95", "n_test")} for arm, a in res["arms"].items()}
     for arm, a in res["arms"].items():
@@ -47,14 +52,21 @@ def run_probe_stage(dest: Path, base: str, runs: list[str], data: dict, cfg) -> 
 
 
 def run_encoder_section(dest: Path, softmax: dict, dna: dict, ctl: dict, probe: dict, s: int) -> dict:
-    """The Encoder section (softmax arm = baseline, DnA arm = candidate), written to ``dest/encoder.json``."""
+    """The Encoder section (softmax arm = baseline, DnA arm = candidate), written to ``dest/encoder.json``.
+
+    Planted encoder changes for the calibration: each ``encoder_mask=p`` (QA run + probe arm
+    ``softmax-s<s>@mask<p>``) and the oracle input (QA on the oracle questions + the probe on the oracle
+    rows, arm ``softmax-s<s>@oracle``): changes of known sign (masks remove information; the oracle removes
+    the distractors) and of several sizes."""
     from dna_vlm.eval.attribute.encoder_section import encoder_section
 
-    noise = {float(k.removeprefix("noise")): v["samples"] for k, v in ctl.items() if k.startswith("noise")}
+    arm = f"softmax-s{s}"
+    planted = {f"mask{p:g}": (ctl[f"mask{p:g}"]["samples"], f"{arm}@mask{p:g}") for p in MASKS}
+    planted["oracle"] = (ctl["oracle"]["samples"], f"{arm}@oracle")
     section = encoder_section(
-        softmax["samples"], dna["samples"], probe=probe["path"], probe_arms=(f"softmax-s{s}", f"dna-s{s}"),
+        softmax["samples"], dna["samples"], probe=probe["path"], probe_arms=(arm, f"dna-s{s}"),
         oracle=ctl["oracle"]["samples"], controls={k: ctl[k]["samples"] for k in ("none", "shuffled")},
-        noise=noise, by=("density", "category"), out_dir=dest,
+        planted=planted, by=("density", "category"), out_dir=dest,
     )  # fmt: skip
     atomic_write_json(dest / "encoder.json", section)
     return section
@@ -66,7 +78,7 @@ def encoder_summary(e: dict) -> dict:
     keys = ("qa_gain", "encoder_gain", "carry_through", "oracle", "decomposition")
     return {
         **{k: o.get(k) for k in keys},
-        "controls": e["section"]["controls"], "noise_curve": e["section"]["noise_curve"],
+        "controls": e["section"]["controls"], "calibration": e["section"].get("calibration"),
         "probe": e["probe"]["asked"], "probe_json": e["probe"]["path"],
         "paragraph": encoder_paragraph(e["section"]),
     }  # fmt: skip

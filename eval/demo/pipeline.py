@@ -62,6 +62,7 @@ class DemoSize:
     arm_lr: float
     lora_rank: int
     batch_size: int
+    dna_lr: float | None = None  # DnA's new parameters (negative branch); None: arm_lr (chosen on val)
 
 
 SIZES = {
@@ -69,7 +70,9 @@ SIZES = {
     "ci": DemoSize(48, 8, 24, "small", 4, 20, 1e-3, 6, 1e-3, 4, 8),
     # default: <= 10 min on the slower 2-core CPU kind. The baseline's test accuracy (chance 25%): 49.2% at 400
     # steps, 49.6% at 450, 51.2% at 600; the arms get 250 steps each (README: how the budget was chosen).
-    "small": DemoSize(960, 64, 240, "small", 8, 450, 1e-3, 250, 1e-3, 8, 32),
+    # n_test 960: the QA-gain MDE (power 0.8, exact McNemar) is <= 3 points up to ~10% discordant questions
+    # (2.9 at 10%); DnA's new parameters at 10x the arm rate (dna_lr), the softmax arm has none.
+    "small": DemoSize(960, 64, 960, "small", 8, 450, 1e-3, 250, 1e-3, 8, 32, dna_lr=1e-2),
     # a stronger answer when there is more time or a GPU
     "medium": DemoSize(2400, 200, 600, "medium", 8, 2000, 1e-3, 500, 1e-3, 16, 32),
 }
@@ -77,7 +80,7 @@ SIZES = {
 
 # Part of every stage fingerprint: bump it when a stage's result gains or changes fields, so markers written
 # by an older dna-vlm are redone instead of read.
-STAGES_FORMAT = 4
+STAGES_FORMAT = 5
 
 
 def _fingerprint(args: dict) -> str:
@@ -244,7 +247,10 @@ class _DemoRun:
         runs = [f"{a}-s{s}={r}" for (a, s), r in arms.items()]
         probe = self.stages.run(
             "probe",
-            lambda: run_probe_stage(self.out / "probe", self.baseline["path"], runs, self.data, self.cfg),
+            lambda: run_probe_stage(
+                self.out / "probe", self.baseline["path"], runs, self.data, self.cfg,
+                mask_arms=[f"{CONTROL_ARM}-s{s}" for s in seeds],
+            ),  # fmt: skip
         )
         out = {}
         for s in seeds:
@@ -265,6 +271,40 @@ class _DemoRun:
             self.dtype,
         )
         return self.stages.run("inspect", lambda: _inspect(*args))
+
+
+def sweep_dna_recipe(out: Path, cfg: DemoSize, dna_lrs: list[float], device: str = "cpu", seed: int = 0) -> dict:
+    """The DnA recipe sweep (``scripts/dna_recipe_sweep.py``), scored on the VALIDATION split only: the DnA arm
+    trained with each learning rate of its new parameters (``dna_lrs``; everything else the demo's), and the
+    softmax arm as the reference. Reuses ``out``'s data, model and baseline stages (the demo's own settings,
+    so a later ``dna-vlm demo --out out`` reuses them too). Returns ``{"recipes", "softmax", "pick", ...}``."""
+    from dna_vlm.eval.lmms.run import run_lmms_many
+
+    from dna_vlm.runs.loading import load_model
+
+    settings = {"size": next(k for k, v in SIZES.items() if v == cfg), "cfg": asdict(cfg), "device": device,
+                "seed": seed, "stages_format": STAGES_FORMAT}  # fmt: skip
+    run = _DemoRun(out.resolve(), cfg, device, seed, False, Stages(out.resolve(), False, _fingerprint(settings)))
+    run.prepare()
+    arms = {"softmax": run.arm("softmax", seed)}
+    for lr in dna_lrs:
+        dest = run.out / "sweep" / f"dna-lr{lr:g}"
+        args = (replace(cfg, dna_lr=lr), run.baseline["path"], run.data, dest, "dna", device, run.dtype, seed)
+        arms[f"dna-lr{lr:g}"] = run.stages.run(f"sweep-dna-lr{lr:g}", lambda a=args: _train_arm(*a))["path"]
+    specs = [run._eval_spec(f"val-{n}", EvalPlan(r)) for n, r in arms.items()]
+    env = {"DNA_VLM_SYNTH_JSONL": run.data["val"], "DNA_VLM_SYNTH_ORACLE_JSONL": run.data["test_oracle"]}
+    done = run_lmms_many(specs, env=env)
+    res = {}
+    for (name, path), r in zip(arms.items(), done, strict=True):
+        acc = _accuracy(str(r.samples["dna_vlm_synth"]))
+        model, _ = load_model(pretrained=run.baseline["path"], run_dir=path, device=device, dtype=run.dtype)
+        summary = json.loads((Path(path) / "summary.json").read_text())
+        res[name] = {"run": path, "val_acc": acc["acc"], "val_ci95": acc["ci95"], "n_val": acc["n"],
+                     "final_loss": summary["final_loss"], **_neg_branch_movement(model)}  # fmt: skip
+    recipes = {k: v for k, v in res.items() if k != "softmax"}
+    pick = max(recipes, key=lambda k: (recipes[k]["val_acc"], -float(k.removeprefix("dna-lr"))))
+    return {"split": "val", "recipes": recipes, "softmax": res["softmax"], "pick": pick,
+            "pick_dna_lr": float(pick.removeprefix("dna-lr")), "cfg": asdict(cfg)}  # fmt: skip
 
 
 def _strs(obj):
@@ -311,8 +351,11 @@ def _train_baseline(
 def _train_arm(
     cfg: DemoSize, base: str, data: dict, out: Path, attention: str, device: str, dtype: str, seed: int
 ) -> dict:
-    """One arm; both arms get exactly these arguments except ``attention``."""
+    """One arm; both arms get exactly these arguments except ``attention`` (and the DnA arm's learning rate of
+    its new parameters, ``cfg.dna_lr``: the softmax arm has none)."""
     kw = _common(cfg, data, device, dtype, seed)
+    if attention == "dna" and cfg.dna_lr is not None:
+        kw["dna_lr"] = cfg.dna_lr
     kw.update(
         model=base, attention=attention, tune="lora", lora_rank=cfg.lora_rank, lora_alpha=2.0 * cfg.lora_rank
     )
@@ -427,7 +470,7 @@ def _final_report(
         dens = r.get("by_group", {}).get("density", {})
         effects[s] = {
             "delta": r["delta"], "delta_ci95": r["delta_ci95"], "mcnemar_p": r["mcnemar_p"],
-            "significant": r.get("significant"), "fixed": r["fixed"], "broken": r["broken"], "n": r["n"],
+            "significant": r.get("significant"), "mde": r.get("mde"), "fixed": r["fixed"], "broken": r["broken"], "n": r["n"],
             "by_density": {v: {k: g.get(k) for k in ("n", "baseline_acc", "candidate_acc", "delta", "delta_ci95", "mcnemar_p")} for v, g in dens.items()},
             "report_dir": reports[s]["dir"] if s in reports else reports[str(s)]["dir"],
         }  # fmt: skip
@@ -442,11 +485,30 @@ def _final_report(
     }  # fmt: skip
     if encoder:
         report["encoder"] = {s: encoder_summary(e) for s, e in encoder.items()}
+        report["instrument"] = {s: _instrument(evals, e, data, s) for s, e in encoder.items()}
     atomic_write_json(out / "report.json", report)
     md = markdown_report(report, out, reports, inspect, stages, encoder)
     atomic_write_bytes(out / "report.md", md.encode())
     print("\n" + summary_text(report, stages), flush=True)
     return report
+
+
+def _instrument(evals: dict, enc: dict, data: dict, s: int) -> dict:
+    """The acceptance checks of :mod:`dna_vlm.eval.demo.instrument` for seed ``s`` (control arm's runs)."""
+    from dna_vlm.eval.demo.encoder_stages import MASKS
+    from dna_vlm.eval.demo.instrument import instrument_checks
+
+    from dna_vlm.data.dataset import load_dataset
+
+    chance: dict[str, float] = {}
+    for e in load_dataset(data["test"]):
+        chance[str(e.extra.get("category"))] = 1.0 / len(e.options or [None])
+    ctl = enc["evals"]
+    return instrument_checks(
+        evals[f"{CONTROL_ARM}-s{s}"]["samples"], ctl["oracle"]["samples"],
+        {p: ctl[f"mask{p:g}"]["samples"] for p in MASKS}, enc["section"], chance,
+        enc["section"].get("calibration"), seed=s,
+    )  # fmt: skip
 
 
 def add_parser(sub) -> None:
@@ -463,7 +525,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--seeds", type=int, default=1, help="train both arms with this many seeds")
     p.add_argument("--seed", type=int, default=0, help="first seed (data, model, baseline)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where to train and evaluate (default: cpu)"
+    )
     p.add_argument("--force", action="store_true", help="redo every stage")
     p.set_defaults(func=main)
 

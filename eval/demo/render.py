@@ -20,26 +20,74 @@ def _pct(x) -> str:
 
 
 def verdict(effects: dict) -> str:
-    """One clause per seed. "Distinguishable from zero" needs both the paired-bootstrap CI to exclude 0 and the
-    exact McNemar test to agree (p < 0.05): with few discordant questions the percentile bootstrap is too
-    narrow (attribute's ``ci_warning``) and McNemar is the test to trust."""
+    """One clause per seed, by the one verdict rule of :data:`dna_vlm.eval.stats.VERDICT_RULE` (exact McNemar,
+    the exact CI that inverts it: the word, the JSON flag and the CI cannot disagree); a null effect prints its
+    minimal detectable effect (power 0.8)."""
     parts = []
     for s, e in effects.items():
         lo, hi = e["delta_ci95"]
-        ci_out, p = (lo > 0 or hi < 0), e["mcnemar_p"]
-        if ci_out and p < 0.05:
+        if e.get("significant"):
             side = "distinguishable from zero"
-        elif ci_out:
-            flips = e["fixed"] + e["broken"]
-            side = (f"not distinguishable from zero: the CI excludes 0 but the exact McNemar test does not "
-                    f"confirm it with {flips} discordant questions")  # fmt: skip
         else:
-            side = "not distinguishable from zero"
+            mde = e.get("mde")
+            side = "not distinguishable from zero" + (
+                f"; the smallest effect this test detects with power 0.8 is ±{100 * mde:.1f} points" if mde else ""
+            )
         parts.append(
             f"seed {s}: DnA - softmax = {100 * e['delta']:+.1f} points, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}], "
-            f"McNemar p = {p:.3g} ({side})"
+            f"McNemar p = {e['mcnemar_p']:.3g} ({side})"
         )
     return "; ".join(parts)
+
+
+def _flags(c: dict) -> dict[str, bool]:
+    hd = c["headroom"]
+    return {"sensitivity": c["sensitivity"]["ok"], "oracle headroom": hd["oracle_ok"], "density trend": hd["density_ok"],
+            "categories above chance": hd["categories_ok"], "QA-gain MDE": c["power"]["qa_ok"],
+            "encoder-gain MDE": c["power"]["encoder_ok"], "calibration": c["calibration"]["ok"]}  # fmt: skip
+
+
+def md_instrument(inst: dict) -> list[str]:
+    """The acceptance checks of the instrument (:mod:`dna_vlm.eval.demo.instrument`), one table per seed."""
+    lines = ["## Is this an instrument? (acceptance checks, each recomputable from the sample logs)", ""]
+    for s, c in inst.items():
+        sen, hd, pw, cal = c["sensitivity"], c["headroom"], c["power"], c["calibration"]
+        curve = ", ".join(f"p={r['strength']:g}: {_pct(r['acc'])}%" for r in sen["curve"])
+        g = hd["oracle_gain"]
+        tr = hd["density_trend"]
+        cats = ", ".join(
+            f"{k} {_pct(v['acc'])}% [{_pct(v['ci95'][0])}, {_pct(v['ci95'][1])}] (chance {_pct(v['chance'])})"
+            for k, v in hd["by_category"].items()
+        )
+        def ok(x):
+            return "yes" if x else "**no**"
+        ci = sen["strongest_delta_ci95"] or [float("nan")] * 2
+        lines += [
+            f"Seed {s} (control arm):", "",
+            "| check | measured | target | met |", "|---|---|---|---|",
+            f"| sensitivity (encoder_mask) | {curve}; strongest {100 * (sen['strongest_delta'] or 0):+.1f} "
+            f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] | monotone, strongest <= -15 points, CI excludes 0 | {ok(sen['ok'])} |",
+            f"| oracle headroom | {100 * g['delta']:+.1f} [{100 * g['delta_ci95'][0]:+.1f}, {100 * g['delta_ci95'][1]:+.1f}] "
+            f"| >= +10 points, CI excludes 0 | {ok(hd['oracle_ok'])} |",
+            f"| accuracy vs density | slope {100 * tr['slope']:+.2f} points per distractor, CI "
+            f"{_ci_pts(tr.get('slope_ci'))} | slope CI below 0 | {ok(hd['density_ok'])} |",
+            f"| categories above chance | {cats} | every Wilson CI above chance | {ok(hd['categories_ok'])} |",
+            f"| QA-gain MDE | {_pct(pw['qa_gain_mde'])} points | <= 3 points | {ok(pw['qa_ok'])} |",
+            f"| encoder-gain MDE | {_pct(pw['encoder_gain_mde'])} points | <= 4 points | {ok(pw['encoder_ok'])} |",
+            f"| calibration | planted changes significant: {cal.get('encoder_gain_significant')}; slope "
+            f"{_num(cal.get('slope'), '.2f')} CI {_num_ci(cal.get('slope_ci'))} | every planted change significant, "
+            f"carry-through CI, >= 2 sizes | {ok(cal['ok'])} |",
+            "", f"All checks met: {ok(c['all_ok'])}.", "",
+        ]  # fmt: skip
+    return lines
+
+
+def _ci_pts(ci) -> str:
+    return "-" if not ci else f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
+
+
+def _num_ci(ci) -> str:
+    return "-" if not ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def summary_text(report: dict, stages: Stages) -> str:
@@ -52,7 +100,11 @@ def summary_text(report: dict, stages: Stages) -> str:
         lines.append(
             f"{name:<22} {_pct(a['acc']):>7} {'[' + _pct(a['ci95'][0]) + ', ' + _pct(a['ci95'][1]) + ']':>16} {a['n']:>5}"
         )
-    lines += ["", "effect (DnA arm - softmax arm): " + report["verdict"], "", stages.table()]
+    lines += ["", "effect (DnA arm - softmax arm): " + report["verdict"]]
+    for s, c in (report.get("instrument") or {}).items():
+        failed = [k for k, v in _flags(c).items() if not v]
+        lines.append(f"instrument checks (seed {s}): " + ("all met" if not failed else "NOT met: " + ", ".join(failed)))
+    lines += ["", stages.table()]
     lines.append(f"wall time {report['wall_time_s']:.0f} s on {report['machine']}")
     return "\n".join(lines)
 
@@ -81,6 +133,8 @@ def markdown_report(report: dict, out: Path, reports, inspect, stages: Stages, e
     for s, e in (encoder or {}).items():
         lines += [f"# Encoder-level measurements, seed {s}", "", *md_probe(e["probe"], rel)]
         lines += encoder_markdown(e["section"], rel)[4:]  # its heading and paragraph are the opening above
+    if report.get("instrument"):
+        lines += md_instrument(report["instrument"])
     lines += _md_inspect(report["inspect"], report["neg_branch"], inspect["dir"], rel)
     lines += ["", "## How the budget was chosen", "", report["budget"], ""]
     lines += ["## Stage times", "", "```", stages.table(), "```", ""]

@@ -415,15 +415,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--attention", choices=("dna",), help="patch an untuned model (function-preserving) to inspect it"
     )
     p.add_argument("--videos", nargs="*", default=[], help="video files to run the tower on")
-    p.add_argument("--num-frames", type=int, default=8)
+    p.add_argument("--num-frames", type=int, default=8, help="frames sampled per video (default: 8)")
     p.add_argument("--layers", default=None, help="DnA layers to inspect: all (default), last:k, or 0,3,...")
     p.add_argument(
         "--overlay-layer", type=int, default=-1, help="position among the inspected layers (default last)"
     )
     p.add_argument("--query", default="mean", help="overlay query: mean, center or a token index")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device", default="cpu", help="torch device for the model, e.g. cpu, cuda (default: cpu)"
+    )
+    p.add_argument(
+        "--dtype", default="float32", help="model dtype: float32, bfloat16 or float16 (default: float32)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the principal angles' random draws (default: 0)"
+    )
     p.add_argument("--out", required=True, help="output folder (inspect.json, inspect.md, *.png)")
     p.set_defaults(func=_main)
     return p

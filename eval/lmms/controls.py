@@ -6,16 +6,20 @@
   reliance). :func:`apply_video_control`.
 - ``encoder_noise=SIGMA``: Gaussian noise added to the visual tokens the LLM receives (the projector's
   output; for Qwen-VL families the merger's), at ``SIGMA`` times their RMS. :class:`ProjectorNoise`.
-- ``control_seed=N`` (default 0): with the doc's visual it seeds both (:func:`visual_seed`), so the
-  same video gets the same shuffle / noise in every task and at every batch size.
+- ``encoder_mask=P``: a seeded fraction ``P`` of each video's visual tokens set to zero (information removed,
+  which no pooling over tokens can average back; the demo's sensitivity and calibration degradation). Both
+  degradations are :func:`dna_vlm.eval.degrade.degrade_tokens`, which ``dna-vlm probe --mask`` applies too.
+- ``control_seed=N`` (default 0): with the doc's visual it seeds all of them (:func:`visual_seed`), so the
+  same video gets the same shuffle / noise / mask in every task and at every batch size.
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from dna_vlm.eval.degrade import degrade_tokens, visual_seed
 
 __all__ = [
     "BAD_VIDEO",
@@ -37,9 +41,15 @@ class Controls:
     video: str = "full"
     encoder_noise: float = 0.0
     seed: int = 0
+    encoder_mask: float = 0.0
+
+    @property
+    def degrades(self) -> bool:
+        """Whether the encoder's output is degraded (noise or mask): a per-video seed is needed."""
+        return self.encoder_noise > 0 or self.encoder_mask > 0
 
     @classmethod
-    def parse(cls, video, encoder_noise, seed) -> Controls:
+    def parse(cls, video, encoder_noise, seed, encoder_mask=0.0) -> Controls:
         mode = str(video or "full").strip().lower()
         if mode not in VIDEO_MODES:
             raise ValueError(
@@ -59,19 +69,21 @@ class Controls:
             seed_val = int(seed or 0)
         except (TypeError, ValueError):
             raise ValueError(f"dna_vlm: model_args control_seed must be an integer, got {seed!r}") from None
-        if mode == "none" and sigma > 0:
-            raise ValueError("dna_vlm: model_args encoder_noise needs a video; drop it or video=none")
-        return cls(video=mode, encoder_noise=sigma, seed=seed_val)
+        try:
+            frac = float(encoder_mask or 0.0)
+        except (TypeError, ValueError):
+            frac = math.nan
+        if not 0.0 <= frac <= 1.0:
+            raise ValueError(f"dna_vlm: model_args encoder_mask must be a fraction in [0, 1], got {encoder_mask!r}")
+        if mode == "none" and (sigma > 0 or frac > 0):
+            raise ValueError(
+                "dna_vlm: model_args encoder_noise / encoder_mask need a video; drop them or video=none"
+            )
+        return cls(video=mode, encoder_noise=sigma, seed=seed_val, encoder_mask=frac)
 
     def as_dict(self) -> dict:
-        return {"video": self.video, "encoder_noise": self.encoder_noise, "control_seed": self.seed}
-
-
-def visual_seed(frames: np.ndarray, seed: int) -> int:
-    """A 63-bit seed from the frames' bytes and ``seed``: a property of the visual, not of its position."""
-    h = hashlib.sha256(f"{seed}:{frames.shape}".encode())
-    h.update(np.ascontiguousarray(frames).tobytes())
-    return int.from_bytes(h.digest()[:8], "little") >> 1
+        d = {"video": self.video, "encoder_noise": self.encoder_noise, "control_seed": self.seed}
+        return {**d, "encoder_mask": self.encoder_mask} if self.encoder_mask else d
 
 
 def apply_video_control(frames: np.ndarray | None, mode: str, seed: int) -> np.ndarray | None:
@@ -95,26 +107,27 @@ def apply_video_control(frames: np.ndarray | None, mode: str, seed: int) -> np.n
 
 
 class ProjectorNoise:
-    """A forward hook on the projector that adds ``sigma`` x RMS Gaussian noise to its output.
+    """A forward hook on the projector that degrades its output: ``sigma`` x RMS Gaussian noise and/or a
+    ``mask`` fraction of tokens zeroed (:func:`dna_vlm.eval.degrade.degrade_tokens`).
 
     Before each forward pass the caller names the batch's videos (:meth:`set_batch`): one seed per video;
-    the output's first dim is split evenly among them and each part gets noise drawn from its own seed
-    (copies of one video -- the options of a question -- get the same noise). ``sigma == 0`` installs no
-    hook at all, so the model is bit-identical to the uncontrolled one."""
+    the output's first dim is split evenly among them and each part is degraded from its own seed (copies of
+    one video -- the options of a question -- get the same noise and mask). ``sigma == mask == 0`` installs
+    no hook at all, so the model is bit-identical to the uncontrolled one."""
 
-    def __init__(self, model, sigma: float) -> None:
+    def __init__(self, model, sigma: float, mask: float = 0.0) -> None:
         from dna_vlm.runs.loading import find_projector
 
-        self.sigma = float(sigma)
+        self.sigma, self.mask = float(sigma), float(mask)
         self.seeds: list[int] = []
         self.handle = None
         self.name = None
-        if self.sigma > 0:
+        if self.sigma > 0 or self.mask > 0:
             found = find_projector(model)
             if found is None:
                 raise ValueError(
-                    "dna_vlm: model_args encoder_noise needs the model's projector, which dna_vlm.runs.loading."
-                    "find_projector did not find for this model; drop encoder_noise"
+                    "dna_vlm: model_args encoder_noise / encoder_mask need the model's projector, which "
+                    "dna_vlm.runs.loading.find_projector did not find for this model; drop them"
                 )
             self.name, module = found
             self.handle = module.register_forward_hook(self._hook)
@@ -130,12 +143,10 @@ class ProjectorNoise:
         is_tuple = isinstance(output, tuple)
         x = output[0] if is_tuple else output
         parts = len(self.seeds) if x.shape[0] % len(self.seeds) == 0 else 1
-        chunks = []
-        for seed, part in zip(self.seeds[:parts], x.chunk(parts, dim=0), strict=True):
-            gen = torch.Generator().manual_seed(seed)
-            noise = torch.randn(part.shape, generator=gen, dtype=torch.float32)
-            rms = part.float().pow(2).mean().sqrt()
-            chunks.append((part.float() + self.sigma * rms * noise.to(part.device)).to(part.dtype))
+        chunks = [
+            degrade_tokens(part, seed, self.sigma, self.mask)
+            for seed, part in zip(self.seeds[:parts], x.chunk(parts, dim=0), strict=True)
+        ]
         y = torch.cat(chunks, dim=0)
         return (y, *output[1:]) if is_tuple else y
 

@@ -84,16 +84,31 @@ def accelerate_setup(device: str | None, dtype: str | None):
     return accelerator, dev, dtype
 
 
-def resolve_dna_arg(dna: str | None, attention: str | None) -> tuple[dict, Path | None, Path | None]:
+def resolve_dna_arg(
+    dna: str | None, attention: str | None, pretrained: str | None = None
+) -> tuple[dict, Path | None, Path | None]:
     """Classify ``dna=``: ``(run_config, run_dir, dna_dir)``; at most one of the two dirs is set.
 
-    A training run dir is read with :func:`dna_vlm.runs.loading.read_run_config` (validated; errors name the file)."""
+    A training run dir is read with :func:`dna_vlm.runs.loading.read_run_config` (validated; errors name the file).
+    ``pretrained`` a ``dna-vlm export`` folder: its run's config (frame defaults), and no ``dna=`` with it."""
     from dna_vlm.checkpoint import read_dna_config
+    from dna_vlm.runs.formats import is_export
     from dna_vlm.runs.loading import RUN_CONFIG, read_run_config
 
+    if pretrained not in (None, "") and is_export(Path(pretrained).expanduser()):
+        if dna not in (None, ""):
+            raise ValueError(
+                f"dna_vlm: pretrained={pretrained} is a dna-vlm export, which holds its DnA weights already; "
+                "drop dna="
+            )
+        return _export_run_config(Path(pretrained).expanduser()), None, None
     if dna in (None, ""):
         return {}, None, None
     p = Path(dna).expanduser()
+    if is_export(p):
+        raise ValueError(
+            f"dna_vlm: dna={dna} is a dna-vlm export (a whole model): pass it as pretrained={dna}"
+        )
     if (p / RUN_CONFIG).is_file():
         return read_run_config(p), p, None
     if (p / DNA_CONFIG).is_file():
@@ -107,6 +122,14 @@ def resolve_dna_arg(dna: str | None, attention: str | None) -> tuple[dict, Path 
     raise ValueError(
         f"dna_vlm: dna={dna} is neither a training run dir ({RUN_CONFIG}) nor a save_dna dir ({DNA_CONFIG})"
     )
+
+
+def _export_run_config(folder: Path) -> dict:
+    """The run config an export was made from (its manifest checked first)."""
+    from dna_vlm.runs.config import RunConfig
+    from dna_vlm.runs.formats import EXPORT_MANIFEST, verify_export
+
+    return RunConfig.from_dict(verify_export(folder).get("run"), folder / EXPORT_MANIFEST).to_dict()
 
 
 def load_eval_model(

@@ -14,7 +14,8 @@ for lmms-eval 0.7.3 bugs); that import happens before the evaluator needs them.
 
 ``model_args`` (``key=value`` comma list; an unknown key is refused, naming the known ones):
 
-- ``pretrained``: base model path or hub id (default: the run's ``base_model`` when ``dna`` is a run dir).
+- ``pretrained``: base model path or hub id (default: the run's ``base_model`` when ``dna`` is a run dir), or a
+  ``dna-vlm export`` folder (the whole tuned model, DnA part included; no ``dna`` with it).
 - ``dna``: a training run dir (``run_config.json``, loaded with :func:`dna_vlm.runs.loading.load_model`) or a
   :func:`dna_vlm.save_dna` dir (``dna_config.json``, applied with :func:`dna_vlm.load_dna`); absent = stock.
 - ``attention``: ``dna`` | ``softmax`` (default: the run's; ``dna`` without a run patches the stock model).
@@ -26,7 +27,7 @@ for lmms-eval 0.7.3 bugs); that import happens before the evaluator needs them.
   than the one it was trained on; refused by default), ``batch_size``, ``max_new_tokens`` (default when a task sets none: 32).
 - ``bad_video``: ``fail`` (default) | ``skip`` (below).
 - ``video``: ``full`` (default) | ``none`` | ``shuffled`` | ``single``; ``encoder_noise``: sigma >= 0 (default 0);
-  ``control_seed`` (default 0): the input controls (below).
+  ``encoder_mask``: a fraction of the visual tokens zeroed (default 0); ``control_seed`` (default 0): the input controls (below).
 - ``frame_cache``: a folder for decoded frames shared across runs; ``seek``: ``exact`` (default) | ``keyframe``;
   ``prefetch``: decode this many upcoming videos in a background thread (default 0).
 
@@ -47,7 +48,8 @@ Bad videos (``bad_video``, the words of ``dna-vlm train --bad-video``):
   provenance's ``gold_unknown``. Each stock score of a task with failures is also recomputed without them
   (the provenance's ``stock_scores``; ``python -m dna_vlm.eval.lmms.run`` prints both numbers).
 
-Input controls (``video=full|none|shuffled|single``, ``encoder_noise=SIGMA``, ``control_seed=N``): see
+Input controls (``video=full|none|shuffled|single``, ``encoder_noise=SIGMA``, ``encoder_mask=P``,
+``control_seed=N``): see
 :mod:`dna_vlm.eval.lmms.controls`. Frames: ``max_frames``, ``fps``, ``frame_cache=DIR`` (on-disk
 :class:`dna_vlm.video.cache.FrameCache`), ``seek=exact|keyframe``; see :mod:`dna_vlm.eval.lmms.visuals`.
 Provenance (base model, run dir + weight digest, DnA options, kernel, sampling, controls, bad_video,
@@ -137,6 +139,7 @@ class DnaVLM(lmms):
         bad_video: str = "fail",
         video: str = "full",
         encoder_noise: float | str = 0.0,
+        encoder_mask: float | str = 0.0,
         control_seed: int | str = 0,
         frame_cache: str | None = None,
         seek: str | None = None,
@@ -146,13 +149,13 @@ class DnaVLM(lmms):
         super().__init__()
         attention = _check_model_args(attention, kwargs)
         self.bad_video = _choice(bad_video, BAD_VIDEO, "bad_video", "fail")
-        self.controls = Controls.parse(video, encoder_noise, control_seed)
+        self.controls = Controls.parse(video, encoder_noise, control_seed, encoder_mask)
         seek = _choice(seek, SEEK_MODES, "seek", "exact")
         self.prefetch = opt_int(prefetch, "prefetch") or 0
         self.accelerator, self._device, dtype = accelerate_setup(device, dtype)
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
-        run_config, run_dir, dna_dir = resolve_dna_arg(dna, attention)
+        run_config, run_dir, dna_dir = resolve_dna_arg(dna, attention, pretrained)
         # validated before the (slow) model load; defaults come from the run
         self.options = EvalOptions.parse(max_frames, fps, batch_size, max_new_tokens, run_config)
         self.batch_size_per_gpu = self.options.batch_size  # lmms-eval's name; tests change it
@@ -172,7 +175,7 @@ class DnaVLM(lmms):
         loader = FrameLoader(
             self.max_frames, self.fps, seek=seek, cache_dir=frame_cache, prefetch=self.prefetch
         )
-        self.noise = ProjectorNoise(self._model, self.controls.encoder_noise)
+        self.noise = ProjectorNoise(self._model, self.controls.encoder_noise, self.controls.encoder_mask)
         sampling = {**loader.sampling(), "frame_cache": frame_cache, "prefetch": self.prefetch}
         self.provenance = build_provenance(
             self._model, self.info, run_dir, dna_dir, sampling, self.controls.as_dict(), self.bad_video,

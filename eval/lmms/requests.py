@@ -151,7 +151,7 @@ class RequestVisuals:
         if visual.kind == "images" or self.controls.video == "none":
             context = strip_image_placeholders(context, self.processor)
         seed = 0
-        if frames is not None and (self.controls.video == "shuffled" or self.controls.encoder_noise > 0):
+        if frames is not None and (self.controls.video == "shuffled" or self.controls.degrades):
             seed = visual_seed(frames, self.controls.seed)
         return Loaded(apply_video_control(frames, self.controls.video, self.controls.seed), context, seed)
 

@@ -46,12 +46,14 @@ __all__ = [
     "bad_video_block",
     "build_command",
     "build_config_command",
+    "build_parser",
     "config_entries",
     "evaluation_errors",
     "failure_summary",
     "format_failures",
     "main",
     "read_samples",
+    "results_table",
     "run_lmms",
     "run_lmms_many",
 ]
@@ -196,7 +198,8 @@ def run_lmms(
     include_path, model, batch_size, limit, log_samples); return the parsed results or raise
     :class:`LmmsEvalError`: its first lines are the
     errors lmms-eval stopped on (e.g. the plugin's, plainly: lmms-eval prints them after a traceback), then
-    the command and the stderr tail."""
+    the command and the stderr tail. ``echo``: show lmms-eval's log and progress bars (its stderr) as it
+    runs; they are captured either way."""
     spec = LmmsSpec(*args, **kwargs)  # model_args, tasks, output_path, include_path, model, batch_size, ...
     cmd = build_command(**spec.as_kwargs(), extra_args=extra_args, python=python)
     t0 = time.time()
@@ -461,11 +464,63 @@ def _num(v) -> str:
 
 
 def _run(cmd: list[str], env: dict, timeout: float | None, echo: bool) -> subprocess.CompletedProcess:
+    """Run ``cmd``, capturing stdout and stderr; ``echo``: also pass the child's stderr (lmms-eval's log
+    and progress bars) through to ours as it comes."""
+    if echo:
+        return _run_echoed(cmd, env, timeout)
     try:
-        return subprocess.run(cmd, env=env, capture_output=not echo, text=True, timeout=timeout, check=False)
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
         raise LmmsEvalError(f"lmms-eval timed out after {timeout}s: {' '.join(cmd)}\n{_tail(err)}") from None
+
+
+def _run_echoed(cmd: list[str], env: dict, timeout: float | None) -> subprocess.CompletedProcess:
+    """:func:`_run` with the child's stderr copied to ours chunk by chunk (progress bars redraw in place)."""
+    import threading
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chunks: dict[str, list[bytes]] = {"out": [], "err": []}
+
+    def pump(stream, key: str, echo_to) -> None:
+        while chunk := os.read(stream.fileno(), 65536):
+            chunks[key].append(chunk)
+            if echo_to is not None:
+                echo_to.write(chunk)
+                echo_to.flush()
+
+    err_sink = getattr(sys.stderr, "buffer", None)
+    threads = [threading.Thread(target=pump, args=(proc.stdout, "out", None), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, "err", err_sink), daemon=True)]  # fmt: skip
+    for t in threads:
+        t.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        for t in threads:
+            t.join(timeout=30)
+        err = b"".join(chunks["err"]).decode(errors="replace")
+        raise LmmsEvalError(f"lmms-eval timed out after {timeout}s: {' '.join(cmd)}\n{_tail(err)}") from None
+    for t in threads:  # a process lmms-eval left behind may hold the pipes open: do not wait on it for ever
+        t.join(timeout=30)
+    out, err = (b"".join(chunks[k]).decode(errors="replace") for k in ("out", "err"))
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def results_table(results: dict) -> str:
+    """lmms-eval's own results table(s) of a results JSON (``lmms_eval.utils.make_table``), as its CLI
+    prints them at the end of a run."""
+    import copy
+
+    from lmms_eval.utils import make_table
+
+    results = copy.deepcopy(results)  # make_table pops the task aliases
+    tables = [make_table(results)]
+    if results.get("groups"):
+        tables.append(make_table(results, "groups"))
+    return "\n".join(tables)
 
 
 def _results(output_path: Path, since: float, task_list: list[str], where: str) -> tuple[Path, dict]:
@@ -509,23 +564,56 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m dna_vlm.eval.lmms.run``."""
     ap = argparse.ArgumentParser(
         prog="python -m dna_vlm.eval.lmms.run",
-        description="Run lmms-eval with the dna_vlm model and fail loudly when it produced no results.",
+        description="Run lmms-eval with the dna_vlm model and fail loudly when it produced no results. "
+        "lmms-eval's log and progress bars are shown as it runs (stderr); at the end its results table is "
+        "printed, then one JSON line {results, samples} with the paths written (stdout).",
     )
-    ap.add_argument("--model_args", default=None, help="e.g. pretrained=PATH,dna=RUN_DIR")
-    ap.add_argument("--tasks", default=None, help="comma list, e.g. dna_vlm_synth,dna_vlm_synth_blind")
-    ap.add_argument("--output_path", default=None)
-    ap.add_argument("--model", default="dna_vlm")
-    ap.add_argument("--include_path", default=str(TASKS_DIR))
-    ap.add_argument("--batch_size", type=int, default=1)
-    ap.add_argument("--limit", type=float, default=None)
+    ap.add_argument(
+        "--model_args",
+        default=None,
+        help="the plugin's arguments, comma-separated key=value, e.g. pretrained=PATH,dna=RUN_DIR,max_frames=8 "
+        "(required)",
+    )
+    ap.add_argument(
+        "--tasks", default=None, help="comma list, e.g. dna_vlm_synth,dna_vlm_synth_blind (required)"
+    )
+    ap.add_argument(
+        "--output_path", default=None, help="folder for the results JSON and the sample logs (required)"
+    )
+    ap.add_argument("--model", default="dna_vlm", help="the lmms-eval model name (default: %(default)s)")
+    ap.add_argument(
+        "--include_path",
+        default=str(TASKS_DIR),
+        help="folder of extra task YAMLs for lmms-eval (default: dna-vlm's own tasks, see --print_tasks_dir)",
+    )
+    ap.add_argument("--batch_size", type=int, default=1, help="requests per batch (default: %(default)s)")
+    ap.add_argument(
+        "--limit",
+        type=float,
+        default=None,
+        help="evaluate only the first N docs of each task (or a fraction < 1 of them) (default: all)",
+    )
     ap.add_argument("--no_log_samples", action="store_true", help="do not write the per-sample logs")
-    ap.add_argument("--log_samples", action="store_true", help="the default (accepted as lmms-eval spells it)")
-    ap.add_argument("--timeout", type=float, default=None)
+    ap.add_argument(
+        "--log_samples", action="store_true", help="the default (accepted as lmms-eval spells it)"
+    )
+    ap.add_argument(
+        "--timeout", type=float, default=None, help="stop lmms-eval after this many seconds (default: none)"
+    )
+    ap.add_argument(
+        "--quiet", action="store_true", help="do not show lmms-eval's log and progress while it runs"
+    )
     ap.add_argument("--print_tasks_dir", action="store_true", help="print the --include_path folder and exit")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: passed to lmms-eval")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.print_tasks_dir:
         print(TASKS_DIR)
@@ -534,6 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--model_args, --tasks and --output_path are required")
     extra = [a for a in args.extra if a != "--"]
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+    if not args.quiet:
+        print(f"dna_vlm: running lmms-eval on {args.tasks} (model_args {args.model_args})", file=sys.stderr)
     try:
         run = run_lmms(
             args.model_args,
@@ -546,10 +636,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_samples=not args.no_log_samples,
             extra_args=extra,
             timeout=args.timeout,
+            echo=not args.quiet,
         )
     except LmmsEvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    print(results_table(run.results))
+    print(f"results: {run.results_path} ({run.seconds:.0f} s)", file=sys.stderr)
     print(
         json.dumps({"results": str(run.results_path), "samples": {k: str(v) for k, v in run.samples.items()}})
     )

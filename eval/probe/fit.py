@@ -9,22 +9,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["C_GRID", "FittedProbe", "default_jobs", "fit_many", "fit_probe", "score_rows"]
+__all__ = ["C_GRID", "C_LIMITS", "FittedProbe", "default_jobs", "fit_many", "fit_probe", "score_rows"]
 
-#: candidate inverse L2 strengths (the same for every arm and label)
-C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 6))
+#: candidate inverse L2 strengths (the same for every arm and label); extended by two decades at a time when
+#: the best C lands on an edge, up to :data:`C_LIMITS`
+C_GRID = tuple(float(c) for c in np.logspace(-3, 3, 7))
+C_LIMITS = (1e-6, 1e6)
 MAX_FOLDS = 5
 
 
 @dataclass
 class FittedProbe:
-    """A fitted probe: the scikit-learn pipeline, its classes, the chosen C and its cross-validated accuracy."""
+    """A fitted probe: the scikit-learn pipeline, its classes, the chosen C, its cross-validated accuracy,
+    the C grid searched (after any extension) and ``C_at_edge`` ("low" / "high" when the chosen C is still
+    at an end of it: the CV curve kept rising up to :data:`C_LIMITS`, or was flat; else None)."""
 
     pipeline: object
     classes: list[str]
     C: float
     cv_acc: float
     n_train: int
+    C_grid: tuple[float, ...] = ()
+    C_at_edge: str | None = None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """``(n, F)`` features -> ``(n,)`` predicted labels (strings)."""
@@ -38,21 +44,56 @@ class FittedProbe:
             return self.pipeline.predict(x)
 
 
+def _pipeline():
+    """StandardScaler -> L2 logistic regression (newton-cholesky: a few exact Newton steps per C, the same
+    optimum lbfgs creeps toward in hundreds of iterations; multinomial for > 2 classes)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=1000, solver="newton-cholesky"))])
+
+
+def _cv_acc(x: np.ndarray, y: np.ndarray, Cs: list[float], cv) -> np.ndarray:
+    """Mean cross-validated accuracy per C; the scaler is fitted inside each training fold (a Pipeline in
+    ``GridSearchCV``), so no held-out fold leaks into the standardisation."""
+    from sklearn.model_selection import GridSearchCV
+
+    gs = GridSearchCV(_pipeline(), {"lr__C": Cs}, cv=cv, scoring="accuracy", refit=False, n_jobs=1)
+    return np.asarray(gs.fit(x, y).cv_results_["mean_test_score"], dtype=float)
+
+
+def _search(x: np.ndarray, y: np.ndarray, cv) -> tuple[list[float], np.ndarray, int]:
+    """``(grid, cv accuracy per C, best index)``: :data:`C_GRID`, extended two decades at a time past the
+    edge the best C lands on (up to :data:`C_LIMITS`). Ties go to the smallest C (the strongest penalty)."""
+    Cs, acc = list(C_GRID), _cv_acc(x, y, list(C_GRID), cv)
+    while True:
+        best = int(np.flatnonzero(acc == acc.max())[0])
+        new: list[float] = []
+        if best == len(Cs) - 1:
+            new = [c for c in (Cs[-1] * 10, Cs[-1] * 100) if c <= C_LIMITS[1] * (1 + 1e-9)]
+        elif best == 0 and acc.max() > acc.min():  # a flat curve (all tied) is not pushed further down
+            new = [c for c in (Cs[0] / 100, Cs[0] / 10) if c >= C_LIMITS[0] * (1 - 1e-9)]
+        if not new:
+            return Cs, acc, best
+        Cs, acc = [*Cs, *new], np.concatenate([acc, _cv_acc(x, y, new, cv)])
+        order = np.argsort(Cs)
+        Cs, acc = [Cs[i] for i in order], acc[order]
+
+
 def fit_probe(x: np.ndarray, y: Sequence[str], seed: int = 0, n_jobs: int | None = None) -> FittedProbe:
     """Fit the probe on ``(n, F)`` training features and their labels.
 
-    ``StandardScaler`` then ``LogisticRegressionCV`` (newton-cholesky: a few exact Newton steps per C, the
-    same optimum lbfgs creeps toward in hundreds of iterations, 2x faster here; multinomial for > 2 classes,
-    L2) over
-    :data:`C_GRID` with ``StratifiedKFold`` (up to 5 folds, fewer when a class has fewer rows, shuffled with
-    ``seed``), refitted on the whole training split at the best C."""
+    A ``StandardScaler`` -> ``LogisticRegression`` pipeline (L2; see :func:`_pipeline`) cross-validated over
+    the C grid with ``StratifiedKFold`` (up to 5 folds, fewer when a class has fewer rows, shuffled with
+    ``seed``; the scaler refitted in every fold), the grid extended when the best C is at its edge
+    (:func:`_search`), then refitted on the whole training split at the best C. ``n_jobs`` is accepted for
+    compatibility; parallelism is across fits (:func:`fit_many`)."""
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
+    del n_jobs
     y = np.asarray([str(v) for v in y], dtype=object)
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
@@ -64,25 +105,16 @@ def fit_probe(x: np.ndarray, y: Sequence[str], seed: int = 0, n_jobs: int | None
             "needs >= 2 per class - use a larger training split"
         )
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    lr = LogisticRegressionCV(
-        Cs=list(C_GRID),
-        cv=cv,
-        scoring="accuracy",
-        max_iter=1000,
-        n_jobs=n_jobs,
-        solver="newton-cholesky",
-        **_l2_kwargs(),
-    )
+    x = np.asarray(x, dtype=np.float64)
     # one BLAS thread: the problems are small, and threads on a busy machine cost 10-20x (measured: 5.3 s
     # against 0.3 s per fit on 2 loaded cores)
     # the weakest penalties of the grid may stop at max_iter on near-separable folds: scored as they are
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        pipe = make_pipeline(StandardScaler(), lr).fit(np.asarray(x, dtype=np.float64), y)
-    scores = lr.scores_ if not isinstance(lr.scores_, dict) else next(iter(lr.scores_.values()))
-    cv_acc = np.asarray(scores).reshape(-1, len(C_GRID)).mean(axis=0)  # mean over folds, per C
-    best = float(np.ravel(lr.C_)[0])
-    return FittedProbe(pipe, [str(c) for c in classes], best, float(cv_acc.max()), len(y))
+        Cs, acc, best = _search(x, y, cv)
+        pipe = _pipeline().set_params(lr__C=Cs[best]).fit(x, y)
+    edge = "low" if best == 0 else "high" if best == len(Cs) - 1 else None
+    return FittedProbe(pipe, [str(c) for c in classes], float(Cs[best]), float(acc[best]), len(y), tuple(Cs), edge)
 
 
 def default_jobs() -> int:
@@ -101,18 +133,6 @@ def fit_many(jobs: dict, seed: int = 0, n_jobs: int = 1) -> dict:
 
     fits = Parallel(n_jobs=min(n_jobs, len(jobs)))(delayed(fit_probe)(x, y, seed) for x, y in jobs.values())
     return dict(zip(jobs, fits, strict=True))
-
-
-def _l2_kwargs() -> dict:
-    """A pure L2 penalty in the spelling of the installed scikit-learn: 1.8+ deprecates ``penalty`` in favour
-    of ``l1_ratios`` (0 = L2) and offers the simplified fitted attributes; older releases default to L2."""
-    import inspect
-
-    from sklearn.linear_model import LogisticRegressionCV
-
-    if "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters:
-        return {"use_legacy_attributes": False, "l1_ratios": (0.0,)}
-    return {}
 
 
 def score_rows(

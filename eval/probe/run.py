@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from dna_vlm.eval.probe.fit import default_jobs, fit_many, score_rows
-from dna_vlm.eval.stats import compare, wilson_ci
+from dna_vlm.eval.stats import apply_family, compare, wilson_ci
 
 __all__ = [
     "PROBE_FORMAT",
@@ -143,7 +143,8 @@ def _label_block(probe, shuffled: list, f: dict, rows: dict, field: str, by, see
     y_train = _labels(rows["train"], field, "train")
     y_test = _labels(rows["test"], field, "test")
     block = _result(rows["test"], y_test, list(probe.predict(f["test"])), by, len(y_train))
-    block.update(C=probe.C, cv_acc=probe.cv_acc, classes=probe.classes)
+    block.update(C=probe.C, C_at_edge=probe.C_at_edge, C_grid=list(probe.C_grid), cv_acc=probe.cv_acc,
+                 classes=probe.classes)  # fmt: skip
     block["shuffled_labels_control"] = _shuffled_control(shuffled, f, y_test, seed)
     if "oracle" in f:
         y_or = _labels(rows["oracle"], field, "test-oracle")
@@ -214,8 +215,10 @@ def _asked_block(fitted: dict, f: dict, rows: dict, template: str, by) -> dict:
     return block
 
 
-def compare_arms(arms: dict, n_boot: int = 10000, seed: int = 0) -> list[dict]:
-    """Every pair of arms (in order), paired on test rows: per label and for ``asked`` (and on oracle rows)."""
+def compare_arms(arms: dict) -> list[dict]:
+    """Every pair of arms (in order), paired on test rows: per label and for ``asked`` (and on oracle rows).
+    Exact McNemar p and exact CIs (:data:`~dna_vlm.eval.stats.VERDICT_RULE`); for each view and set of rows,
+    the pairs of arms are one family."""
     names, out = list(arms), []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -228,8 +231,9 @@ def compare_arms(arms: dict, n_boot: int = 10000, seed: int = 0) -> list[dict]:
                         continue
                     cx = np.array([p["correct"] for p in bx["predictions"]], dtype=np.int64)
                     cy = np.array([p["correct"] for p in by_["predictions"]], dtype=np.int64)
-                    res = compare(cx, cy, n_boot, seed, f"probe:{a}:{b}:{view}:{where}")
-                    out.append({"baseline": a, "candidate": b, "view": view, "rows": where, **res})
+                    out.append({"baseline": a, "candidate": b, "view": view, "rows": where, **compare(cx, cy)})
+    for key in sorted({(r["view"], r["rows"]) for r in out}):
+        apply_family([r for r in out if (r["view"], r["rows"]) == key], f"probe {key[0]} on {key[1]} rows")
     return out
 
 
@@ -272,17 +276,26 @@ def run_probe(
     seed: int = 0,
     n_boot: int = 10000,
     n_jobs: int | None = None,
+    masks: tuple[float, ...] = (),
+    mask_arms: tuple[str, ...] | None = None,
 ) -> dict:
     """Extract features for every arm (each video decoded once), fit and score the probes, compare the arms
     and write ``out_dir/probe.json``; returns its content. The stock ``model`` is the arm ``stock_name``. ``num_frames`` defaults to the first run's
-    ``num_frames`` (else 8), as the lmms-eval plugin's ``max_frames`` does."""
-    from dna_vlm.eval.probe.features import extract_features
+    ``num_frames`` (else 8), as the lmms-eval plugin's ``max_frames`` does.
+
+    ``masks``: planted degradations of the encoder's output (the plugin's ``encoder_mask=p``): each fraction
+    adds the arm ``<arm>@mask<p>`` for every arm of ``mask_arms`` (default: all) - its features are the arm's
+    tokens with that mask, on every split, so its probe is fitted to the degraded encoder as any arm's is."""
+    from dna_vlm.eval.probe.features import extract_features, mask_name
 
     from dna_vlm.files import atomic_write_json
     from dna_vlm.runs.loading import load_model, read_run_config
 
     t0 = time.perf_counter()
     specs = _arm_specs(model, list(runs), stock, stock_name)
+    unknown = sorted(set(mask_arms or ()) - set(specs))
+    if unknown:
+        raise ProbeError(f"probe: --mask-arm {unknown} are not arms of this probe ({sorted(specs)})")
     rows = _load_splits(train, test, test_oracle, labels, asked)  # fails before the (slow) model loads
     if num_frames is None:
         run_dirs = [r for _, r in specs.values() if r]
@@ -290,11 +303,14 @@ def run_probe(
     models = {
         n: load_model(pretrained=p, run_dir=r, device=device, dtype=dtype) for n, (p, r) in specs.items()
     }
-    feats: dict = {n: {} for n in models}
+    keep = set(models) | {f"{a}@{mask_name(p)}" for a in (mask_arms or models) for p in masks}
+    feats: dict = {n: {} for n in models if n in keep} | {n: {} for n in sorted(keep - set(models))}
     for split, rs in rows.items():
-        got = extract_features(models, [r["video"] for r in rs], num_frames, pooling, batch_size, desc=split)
+        videos = [r["video"] for r in rs]
+        got = extract_features(models, videos, num_frames, pooling, batch_size, desc=split, masks=masks)
         for n, x in got.items():
-            feats[n][split] = x
+            if n in keep:
+                feats[n][split] = x
     del models
     jobs = default_jobs() if n_jobs is None else n_jobs
     arms = probe_arms(feats, rows, list(labels), asked, tuple(by), seed, n_jobs=jobs)
@@ -305,10 +321,11 @@ def run_probe(
             "labels": list(labels), "asked": asked, "pooling": pooling, "num_frames": num_frames,
             "by": list(by), "seed": seed, "n_boot": n_boot,
             "arms": {n: {"pretrained": p, "run": r} for n, (p, r) in specs.items()},
+            "masks": {f"{a}@{mask_name(p)}": {"arm": a, "encoder_mask": p} for a in (mask_arms or specs) for p in masks},
             "feature_dim": {n: int(f["test"].shape[1]) for n, f in feats.items()},
         },
         "arms": arms,
-        "comparisons": compare_arms(arms, n_boot, seed),
+        "comparisons": compare_arms(arms),
         "seconds": time.perf_counter() - t0,
     }  # fmt: skip
     out = Path(out_dir)
@@ -378,15 +395,34 @@ def add_parser(sub) -> None:
         "--label", nargs="+", required=True, metavar="FIELD", help="closed-vocabulary row field(s)"
     )
     p.add_argument("--asked", metavar="TEMPLATE", help="per-row label field, e.g. 'target_{category}'")
-    p.add_argument("--pooling", default="mean+diff", choices=("mean", "mean+diff"))
+    p.add_argument(
+        "--pooling",
+        default="mean+diff",
+        choices=("mean", "mean+diff"),
+        help="visual tokens -> features: the mean token, or the mean and the temporal difference "
+        "(default: mean+diff)",
+    )
     p.add_argument("--num-frames", type=int, help="frames per video (default: the run's num_frames, else 8)")
     p.add_argument("--by", nargs="*", default=["density", "category"], help="row fields to group accuracy by")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-boot", type=int, default=10000)
+    p.add_argument("--batch-size", type=int, default=16, help="videos per forward pass (default: 16)")
+    p.add_argument(
+        "--device", default="cpu", help="torch device for the models, e.g. cpu, cuda (default: cpu)"
+    )
+    p.add_argument(
+        "--dtype", default="float32", help="model dtype: float32, bfloat16 or float16 (default: float32)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the probe fits, controls and bootstrap (default: 0)"
+    )
+    p.add_argument(
+        "--n-boot", type=int, default=10000, help="bootstrap resamples of arm comparisons (default: 10000)"
+    )
     p.add_argument("--jobs", type=int, help="processes fitting probes (default: the CPUs available)")
+    p.add_argument(
+        "--mask", type=float, nargs="*", default=[], metavar="P",
+        help="planted degradations: arm <arm>@mask<P> = the arm's tokens with the plugin's encoder_mask=P",
+    )  # fmt: skip
+    p.add_argument("--mask-arm", nargs="*", metavar="ARM", help="arms that get the --mask variants (default: all)")
     p.add_argument("--out", required=True, help="output folder (probe.json)")
     p.set_defaults(func=main)
 
@@ -397,7 +433,8 @@ def main(args: argparse.Namespace) -> int:
             args.out, args.train, args.test, args.label, model=args.model, runs=args.run,
             stock=not args.no_stock, test_oracle=args.test_oracle, asked=args.asked, pooling=args.pooling,
             num_frames=args.num_frames, by=tuple(args.by), batch_size=args.batch_size, device=args.device,
-            dtype=args.dtype, seed=args.seed, n_boot=args.n_boot, n_jobs=args.jobs,
+            dtype=args.dtype, seed=args.seed, n_boot=args.n_boot, n_jobs=args.jobs, masks=tuple(args.mask),
+            mask_arms=tuple(args.mask_arm) if args.mask_arm else None,
         )  # fmt: skip
     except (ProbeError, ValueError) as e:
         print(f"dna-vlm probe: error: {e}", file=sys.stderr)

@@ -37,7 +37,7 @@ def token_mask(shape: tuple[int, ...], p: float, seed: int) -> np.ndarray:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"mask fraction must be in [0, 1], got {p!r}")
     size = int(np.prod(shape))
-    k = int(round(p * size))
+    k = round(p * size)
     out = np.zeros(size, bool)
     out[np.random.default_rng(seed).permutation(size)[:k]] = True
     return out.reshape(shape)

@@ -16,15 +16,18 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="demo_out", help="the demo output folder whose data/model/baseline to use")
+    p.add_argument(
+        "--out", default="demo_out", help="the demo output folder whose data/model/baseline to use"
+    )
     p.add_argument("--size", default="small", help="demo size (dna_vlm.eval.demo.pipeline.SIZES)")
-    p.add_argument("--dna-lr", type=float, nargs="+", required=True, help="learning rates of DnA's new parameters")
+    p.add_argument(
+        "--dna-lr", type=float, nargs="+", required=True, help="learning rates of DnA's new parameters"
+    )
     p.add_argument("--json", required=True, help="where to write the sweep's numbers (JSON)")
     args = p.parse_args(argv)
 
@@ -35,8 +38,10 @@ def main(argv=None) -> int:
     res["seconds"] = time.perf_counter() - t0
     Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     for name, r in res["recipes"].items():
-        print(f"{name:<16} val acc {100 * r['val_acc']:.1f}%  v-/v+ {r['v_neg_rel_norm'] or 0:.3f}  "
-              f"|lambda| {r['lambda_mean_abs'] or 0:.3f}  loss {r['final_loss']:.4f}")
+        print(
+            f"{name:<16} val acc {100 * r['val_acc']:.1f}%  v-/v+ {r['v_neg_rel_norm'] or 0:.3f}  "
+            f"|lambda| {r['lambda_mean_abs'] or 0:.3f}  loss {r['final_loss']:.4f}"
+        )
     print(f"pick: {res['pick']}")
     return 0
 

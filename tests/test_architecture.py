@@ -90,10 +90,14 @@ def part_of(module: str) -> tuple[int, str]:
     best = None
     for i, layer in enumerate(LAYERS):
         for part in layer:
-            if (module == part or module.startswith(part + ".")) and (best is None or len(part) > len(best[1])):
+            if (module == part or module.startswith(part + ".")) and (
+                best is None or len(part) > len(best[1])
+            ):
                 best = (i, part)
     if best is None:
-        raise AssertionError(f"{module} is in no layer of tests/test_architecture.py LAYERS: add its part there")
+        raise AssertionError(
+            f"{module} is in no layer of tests/test_architecture.py LAYERS: add its part there"
+        )
     return best
 
 
@@ -187,5 +191,9 @@ def test_no_dead_code():
     vulture = shutil.which("vulture", path=str(Path(sys.executable).parent)) or shutil.which("vulture")
     assert vulture, 'vulture is not installed: pip install -e ".[dev]"'
     paths = ["dna_vlm", "adapters", "eval", "scripts", "tests", "tests/vulture_whitelist.py"]
-    res = subprocess.run([vulture, *paths, "--min-confidence", "60"], cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 0, f"vulture found dead code (delete it, or whitelist it with a reason):\n{res.stdout}"
+    res = subprocess.run(
+        [vulture, *paths, "--min-confidence", "60"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert res.returncode == 0, (
+        f"vulture found dead code (delete it, or whitelist it with a reason):\n{res.stdout}"
+    )

@@ -140,7 +140,11 @@ def test_by_group_numbers(logs):
     assert d["3"]["mcnemar_p"] == pytest.approx(2 / 2**8)
     # a family of 3: Bonferroni p, the CI at 1 - 0.05/3, the verdict from both
     assert d["3"]["p_adjusted"] == pytest.approx(3 * 2 / 2**8) and d["3"]["family"] == "by density"
-    assert d["3"]["significant"] and d["3"]["delta_ci"][0] > 0 and d["3"]["ci_level"] == pytest.approx(1 - 0.05 / 3)
+    assert (
+        d["3"]["significant"]
+        and d["3"]["delta_ci"][0] > 0
+        and d["3"]["ci_level"] == pytest.approx(1 - 0.05 / 3)
+    )
     assert d["3"]["delta_ci"][0] < d["3"]["delta_ci95"][0] and d["3"]["mde"] is None
     # density 1: RR 3, RW 1, WW 3 -> delta -1/7
     assert d["1"]["delta"] == pytest.approx(-1 / 7)

@@ -250,7 +250,10 @@ def test_train_cli_on_a_read_only_cache(data, plain, tmp_path):
     steps, summary = _run(out)
     # the child runs with its own thread count: the same data and steps, equal up to reduction order
     assert summary["skipped_videos"] == [] and [r["loss"] for r in steps] == pytest.approx(plain, rel=1e-5)
-    assert len(summary["frame_cache_bypassed"]) == 1 and "Read-only file system" in summary["frame_cache_bypassed"][0]
+    assert (
+        len(summary["frame_cache_bypassed"]) == 1
+        and "Read-only file system" in summary["frame_cache_bypassed"][0]
+    )
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -44,13 +44,21 @@ def test_demo_writes_report_with_every_stage(demo_dir):
     # the encoder-level measurements (issue 11): probe, oracle input, controls, noise, the Encoder section
     assert {"probe", "encoder-s0"} | {f"eval-{n}-softmax-s0" for n, _, _ in ENCODER_RUNS} <= stages
     enc = report["encoder"]["0"]
-    for key in ("qa_gain", "encoder_gain", "carry_through", "oracle", "decomposition", "controls", "calibration"):
+    for key in (
+        "qa_gain",
+        "encoder_gain",
+        "carry_through",
+        "oracle",
+        "decomposition",
+        "controls",
+        "calibration",
+    ):
         assert enc[key], key
     dec = enc["decomposition"]
     assert set(enc["controls"]) == {"none", "shuffled"}
     # planted changes: every mask strength and the oracle input, each with its probe arm
     assert set(enc["calibration"]["points"]) == {f"mask{p:g}" for p in MASKS} | {"oracle"}
-    assert set(enc["probe"]) == {"baseline", "softmax-s0", "dna-s0"}
+    assert {"baseline", "softmax-s0", "dna-s0"} <= set(enc["probe"])
     probe = json.loads((demo_dir / "probe" / "probe.json").read_text())
     assert len(probe["arms"]["dna-s0"]["asked"]["predictions"]) == SIZES["ci"].n_test
     assert {f"softmax-s0@mask{p:g}" for p in MASKS} <= set(probe["arms"])
@@ -80,7 +88,9 @@ def test_demo_writes_report_with_every_stage(demo_dir):
         for a in ("softmax", "dna")
     }
     diff = {k for k in arms["dna"] if arms["dna"][k] != arms["softmax"][k]}
-    assert diff <= {"attention", "output", "dna_lr"}, diff  # dna_lr: DnA's new parameters only (none in softmax)
+    assert diff <= {"attention", "output", "dna_lr"}, (
+        diff
+    )  # dna_lr: DnA's new parameters only (none in softmax)
 
 
 def test_demo_resumes_finished_stages(demo_dir, capsys):

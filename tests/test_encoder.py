@@ -89,7 +89,9 @@ def test_decomposition_is_net_and_sums_to_the_error_rate(crafted):
         by=("density",), n_boot=2000,
     )  # fmt: skip
     dec = sec["overall"]["decomposition"]
-    assert dec["n_errors"] == 40 and dec["error_rate"] == pytest.approx(0.4) and dec["input"] == "oracle input"
+    assert (
+        dec["n_errors"] == 40 and dec["error_rate"] == pytest.approx(0.4) and dec["input"] == "oracle input"
+    )
     parts = dec["parts"]
     assert parts["distractor_effect"]["delta"] == pytest.approx(0.20)
     assert (parts["distractor_effect"]["fixed"], parts["distractor_effect"]["broken"]) == (20, 0)
@@ -163,7 +165,9 @@ def test_controls_noise_curve_markdown_and_args(crafted):
     assert {g["family"] for g in noisy} == {"noise curve"} and all(g["family_size"] == 2 for g in noisy)
     assert all(g["p_adjusted"] == pytest.approx(min(1, 2 * g["mcnemar_p"])) for g in noisy)
     for g in sec["by_group"]["density"].values():  # each column of a per-group table: one family of 2
-        assert g["encoder_gain"]["family"] == "encoder gain by density" and g["encoder_gain"]["family_size"] == 2
+        assert (
+            g["encoder_gain"]["family"] == "encoder gain by density" and g["encoder_gain"]["family_size"] == 2
+        )
         assert g["qa_gain"]["ci_level"] == pytest.approx(1 - 0.05 / 2)
     assert [pt["sigma"] for pt in sec["noise_curve"]] == [0.0, 0.5, 2.0]
     assert sec["noise_curve"][0]["acc"] == pytest.approx(0.6)
@@ -221,7 +225,10 @@ def test_definedness_follows_the_printed_verdict_in_every_cell():
             qa = np.zeros(n, int)
             res = carry_through(qa, qa, pb, pc, 0, 0, "cell")
             g = encoder_gain_of(pb, pc)
-            assert res["defined"] == g["significant"] == (g["delta_ci"][0] > 0 or g["delta_ci"][1] < 0), (f, b_)
+            assert res["defined"] == g["significant"] == (g["delta_ci"][0] > 0 or g["delta_ci"][1] < 0), (
+                f,
+                b_,
+            )
 
 
 def encoder_gain_of(pb, pc):
@@ -299,7 +306,9 @@ def test_planted_calibration_recovers_the_known_slope(crafted):
     md = "\n".join(encoder_markdown(sec))
     assert "Calibrated carry-through" in md and "encoder_calibration.png" in md
     # the same draw is what the section prints: a second run reproduces every CI
-    again = encoder_section(crafted["baseline"], crafted["candidate"], probe=str(path), planted=planted, n_boot=2000)
+    again = encoder_section(
+        crafted["baseline"], crafted["candidate"], probe=str(path), planted=planted, n_boot=2000
+    )
     assert again["calibration"]["slope_ci"] == cal["slope_ci"]
 
 
@@ -320,7 +329,9 @@ def test_planted_cli_and_errors(crafted):
     with pytest.raises(EncoderError, match="needs --probe"):
         encoder_section(crafted["baseline"], crafted["candidate"], planted={"p20": (log, "p20")})
     with pytest.raises(EncoderError, match="no arm 'nope'"):
-        encoder_section(crafted["baseline"], crafted["candidate"], probe=str(path), planted={"p20": (log, "nope")})
+        encoder_section(
+            crafted["baseline"], crafted["candidate"], probe=str(path), planted={"p20": (log, "nope")}
+        )
     out = crafted["tmp"] / "rep_planted"
     argv = ["attribute", "--baseline", str(crafted["baseline"]), "--candidate", str(crafted["candidate"]),
             "--probe", str(path), "--planted", f"p20={log}:p20", "--bootstrap", "300", "--out", str(out)]  # fmt: skip

@@ -74,7 +74,9 @@ def _simulated_power(n, discordant, delta, alpha, sims, seed):
     fixed / broken / concordant with probabilities (psi + delta)/2, (psi - delta)/2, 1 - psi, where psi =
     max(discordant/n, delta) (the design mde_paired assumes)."""
     psi = max(discordant / n, delta)
-    counts = np.random.default_rng(seed).multinomial(n, [(psi + delta) / 2, (psi - delta) / 2, 1 - psi], size=sims)
+    counts = np.random.default_rng(seed).multinomial(
+        n, [(psi + delta) / 2, (psi - delta) / 2, 1 - psi], size=sims
+    )
     pvals = [binomtest(int(bk), int(fk + bk), 0.5).pvalue if fk + bk else 1.0 for fk, bk, _ in counts]
     return float(np.mean(np.array(pvals) < alpha))
 

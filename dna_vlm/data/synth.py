@@ -529,7 +529,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--n-test", type=int, default=DEFAULTS["n_test"], help="test rows (default: %(default)s)")
     p.add_argument(
-        "--seed", type=int, default=DEFAULTS["seed"], help="seed of scenes and questions (default: %(default)s)"
+        "--seed",
+        type=int,
+        default=DEFAULTS["seed"],
+        help="seed of scenes and questions (default: %(default)s)",
     )
     p.add_argument("--max-density", type=int, default=DEFAULTS["max_density"], help="most distractors (0..3)")
     p.add_argument("--frames", type=int, default=DEFAULTS["frames"], help="frames per clip")

@@ -542,7 +542,9 @@ def train(config: TrainConfig | dict) -> Path:
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
     if cfg.check_data:  # a command-line mode; never train when only a check was asked for
-        raise TrainError("check_data only validates the data: call dna_vlm.data.validate.check_data(path) instead")
+        raise TrainError(
+            "check_data only validates the data: call dna_vlm.data.validate.check_data(path) instead"
+        )
     setup = RunSetup.open(cfg)
     try:
         if setup.start.kind is StartKind.FINISHED:

@@ -90,7 +90,9 @@ def calibrate(core: dict, planted: dict, n_boot: int, seed: int, name: str = "ca
                 "ci": ci.get("carry", {}).get(j) if defined else None,
                 "ci_level": 1 - k_alpha,
                 "defined": bool(defined),
-                "why": None if defined else "undefined: this planted change's encoder gain is not significant",
+                "why": None
+                if defined
+                else "undefined: this planted change's encoder gain is not significant",
             },
         }
     pred = slope * e_dna
@@ -136,7 +138,7 @@ def _cis(reps: np.ndarray, k: int) -> dict:
 
 
 def calibration_sentence(cal: dict, ref: float = 0.10) -> str:
-    """"An encoder change of x points carries y QA points here", at x = ``ref``, and DnA read against it."""
+    """ "An encoder change of x points carries y QA points here", at x = ``ref``, and DnA read against it."""
     s, ci, d = cal["slope"], cal["slope_ci"], cal["dna"]
 
     def pts(x):

@@ -868,7 +868,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         f"{', '.join(reader_names())}",
     )
     p.add_argument("--failed", choices=("exclude", "wrong"), default="exclude", help="failed samples policy")
-    p.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap replicates for slopes and ratios (0: no bootstrap CIs; deltas' CIs are exact)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=10_000,
+        help="bootstrap replicates for slopes and ratios (0: no bootstrap CIs; deltas' CIs are exact)",
+    )
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the bootstrap resampling behind the CIs (default: 0)"
     )

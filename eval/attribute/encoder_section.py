@@ -182,11 +182,15 @@ def _probe_arm(probe, name: str, view: str | None, flag: str) -> dict[str, int]:
     # "<arm>@oracle": the arm's probe scored on the oracle rows (the input without distractors, same ids)
     arm, oracle = (name.removesuffix("@oracle"), True) if name.endswith("@oracle") else (name, False)
     if arm not in probe.get("arms", {}):
-        raise EncoderError(f"{flag}: the probe result has no arm {arm!r} (arms: {sorted(probe.get('arms', {}))})")
+        raise EncoderError(
+            f"{flag}: the probe result has no arm {arm!r} (arms: {sorted(probe.get('arms', {}))})"
+        )
     block = _probe_view(probe["arms"][arm], view, f"{flag}: probe arm {arm!r}")
     if oracle:
         if not block.get("oracle"):
-            raise EncoderError(f"{flag}: probe arm {arm!r} has no oracle rows; rerun dna-vlm probe with --test-oracle")
+            raise EncoderError(
+                f"{flag}: probe arm {arm!r} has no oracle rows; rerun dna-vlm probe with --test-oracle"
+            )
         block = block["oracle"]
     return {p["id"]: int(p["correct"]) for p in block["predictions"]}
 
@@ -315,7 +319,9 @@ def _gain(b: np.ndarray, c: np.ndarray, family: str = "single", k: int = 1) -> d
 
 def _headroom(a: dict, head: dict, n_boot: int, seed: int, name: str) -> dict:
     """Oracle - baseline (``head``, in its family), and the share of it the candidate closes."""
-    closes = carry_through(a["b"], a["c"], a["b"], a["o"], n_boot, seed, f"{name}:share", "oracle headroom", head)
+    closes = carry_through(
+        a["b"], a["c"], a["b"], a["o"], n_boot, seed, f"{name}:share", "oracle headroom", head
+    )
     return {"headroom": head, "share_closed": closes}
 
 
@@ -370,7 +376,9 @@ def _noise_curve(a: dict, noise: dict[float, np.ndarray]) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ the section
 
 
-def _series(baseline, candidate, probe, probe_arms, probe_view, oracle, controls, noise, planted=None) -> tuple[dict, dict]:
+def _series(
+    baseline, candidate, probe, probe_arms, probe_view, oracle, controls, noise, planted=None
+) -> tuple[dict, dict]:
     """``({key: {id: 0/1}}, {key: {id: failed}})`` for every input given; QA keys b, c, o, ctrl:*, noise:*,
     planted:* (probe keys pb, pc, po, probe:* for the planted changes' probe arms)."""
     logs = {"b": _log(baseline, "baseline"), "c": _log(candidate, "candidate")}
@@ -393,7 +401,9 @@ def _series(baseline, candidate, probe, probe_arms, probe_view, oracle, controls
         for label, (_, arm) in (planted or {}).items():
             series[f"probe:{label}"] = _probe_arm(probe, arm, probe_view, f"--planted {label}")
     elif planted:
-        raise EncoderError("--planted needs --probe: each planted change's encoder gain is read from its probe arm")
+        raise EncoderError(
+            "--planted needs --probe: each planted change's encoder gain is read from its probe arm"
+        )
     return series, {"logs": logs, "failed": failed}
 
 
@@ -425,7 +435,9 @@ def encoder_section(
     (:func:`~dna_vlm.eval.attribute.calibration.calibrate`) and, with ``out_dir``,
     ``out_dir/encoder_calibration.png``. Returns ``{"n", "overall", "by_group", "controls", "noise_curve",
     "calibration", "inputs", "definitions", "verdict_rule", ...}``."""
-    series, meta = _series(baseline, candidate, probe, probe_arms, probe_view, oracle, controls, noise, planted)
+    series, meta = _series(
+        baseline, candidate, probe, probe_arms, probe_view, oracle, controls, noise, planted
+    )
     ids = _align(series, "b")
     bad = set().union(*meta["failed"].values())
     ids = [i for i in ids if i not in bad]
@@ -560,7 +572,9 @@ def planted_pairs(items: list[str]) -> dict[str, tuple[str, str]]:
         label, sep, rest = it.partition("=")
         log, colon, arm = rest.rpartition(":")
         if not (sep and colon and label and log and arm):
-            raise EncoderError(f"--planted {it!r}: expected LABEL=QA_LOG:PROBE_ARM (e.g. plus10=logs/plus10:plus10)")
+            raise EncoderError(
+                f"--planted {it!r}: expected LABEL=QA_LOG:PROBE_ARM (e.g. plus10=logs/plus10:plus10)"
+            )
         if label in out:
             raise EncoderError(f"--planted: label {label!r} given twice")
         out[label] = (log, arm)

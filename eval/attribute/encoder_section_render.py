@@ -81,12 +81,17 @@ def encoder_paragraph(section: dict) -> str:
         terms = []
         for k, p in dec["parts"].items():
             name = _PARTS.get(k, k).split(":")[0]
-            terms.append(f"{name} {_gain_text(p)}" if "delta" in p else f"{name} {_pct(p['rate'])}% {_ci(p['ci95'])}")
+            terms.append(
+                f"{name} {_gain_text(p)}" if "delta" in p else f"{name} {_pct(p['rate'])}% {_ci(p['ci95'])}"
+            )
         parts.append(f"the baseline's error rate {_pct(dec['error_rate'])}% = " + " + ".join(terms))
     cal = section.get("calibration")
     if cal:
         parts.append(cal["sentence"].rstrip("."))
-    return "; ".join(parts) + f" (n = {section['n']} questions; * = significant by the verdict rule; CIs exact unless said)."
+    return (
+        "; ".join(parts)
+        + f" (n = {section['n']} questions; * = significant by the verdict rule; CIs exact unless said)."
+    )
 
 
 def _decomp_rows(dec: dict) -> list[str]:
@@ -164,7 +169,9 @@ def _calibration_table(section: dict, rel) -> list[str]:
         "|---|---:|---:|---:|",
     ]  # fmt: skip
     for lab, p in cal["points"].items():
-        lines.append(f"| {lab} | {_gain_text(p['encoder_gain'])} | {_gain_text(p['qa_gain'])} | {_ratio(p['carry_through'])} |")
+        lines.append(
+            f"| {lab} | {_gain_text(p['encoder_gain'])} | {_gain_text(p['qa_gain'])} | {_ratio(p['carry_through'])} |"
+        )
     d, ci = cal["dna"], cal["slope_ci"]
     slope = f"{cal['slope']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
     lines += [
@@ -201,7 +208,9 @@ def encoder_markdown(section: dict, rel=None) -> list[str]:
         lines.append(f"| carry-through (QA gain / encoder gain) | {_ratio(o['carry_through'])} |")
     if "oracle" in o:
         h, sc = o["oracle"]["headroom"], o["oracle"]["share_closed"]
-        lines.append(f"| oracle headroom (oracle - baseline; oracle acc {_pct(h['candidate_acc'])}) | {_gain_text(h)} |")
+        lines.append(
+            f"| oracle headroom (oracle - baseline; oracle acc {_pct(h['candidate_acc'])}) | {_gain_text(h)} |"
+        )
         lines.append(f"| share of the headroom DnA closes | {_ratio(sc)} |")
     lines += ["", "`*` = significant by the verdict rule; `†` = fewer than 10 discordant questions; a null "
               "effect shows its minimal detectable effect (mde, points, power 0.8).", ""]  # fmt: skip
@@ -253,7 +262,9 @@ def plot_calibration(cal: dict, out_dir: Path) -> Path:
         e, q = p["encoder_gain"], p["qa_gain"]
         ax.errorbar(100 * e["delta"], 100 * q["delta"], xerr=_bars(e["delta"], e["delta_ci"]),
                     yerr=_bars(q["delta"], q["delta_ci"]), fmt="o", color="#1f77b4", capsize=3)  # fmt: skip
-        ax.annotate(lab, (100 * e["delta"], 100 * q["delta"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(
+            lab, (100 * e["delta"], 100 * q["delta"]), textcoords="offset points", xytext=(5, 5), fontsize=8
+        )
         xs.append(e["delta"])
     d = cal["dna"]
     xs.append(d["encoder_gain"])

@@ -81,8 +81,10 @@ def summary_table(report: dict) -> str:
         for r in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
-    lines.append("CIs: exact, 95% for 'all', 1 - 0.05/k within a --by field of k groups; * = significant "
-                 "(Bonferroni McNemar p < 0.05)")
+    lines.append(
+        "CIs: exact, 95% for 'all', 1 - 0.05/k within a --by field of k groups; * = significant "
+        "(Bonferroni McNemar p < 0.05)"
+    )
     if "blind" in report:
         bl = report["blind"]
         rel = bl["video_reliance"]
@@ -463,7 +465,9 @@ def _plot_accuracy(plt, r: dict, out: Path) -> Path:
     ax.set_xticks(range(len(arms)), [a[0] for a in arms])
     ax.set_ylabel("accuracy % (95% Wilson CI)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"delta {_spct(r['delta'])} pts, exact 95% CI {_sci(r['delta_ci95'])}, n={r['n']}", fontsize=9)
+    ax.set_title(
+        f"delta {_spct(r['delta'])} pts, exact 95% CI {_sci(r['delta_ci95'])}, n={r['n']}", fontsize=9
+    )
     path = save_png(fig, out / "accuracy.png", dpi=110)
     plt.close(fig)
     return path

@@ -20,6 +20,7 @@ Paired deltas use :func:`dna_vlm.eval.stats.compare` (exact CI, McNemar; one rul
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import pairwise
 
 import numpy as np
 from dna_vlm.eval.logs.samples import load_samples
@@ -59,7 +60,7 @@ def sensitivity(control: str, masked: dict[float, str]) -> dict:
         r["ci95"] = wilson_ci(k, r["n"])
     accs = [r["acc"] for r in rows]
     strongest = rows[-1]["vs_0"] if len(rows) > 1 else None
-    monotone = all(b <= a for a, b in zip(accs, accs[1:], strict=False))
+    monotone = all(b <= a for a, b in pairwise(accs))
     drop_ok = bool(
         strongest is not None
         and -strongest["delta"] >= TARGETS["sensitivity_drop"]

@@ -245,12 +245,10 @@ class _DemoRun:
         """The probe (baseline and every arm, one feature pipeline) and the Encoder section per seed, from the
         softmax arm's oracle, control and noise runs in ``evals``: ``{seed: {"section", "evals", "probe"}}``."""
         runs = [f"{a}-s{s}={r}" for (a, s), r in arms.items()]
+        masked = [f"{CONTROL_ARM}-s{s}" for s in seeds]
+        base = self.baseline["path"]
         probe = self.stages.run(
-            "probe",
-            lambda: run_probe_stage(
-                self.out / "probe", self.baseline["path"], runs, self.data, self.cfg,
-                mask_arms=[f"{CONTROL_ARM}-s{s}" for s in seeds],
-            ),  # fmt: skip
+            "probe", lambda: run_probe_stage(self.out / "probe", base, runs, self.data, self.cfg, masked)
         )
         out = {}
         for s in seeds:
@@ -273,7 +271,9 @@ class _DemoRun:
         return self.stages.run("inspect", lambda: _inspect(*args))
 
 
-def sweep_dna_recipe(out: Path, cfg: DemoSize, dna_lrs: list[float], device: str = "cpu", seed: int = 0) -> dict:
+def sweep_dna_recipe(
+    out: Path, cfg: DemoSize, dna_lrs: list[float], device: str = "cpu", seed: int = 0
+) -> dict:
     """The DnA recipe sweep (``scripts/dna_recipe_sweep.py``), scored on the VALIDATION split only: the DnA arm
     trained with each learning rate of its new parameters (``dna_lrs``; everything else the demo's), and the
     softmax arm as the reference. Reuses ``out``'s data, model and baseline stages (the demo's own settings,
@@ -284,7 +284,9 @@ def sweep_dna_recipe(out: Path, cfg: DemoSize, dna_lrs: list[float], device: str
 
     settings = {"size": next(k for k, v in SIZES.items() if v == cfg), "cfg": asdict(cfg), "device": device,
                 "seed": seed, "stages_format": STAGES_FORMAT}  # fmt: skip
-    run = _DemoRun(out.resolve(), cfg, device, seed, False, Stages(out.resolve(), False, _fingerprint(settings)))
+    run = _DemoRun(
+        out.resolve(), cfg, device, seed, False, Stages(out.resolve(), False, _fingerprint(settings))
+    )
     run.prepare()
     arms = {"softmax": run.arm("softmax", seed)}
     for lr in dna_lrs:

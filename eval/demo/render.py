@@ -31,7 +31,9 @@ def verdict(effects: dict) -> str:
         else:
             mde = e.get("mde")
             side = "not distinguishable from zero" + (
-                f"; the smallest effect this test detects with power 0.8 is ±{100 * mde:.1f} points" if mde else ""
+                f"; the smallest effect this test detects with power 0.8 is ±{100 * mde:.1f} points"
+                if mde
+                else ""
             )
         parts.append(
             f"seed {s}: DnA - softmax = {100 * e['delta']:+.1f} points, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}], "
@@ -59,8 +61,10 @@ def md_instrument(inst: dict) -> list[str]:
             f"{k} {_pct(v['acc'])}% [{_pct(v['ci95'][0])}, {_pct(v['ci95'][1])}] (chance {_pct(v['chance'])})"
             for k, v in hd["by_category"].items()
         )
+
         def ok(x):
             return "yes" if x else "**no**"
+
         ci = sen["strongest_delta_ci95"] or [float("nan")] * 2
         lines += [
             f"Seed {s} (control arm):", "",
@@ -103,7 +107,9 @@ def summary_text(report: dict, stages: Stages) -> str:
     lines += ["", "effect (DnA arm - softmax arm): " + report["verdict"]]
     for s, c in (report.get("instrument") or {}).items():
         failed = [k for k, v in _flags(c).items() if not v]
-        lines.append(f"instrument checks (seed {s}): " + ("all met" if not failed else "NOT met: " + ", ".join(failed)))
+        lines.append(
+            f"instrument checks (seed {s}): " + ("all met" if not failed else "NOT met: " + ", ".join(failed))
+        )
     lines += ["", stages.table()]
     lines.append(f"wall time {report['wall_time_s']:.0f} s on {report['machine']}")
     return "\n".join(lines)

@@ -74,7 +74,9 @@ class Controls:
         except (TypeError, ValueError):
             frac = math.nan
         if not 0.0 <= frac <= 1.0:
-            raise ValueError(f"dna_vlm: model_args encoder_mask must be a fraction in [0, 1], got {encoder_mask!r}")
+            raise ValueError(
+                f"dna_vlm: model_args encoder_mask must be a fraction in [0, 1], got {encoder_mask!r}"
+            )
         if mode == "none" and (sigma > 0 or frac > 0):
             raise ValueError(
                 "dna_vlm: model_args encoder_noise / encoder_mask need a video; drop them or video=none"

@@ -51,7 +51,9 @@ def _pipeline():
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=1000, solver="newton-cholesky"))])
+    return Pipeline(
+        [("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=1000, solver="newton-cholesky"))]
+    )
 
 
 def _cv_acc(x: np.ndarray, y: np.ndarray, Cs: list[float], cv) -> np.ndarray:
@@ -114,7 +116,9 @@ def fit_probe(x: np.ndarray, y: Sequence[str], seed: int = 0, n_jobs: int | None
         Cs, acc, best = _search(x, y, cv)
         pipe = _pipeline().set_params(lr__C=Cs[best]).fit(x, y)
     edge = "low" if best == 0 else "high" if best == len(Cs) - 1 else None
-    return FittedProbe(pipe, [str(c) for c in classes], float(Cs[best]), float(acc[best]), len(y), tuple(Cs), edge)
+    return FittedProbe(
+        pipe, [str(c) for c in classes], float(Cs[best]), float(acc[best]), len(y), tuple(Cs), edge
+    )
 
 
 def default_jobs() -> int:

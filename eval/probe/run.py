@@ -231,7 +231,9 @@ def compare_arms(arms: dict) -> list[dict]:
                         continue
                     cx = np.array([p["correct"] for p in bx["predictions"]], dtype=np.int64)
                     cy = np.array([p["correct"] for p in by_["predictions"]], dtype=np.int64)
-                    out.append({"baseline": a, "candidate": b, "view": view, "rows": where, **compare(cx, cy)})
+                    out.append(
+                        {"baseline": a, "candidate": b, "view": view, "rows": where, **compare(cx, cy)}
+                    )
     for key in sorted({(r["view"], r["rows"]) for r in out}):
         apply_family([r for r in out if (r["view"], r["rows"]) == key], f"probe {key[0]} on {key[1]} rows")
     return out
@@ -422,7 +424,9 @@ def add_parser(sub) -> None:
         "--mask", type=float, nargs="*", default=[], metavar="P",
         help="planted degradations: arm <arm>@mask<P> = the arm's tokens with the plugin's encoder_mask=P",
     )  # fmt: skip
-    p.add_argument("--mask-arm", nargs="*", metavar="ARM", help="arms that get the --mask variants (default: all)")
+    p.add_argument(
+        "--mask-arm", nargs="*", metavar="ARM", help="arms that get the --mask variants (default: all)"
+    )
     p.add_argument("--out", required=True, help="output folder (probe.json)")
     p.set_defaults(func=main)
 

@@ -6,21 +6,72 @@ accuracy are measured under the same planted change of the same strength.
 
 - ``noise`` (sigma): Gaussian noise of ``sigma`` x the tokens' RMS on every token.
 - ``mask`` (p): a seeded ``round(p * n)`` of a video's n tokens set to zero; the rest untouched.
+- ``scramble`` (p): a seeded ``round(p * n)`` of a video's n tokens replaced by their image under one seeded
+  random rotation of the token space (one rotation per video); the rest untouched.
 
-Why the mask is the demo's sensitivity and calibration degradation, not the noise: independent noise on each
-token is averaged away by any reader that pools over tokens (the LLM's attention does; the 2026-12 demo
-changed 68 of 240 answers at sigma = 2 and its accuracy stayed flat). A masked token's content is gone: no
-pooling recovers it, the expected information left is (1 - p), and p = 1 leaves no video at all, so the
-strongest setting has a known end point (the blind model).
+Why the scramble is the demo's sensitivity and calibration degradation, and neither the noise nor the mask:
+both leave the surviving evidence intact and add nothing that competes with it. Independent noise on each token
+is averaged away by any reader that pools over tokens (the LLM's attention does; the 2026-12 demo changed 68 of
+240 answers at sigma = 2 and its accuracy stayed flat), and a video's attributes are spread over many tokens, so
+zeroing 75% of them left the demo's accuracy flat too (49.4% -> 49.3 / 49.7 / 49.0% at p = 0.25 / 0.5 / 0.75):
+the 25% left still show the colour. A scrambled token keeps its norm (normalisation layers cannot tell it from a
+real one) but points elsewhere, and all scrambled tokens of a video are moved by the *same* rotation, so their
+wrong content adds up under pooling instead of averaging out: a reader that pools sees a mixture in which the
+video's evidence has weight (1 - p) against a coherent decoy of weight p. p = 1 keeps no direction of the
+original, so the strongest setting has a known end point (chance).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["degrade_tokens", "token_mask", "visual_seed"]
+__all__ = ["PLANTED_KINDS", "Planted", "degrade_tokens", "random_rotation", "token_mask", "visual_seed"]
+
+#: the planted degradations a probe arm / lmms-eval run can carry (each a fraction of the tokens)
+PLANTED_KINDS = ("mask", "scramble")
+
+
+@dataclass(frozen=True)
+class Planted:
+    """One planted degradation of the encoder's output, a fraction ``p`` of each video's tokens: the plugin's
+    ``encoder_<kind>=p`` and the probe's arm ``<arm>@<kind><p>`` (:attr:`name`) are the same change."""
+
+    kind: str
+    p: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in PLANTED_KINDS:
+            raise ValueError(f"planted degradation {self.kind!r}: choose one of {PLANTED_KINDS}")
+        if not 0.0 < float(self.p) <= 1.0:
+            raise ValueError(f"planted {self.kind}: the fraction must be in (0, 1], got {self.p!r}")
+
+    @property
+    def name(self) -> str:
+        """``scramble0.5``: the derived probe arm's suffix and the demo's run name."""
+        return f"{self.kind}{self.p:g}"
+
+    @property
+    def model_args(self) -> dict:
+        """The ``dna_vlm`` lmms-eval model_args of the same change."""
+        return {f"encoder_{self.kind}": float(self.p)}
+
+    @classmethod
+    def parse(cls, text: str) -> Planted:
+        """``scramble0.5`` / ``scramble=0.5`` -> ``Planted("scramble", 0.5)``."""
+        m = re.fullmatch(r"([a-z]+)=?((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)", str(text).strip())
+        if m is None:
+            raise ValueError(
+                f"planted degradation {text!r}: expected KIND P, e.g. scramble0.5 ({PLANTED_KINDS})"
+            )
+        return cls(m.group(1), float(m.group(2)))
+
+    def apply(self, tokens, seed: int):
+        """One video's tokens ``(..., D)`` (torch tensor) with this change (:func:`degrade_tokens`)."""
+        return degrade_tokens(tokens, seed, **{self.kind: float(self.p)})
 
 
 def visual_seed(frames: np.ndarray, seed: int) -> int:
@@ -43,14 +94,28 @@ def token_mask(shape: tuple[int, ...], p: float, seed: int) -> np.ndarray:
     return out.reshape(shape)
 
 
-def degrade_tokens(x, seed: int, sigma: float = 0.0, mask: float = 0.0):
+def random_rotation(dim: int, seed: int):
+    """A ``(dim, dim)`` float32 orthogonal matrix drawn from ``seed`` (Haar: QR of a Gaussian, signs fixed)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r))).float()
+
+
+def degrade_tokens(x, seed: int, sigma: float = 0.0, mask: float = 0.0, scramble: float = 0.0):
     """One video's tokens ``(..., D)`` (torch tensor) with the planted degradation; ``seed`` is the video's.
 
-    The mask is applied first (its positions depend only on ``x.shape[:-1]`` and ``seed``), then the noise
-    (``sigma`` x the RMS of the tokens as given, drawn from ``torch.Generator().manual_seed(seed)``)."""
+    The scramble is applied first (positions from ``seed + 1``'s stream, the rotation from ``seed + 2``), then
+    the mask (positions from ``seed``'s stream, depending only on ``x.shape[:-1]``), then the noise (``sigma``
+    x the RMS of the tokens as given, drawn from ``torch.Generator().manual_seed(seed)``)."""
     import torch
 
     y = x.float()
+    if scramble > 0:
+        where = torch.from_numpy(token_mask(tuple(x.shape[:-1]), scramble, seed + 1)).to(y.device)
+        rot = random_rotation(x.shape[-1], seed + 2).to(y.device)
+        y = torch.where(where.unsqueeze(-1), y @ rot.T, y)
     if mask > 0:
         keep = torch.from_numpy(~token_mask(tuple(x.shape[:-1]), mask, seed)).to(y.device)
         y = y * keep.unsqueeze(-1).to(y.dtype)

@@ -1,12 +1,12 @@
 """The planted degradations of the encoder's output (dna_vlm.eval.degrade): the plugin's hook and the probe's
-features apply the same mask to the same video."""
+features apply the same mask / scramble to the same video; the scramble cannot be averaged away."""
 
 import numpy as np
 import pytest
 import torch
-from dna_vlm.eval.degrade import degrade_tokens, token_mask, visual_seed
+from dna_vlm.eval.degrade import Planted, degrade_tokens, random_rotation, token_mask, visual_seed
 from dna_vlm.eval.lmms.controls import Controls, ProjectorNoise
-from dna_vlm.eval.probe.features import _masked, mask_name
+from dna_vlm.eval.probe.features import _degraded
 
 
 def test_token_mask_is_exact_seeded_and_nested_in_size():
@@ -35,13 +35,52 @@ def test_plugin_hook_and_probe_features_mask_the_same_tokens():
     frames = [np.full((4, 8, 8, 3), v, np.uint8) for v in (10, 200)]
     seeds = [visual_seed(f, 0) for f in frames]
     tokens = torch.randn(2 * 4, 5, 3)  # (B*T, N, D): 2 videos of 4 frames
-    hook = ProjectorNoise.__new__(ProjectorNoise)
-    hook.sigma, hook.mask, hook.seeds = 0.0, 0.5, seeds
-    out = hook._hook(None, (), tokens)
-    for i in range(2):
-        probe = _masked(tokens[4 * i : 4 * i + 4].numpy(), seeds[i], 0.5)
-        assert np.array_equal(out[4 * i : 4 * i + 4].numpy(), probe)
-    assert mask_name(0.25) == "mask0.25"
+    for kind in ("mask", "scramble"):
+        hook = ProjectorNoise.__new__(ProjectorNoise)
+        hook.sigma, hook.mask, hook.scramble, hook.seeds = 0.0, 0.0, 0.0, seeds
+        setattr(hook, kind, 0.5)
+        out = hook._hook(None, (), tokens)
+        for i in range(2):
+            probe = _degraded(tokens[4 * i : 4 * i + 4].numpy(), seeds[i], Planted(kind, 0.5))
+            assert np.array_equal(out[4 * i : 4 * i + 4].numpy(), probe)
+        assert not torch.equal(out, tokens)
+    assert Planted("mask", 0.25).name == "mask0.25"
+
+
+def test_planted_names_parse_and_model_args():
+    d = Planted.parse("scramble0.5")
+    assert d == Planted("scramble", 0.5) == Planted.parse("scramble=0.5")
+    assert d.name == "scramble0.5" and d.model_args == {"encoder_scramble": 0.5}
+    for bad in ("blur0.5", "scramble", "scramble1.5", "mask0"):
+        with pytest.raises(ValueError, match="planted"):
+            Planted.parse(bad)
+
+
+def test_scramble_rotates_exactly_the_chosen_tokens_keeping_their_norms():
+    x = torch.randn(4, 9, 16)
+    y = degrade_tokens(x, seed=5, scramble=0.5)
+    m = torch.from_numpy(token_mask((4, 9), 0.5, 6))  # positions from seed + 1
+    assert torch.equal(y[~m], x[~m]) and not torch.allclose(y[m], x[m])
+    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5)  # a normalisation layer cannot tell
+    rot = random_rotation(16, 7)  # rotation from seed + 2, one for the whole video
+    assert torch.allclose(rot @ rot.T, torch.eye(16), atol=1e-5)
+    assert torch.allclose(y[m], x[m] @ rot.T, atol=1e-6)
+
+
+def test_scramble_survives_pooling_where_the_mask_does_not():
+    """Why the scramble is the demo's degradation: after mean-pooling (any pooling reader), zeroing 75% of
+    tokens that all carry the same evidence leaves its direction intact (cosine 1), while scrambling them
+    leaves a mixture dominated by one coherent decoy (cosine ~ 1 - p)."""
+    evidence = torch.randn(16)
+    x = evidence.expand(8, 4, 16) + 0.05 * torch.randn(8, 4, 16)  # every token shows the same attribute
+
+    def cos(y):
+        return float(torch.nn.functional.cosine_similarity(y.mean((0, 1)), evidence, dim=0))
+
+    assert cos(degrade_tokens(x, 3, mask=0.75)) > 0.99
+    scrambled = [cos(degrade_tokens(x, s, scramble=0.75)) for s in range(200)]
+    assert 0.15 < float(np.mean(scrambled)) < 0.45  # (1 - p) / sqrt((1 - p)^2 + p^2) = 0.32
+    assert float(np.mean([cos(degrade_tokens(x, s, scramble=1.0)) for s in range(200)])) < 0.1
 
 
 def test_encoder_mask_model_arg_is_checked_and_recorded():
@@ -53,3 +92,8 @@ def test_encoder_mask_model_arg_is_checked_and_recorded():
             Controls.parse("full", 0, 0, bad)
     with pytest.raises(ValueError, match="need a video"):
         Controls.parse("none", 0, 0, 0.5)
+    c = Controls.parse("full", 0, 0, 0, "0.25")
+    assert c.encoder_scramble == 0.25 and c.degrades and c.as_dict()["encoder_scramble"] == 0.25
+    assert "encoder_scramble" not in Controls.parse("full", 0, 0).as_dict()
+    with pytest.raises(ValueError, match="encoder_scramble"):
+        Controls.parse("full", 0, 0, 0, "2")

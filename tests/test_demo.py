@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from dna_vlm.eval.demo.encoder_stages import MASKS
+from dna_vlm.eval.demo.encoder_stages import PLANTED
 from dna_vlm.eval.demo.pipeline import ENCODER_RUNS, SIZES, run_demo
 
 from dna_vlm.cli import main
@@ -56,17 +56,22 @@ def test_demo_writes_report_with_every_stage(demo_dir):
         assert enc[key], key
     dec = enc["decomposition"]
     assert set(enc["controls"]) == {"none", "shuffled"}
-    # planted changes: every mask strength and the oracle input, each with its probe arm
-    assert set(enc["calibration"]["points"]) == {f"mask{p:g}" for p in MASKS} | {"oracle"}
+    # planted changes: every scramble strength and the oracle input, each with its probe arm
+    assert set(enc["calibration"]["points"]) == {d.name for d in PLANTED} | {"oracle"}
     assert {"baseline", "softmax-s0", "dna-s0"} <= set(enc["probe"])
     probe = json.loads((demo_dir / "probe" / "probe.json").read_text())
     assert len(probe["arms"]["dna-s0"]["asked"]["predictions"]) == SIZES["ci"].n_test
-    assert {f"softmax-s0@mask{p:g}" for p in MASKS} <= set(probe["arms"])
+    assert {f"softmax-s0@{d.name}" for d in PLANTED} <= set(probe["arms"])
+    assert probe["settings"]["planted"]["softmax-s0@scramble0.5"] == {
+        "arm": "softmax-s0",
+        "encoder_scramble": 0.5,
+    }
     assert (demo_dir / "encoder" / "s0" / "encoder.json").is_file()
     assert dec
     # the instrument's acceptance checks: computed from the logs, one flag per check, all_ok their conjunction
     inst = report["instrument"]["0"]
-    assert [r["strength"] for r in inst["sensitivity"]["curve"]] == [0.0, *MASKS]
+    assert [r["strength"] for r in inst["sensitivity"]["curve"]] == [0.0, *(d.p for d in PLANTED)]
+    assert inst["sensitivity"]["degradation"] == "encoder_scramble"
     flags = [inst["sensitivity"]["ok"], inst["headroom"]["oracle_ok"], inst["headroom"]["density_ok"],
              inst["headroom"]["categories_ok"], inst["power"]["qa_ok"], inst["power"]["encoder_ok"],
              inst["calibration"]["ok"]]  # fmt: skip

@@ -9,29 +9,30 @@ from __future__ import annotations
 from pathlib import Path
 
 from dna_vlm.eval.attribute.encoder_section_render import encoder_paragraph
+from dna_vlm.eval.degrade import Planted
 
 from dna_vlm.files import atomic_write_json
 
-__all__ = ["ENCODER_RUNS", "MASKS", "encoder_summary", "md_probe", "run_encoder_section", "run_probe_stage"]
+__all__ = ["ENCODER_RUNS", "PLANTED", "encoder_summary", "md_probe", "run_encoder_section", "run_probe_stage"]
 
 
-#: strengths of the planted degradation ``encoder_mask=p`` (:mod:`dna_vlm.eval.degrade`): the sensitivity curve
-#: and the calibration's planted encoder changes (each measured by QA and by the probe)
-MASKS = (0.25, 0.5, 0.75)
+#: the planted degradation ``encoder_scramble=p`` at three strengths (:mod:`dna_vlm.eval.degrade` says why this
+#: one): the sensitivity curve and the calibration's planted encoder changes (each measured by QA and the probe)
+PLANTED = tuple(Planted("scramble", p) for p in (0.5, 0.75, 1.0))
 
 #: the softmax arm's extra runs for the Encoder section: (name, plugin model_args, lmms-eval task)
 ENCODER_RUNS = (
     ("oracle", {}, "dna_vlm_synth_oracle"),
     ("none", {"video": "none"}, "dna_vlm_synth"),
     ("shuffled", {"video": "shuffled"}, "dna_vlm_synth"),
-    *((f"mask{p:g}", {"encoder_mask": p}, "dna_vlm_synth") for p in MASKS),
+    *((d.name, d.model_args, "dna_vlm_synth") for d in PLANTED),
 )
 
 
-def run_probe_stage(dest: Path, base: str, runs: list[str], data: dict, cfg, mask_arms=()) -> dict:
+def run_probe_stage(dest: Path, base: str, runs: list[str], data: dict, cfg, planted_arms=()) -> dict:
     """dna-vlm probe on the baseline and every arm: colour, shape and motion of the target, and per question
-    the attribute it asks; fitted on the train split, scored on the test and oracle rows. ``mask_arms`` also
-    get the planted ``encoder_mask`` variants (arms ``<arm>@mask<p>``, p in :data:`MASKS`)."""
+    the attribute it asks; fitted on the train split, scored on the test and oracle rows. ``planted_arms``
+    also get the :data:`PLANTED` variants (arms ``<arm>@scramble<p>``)."""
     from dna_vlm.eval.probe.run import run_probe
 
     from dna_vlm.data.synth import LABEL_FIELDS
@@ -39,8 +40,8 @@ def run_probe_stage(dest: Path, base: str, runs: list[str], data: dict, cfg, mas
     res = run_probe(
         dest, data["train"], data["test"], list(LABEL_FIELDS.values()), model=base, runs=runs,
         stock_name="baseline", test_oracle=data["test_oracle"], asked="target_{category}",
-        num_frames=cfg.num_frames, batch_size=32, masks=MASKS if mask_arms else (),
-        mask_arms=tuple(mask_arms) or None,
+        num_frames=cfg.num_frames, batch_size=32, planted=PLANTED if planted_arms else (),
+        planted_arms=tuple(planted_arms) or None,
     )  # fmt: skip
     asked = {arm: {k: a["asked"][k] for k in ("acc", "acc_ci95", "n_test")} for arm, a in res["arms"].items()}
     for arm, a in res["arms"].items():
@@ -54,14 +55,14 @@ def run_probe_stage(dest: Path, base: str, runs: list[str], data: dict, cfg, mas
 def run_encoder_section(dest: Path, softmax: dict, dna: dict, ctl: dict, probe: dict, s: int) -> dict:
     """The Encoder section (softmax arm = baseline, DnA arm = candidate), written to ``dest/encoder.json``.
 
-    Planted encoder changes for the calibration: each ``encoder_mask=p`` (QA run + probe arm
-    ``softmax-s<s>@mask<p>``) and the oracle input (QA on the oracle questions + the probe on the oracle
-    rows, arm ``softmax-s<s>@oracle``): changes of known sign (masks remove information; the oracle removes
-    the distractors) and of several sizes."""
+    Planted encoder changes for the calibration: each of :data:`PLANTED` (QA run + probe arm
+    ``softmax-s<s>@scramble<p>``) and the oracle input (QA on the oracle questions + the probe on the oracle
+    rows, arm ``softmax-s<s>@oracle``): changes of known sign (the scramble replaces evidence with a decoy;
+    the oracle removes the distractors) and of several sizes."""
     from dna_vlm.eval.attribute.encoder_section import encoder_section
 
     arm = f"softmax-s{s}"
-    planted = {f"mask{p:g}": (ctl[f"mask{p:g}"]["samples"], f"{arm}@mask{p:g}") for p in MASKS}
+    planted = {d.name: (ctl[d.name]["samples"], f"{arm}@{d.name}") for d in PLANTED}
     planted["oracle"] = (ctl["oracle"]["samples"], f"{arm}@oracle")
     section = encoder_section(
         softmax["samples"], dna["samples"], probe=probe["path"], probe_arms=(arm, f"dna-s{s}"),

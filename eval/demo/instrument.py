@@ -1,8 +1,8 @@
 """Is the demo an instrument that can see what it measures? The acceptance checks of the embedded default,
 each computed from the sample logs (nothing assumed), each with the number, its CI and its target:
 
-- ``sensitivity``: the control arm's QA accuracy under the planted degradation ``encoder_mask=p``
-  (:mod:`dna_vlm.eval.degrade`) falls monotonically over the strengths, and the strongest costs >= 15 points
+- ``sensitivity``: the control arm's QA accuracy under the planted degradation ``encoder_scramble=p``
+  (:mod:`dna_vlm.eval.degrade`; the demo's, any kind works) falls monotonically over the strengths, and the strongest costs >= 15 points
   with a CI that excludes 0: QA depends on the encoder, shown, not assumed.
 - ``headroom``: the oracle input (the test questions without distractors) gains the control arm >= 10
   points (CI excluding 0); accuracy falls with the distractor density (the OLS slope of per-question
@@ -46,9 +46,9 @@ def _paired(base: dict, other: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.array([base[i][0] for i in ids]), np.array([other[i][0] for i in ids])
 
 
-def sensitivity(control: str, masked: dict[float, str]) -> dict:
-    """QA accuracy of the control arm against the mask strength p (p = 0: its own run), each strength paired
-    with p = 0 (exact CI, McNemar; the strengths are one family)."""
+def sensitivity(control: str, masked: dict[float, str], degradation: str = "encoder_scramble") -> dict:
+    """QA accuracy of the control arm against the strength p of the planted ``degradation`` (p = 0: its own
+    run), each strength paired with p = 0 (exact CI, McNemar; the strengths are one family)."""
     base = _correct(control)
     rows = [{"strength": 0.0, "acc": float(np.mean([v[0] for v in base.values()])), "n": len(base)}]
     for p in sorted(masked):
@@ -66,7 +66,7 @@ def sensitivity(control: str, masked: dict[float, str]) -> dict:
         and -strongest["delta"] >= TARGETS["sensitivity_drop"]
         and strongest["delta_ci95"][1] < 0
     )
-    return {"degradation": "encoder_mask", "curve": rows, "monotone": monotone,
+    return {"degradation": degradation, "curve": rows, "monotone": monotone,
             "strongest_delta": None if strongest is None else strongest["delta"],
             "strongest_delta_ci95": None if strongest is None else strongest["delta_ci95"],
             "ok": bool(monotone and drop_ok and len(masked) >= 3)}  # fmt: skip
@@ -139,11 +139,12 @@ def _mde(res: dict | None) -> float | None:
 
 def instrument_checks(
     control: str, oracle: str, masked: dict[float, str], section: dict, chance: dict[str, float],
-    calibration: dict | None, n_boot: int = 2000, seed: int = 0,
+    calibration: dict | None, n_boot: int = 2000, seed: int = 0, degradation: str = "encoder_scramble",
 ) -> dict:  # fmt: skip
-    """Every check with its numbers and an ``ok`` flag; ``all_ok`` is their conjunction."""
+    """Every check with its numbers and an ``ok`` flag; ``all_ok`` is their conjunction. ``masked``: the
+    control arm's runs under the planted ``degradation`` at each strength."""
     checks = {
-        "sensitivity": sensitivity(control, masked),
+        "sensitivity": sensitivity(control, masked, degradation),
         "headroom": headroom(control, oracle, chance, n_boot, seed),
         "power": power(section),
     }

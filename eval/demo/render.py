@@ -69,7 +69,7 @@ def md_instrument(inst: dict) -> list[str]:
         lines += [
             f"Seed {s} (control arm):", "",
             "| check | measured | target | met |", "|---|---|---|---|",
-            f"| sensitivity (encoder_mask) | {curve}; strongest {100 * (sen['strongest_delta'] or 0):+.1f} "
+            f"| sensitivity ({sen['degradation']}) | {curve}; strongest {100 * (sen['strongest_delta'] or 0):+.1f} "
             f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] | monotone, strongest <= -15 points, CI excludes 0 | {ok(sen['ok'])} |",
             f"| oracle headroom | {100 * g['delta']:+.1f} [{100 * g['delta_ci95'][0]:+.1f}, {100 * g['delta_ci95'][1]:+.1f}] "
             f"| >= +10 points, CI excludes 0 | {ok(hd['oracle_ok'])} |",

@@ -6,9 +6,11 @@
   reliance). :func:`apply_video_control`.
 - ``encoder_noise=SIGMA``: Gaussian noise added to the visual tokens the LLM receives (the projector's
   output; for Qwen-VL families the merger's), at ``SIGMA`` times their RMS. :class:`ProjectorNoise`.
-- ``encoder_mask=P``: a seeded fraction ``P`` of each video's visual tokens set to zero (information removed,
-  which no pooling over tokens can average back; the demo's sensitivity and calibration degradation). Both
-  degradations are :func:`dna_vlm.eval.degrade.degrade_tokens`, which ``dna-vlm probe --mask`` applies too.
+- ``encoder_mask=P``: a seeded fraction ``P`` of each video's visual tokens set to zero (information removed).
+- ``encoder_scramble=P``: a seeded fraction ``P`` of each video's visual tokens moved by one seeded random
+  rotation of the token space (a coherent decoy that pooling cannot average away; the demo's sensitivity and
+  calibration degradation, :mod:`dna_vlm.eval.degrade` says why). The degradations are
+  :func:`dna_vlm.eval.degrade.degrade_tokens`, which ``dna-vlm probe --mask / --scramble`` applies too.
 - ``control_seed=N`` (default 0): with the doc's visual it seeds all of them (:func:`visual_seed`), so the
   same video gets the same shuffle / noise / mask in every task and at every batch size.
 """
@@ -42,14 +44,15 @@ class Controls:
     encoder_noise: float = 0.0
     seed: int = 0
     encoder_mask: float = 0.0
+    encoder_scramble: float = 0.0
 
     @property
     def degrades(self) -> bool:
-        """Whether the encoder's output is degraded (noise or mask): a per-video seed is needed."""
-        return self.encoder_noise > 0 or self.encoder_mask > 0
+        """Whether the encoder's output is degraded (noise, mask or scramble): a per-video seed is needed."""
+        return self.encoder_noise > 0 or self.encoder_mask > 0 or self.encoder_scramble > 0
 
     @classmethod
-    def parse(cls, video, encoder_noise, seed, encoder_mask=0.0) -> Controls:
+    def parse(cls, video, encoder_noise, seed, encoder_mask=0.0, encoder_scramble=0.0) -> Controls:
         mode = str(video or "full").strip().lower()
         if mode not in VIDEO_MODES:
             raise ValueError(
@@ -69,23 +72,34 @@ class Controls:
             seed_val = int(seed or 0)
         except (TypeError, ValueError):
             raise ValueError(f"dna_vlm: model_args control_seed must be an integer, got {seed!r}") from None
-        try:
-            frac = float(encoder_mask or 0.0)
-        except (TypeError, ValueError):
-            frac = math.nan
-        if not 0.0 <= frac <= 1.0:
+        frac = _fraction("encoder_mask", encoder_mask)
+        scramble = _fraction("encoder_scramble", encoder_scramble)
+        if mode == "none" and (sigma > 0 or frac > 0 or scramble > 0):
             raise ValueError(
-                f"dna_vlm: model_args encoder_mask must be a fraction in [0, 1], got {encoder_mask!r}"
+                "dna_vlm: model_args encoder_noise / encoder_mask / encoder_scramble need a video; drop them or "
+                "video=none"
             )
-        if mode == "none" and (sigma > 0 or frac > 0):
-            raise ValueError(
-                "dna_vlm: model_args encoder_noise / encoder_mask need a video; drop them or video=none"
-            )
-        return cls(video=mode, encoder_noise=sigma, seed=seed_val, encoder_mask=frac)
+        return cls(
+            video=mode, encoder_noise=sigma, seed=seed_val, encoder_mask=frac, encoder_scramble=scramble
+        )
 
     def as_dict(self) -> dict:
         d = {"video": self.video, "encoder_noise": self.encoder_noise, "control_seed": self.seed}
-        return {**d, "encoder_mask": self.encoder_mask} if self.encoder_mask else d
+        if self.encoder_mask:
+            d["encoder_mask"] = self.encoder_mask
+        if self.encoder_scramble:
+            d["encoder_scramble"] = self.encoder_scramble
+        return d
+
+
+def _fraction(name: str, value) -> float:
+    try:
+        frac = float(value or 0.0)
+    except (TypeError, ValueError):
+        frac = math.nan
+    if not 0.0 <= frac <= 1.0:
+        raise ValueError(f"dna_vlm: model_args {name} must be a fraction in [0, 1], got {value!r}")
+    return frac
 
 
 def apply_video_control(frames: np.ndarray | None, mode: str, seed: int) -> np.ndarray | None:
@@ -109,26 +123,26 @@ def apply_video_control(frames: np.ndarray | None, mode: str, seed: int) -> np.n
 
 
 class ProjectorNoise:
-    """A forward hook on the projector that degrades its output: ``sigma`` x RMS Gaussian noise and/or a
-    ``mask`` fraction of tokens zeroed (:func:`dna_vlm.eval.degrade.degrade_tokens`).
+    """A forward hook on the projector that degrades its output: ``sigma`` x RMS Gaussian noise, a ``mask``
+    fraction of tokens zeroed and/or a ``scramble`` fraction rotated (:func:`dna_vlm.eval.degrade.degrade_tokens`).
 
     Before each forward pass the caller names the batch's videos (:meth:`set_batch`): one seed per video;
     the output's first dim is split evenly among them and each part is degraded from its own seed (copies of
-    one video -- the options of a question -- get the same noise and mask). ``sigma == mask == 0`` installs
+    one video -- the options of a question -- get the same degradation). ``sigma == mask == scramble == 0`` installs
     no hook at all, so the model is bit-identical to the uncontrolled one."""
 
-    def __init__(self, model, sigma: float, mask: float = 0.0) -> None:
+    def __init__(self, model, sigma: float, mask: float = 0.0, scramble: float = 0.0) -> None:
         from dna_vlm.runs.loading import find_projector
 
-        self.sigma, self.mask = float(sigma), float(mask)
+        self.sigma, self.mask, self.scramble = float(sigma), float(mask), float(scramble)
         self.seeds: list[int] = []
         self.handle = None
         self.name = None
-        if self.sigma > 0 or self.mask > 0:
+        if self.sigma > 0 or self.mask > 0 or self.scramble > 0:
             found = find_projector(model)
             if found is None:
                 raise ValueError(
-                    "dna_vlm: model_args encoder_noise / encoder_mask need the model's projector, which "
+                    "dna_vlm: model_args encoder_noise / encoder_mask / encoder_scramble need the model's projector, which "
                     "dna_vlm.runs.loading.find_projector did not find for this model; drop them"
                 )
             self.name, module = found
@@ -146,7 +160,7 @@ class ProjectorNoise:
         x = output[0] if is_tuple else output
         parts = len(self.seeds) if x.shape[0] % len(self.seeds) == 0 else 1
         chunks = [
-            degrade_tokens(part, seed, self.sigma, self.mask)
+            degrade_tokens(part, seed, self.sigma, self.mask, self.scramble)
             for seed, part in zip(self.seeds[:parts], x.chunk(parts, dim=0), strict=True)
         ]
         y = torch.cat(chunks, dim=0)

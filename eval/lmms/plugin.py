@@ -27,7 +27,8 @@ for lmms-eval 0.7.3 bugs); that import happens before the evaluator needs them.
   than the one it was trained on; refused by default), ``batch_size``, ``max_new_tokens`` (default when a task sets none: 32).
 - ``bad_video``: ``fail`` (default) | ``skip`` (below).
 - ``video``: ``full`` (default) | ``none`` | ``shuffled`` | ``single``; ``encoder_noise``: sigma >= 0 (default 0);
-  ``encoder_mask``: a fraction of the visual tokens zeroed (default 0); ``control_seed`` (default 0): the input controls (below).
+  ``encoder_mask``: a fraction of the visual tokens zeroed (default 0); ``encoder_scramble``: a fraction of them
+  rotated (default 0); ``control_seed`` (default 0): the input controls (below).
 - ``frame_cache``: a folder for decoded frames shared across runs; ``seek``: ``exact`` (default) | ``keyframe``;
   ``prefetch``: decode this many upcoming videos in a background thread (default 0).
 
@@ -49,7 +50,7 @@ Bad videos (``bad_video``, the words of ``dna-vlm train --bad-video``):
   (the provenance's ``stock_scores``; ``python -m dna_vlm.eval.lmms.run`` prints both numbers).
 
 Input controls (``video=full|none|shuffled|single``, ``encoder_noise=SIGMA``, ``encoder_mask=P``,
-``control_seed=N``): see
+``encoder_scramble=P``, ``control_seed=N``): see
 :mod:`dna_vlm.eval.lmms.controls`. Frames: ``max_frames``, ``fps``, ``frame_cache=DIR`` (on-disk
 :class:`dna_vlm.video.cache.FrameCache`), ``seek=exact|keyframe``; see :mod:`dna_vlm.eval.lmms.visuals`.
 Provenance (base model, run dir + weight digest, DnA options, kernel, sampling, controls, bad_video,
@@ -140,6 +141,7 @@ class DnaVLM(lmms):
         video: str = "full",
         encoder_noise: float | str = 0.0,
         encoder_mask: float | str = 0.0,
+        encoder_scramble: float | str = 0.0,
         control_seed: int | str = 0,
         frame_cache: str | None = None,
         seek: str | None = None,
@@ -149,7 +151,7 @@ class DnaVLM(lmms):
         super().__init__()
         attention = _check_model_args(attention, kwargs)
         self.bad_video = _choice(bad_video, BAD_VIDEO, "bad_video", "fail")
-        self.controls = Controls.parse(video, encoder_noise, control_seed, encoder_mask)
+        self.controls = Controls.parse(video, encoder_noise, control_seed, encoder_mask, encoder_scramble)
         seek = _choice(seek, SEEK_MODES, "seek", "exact")
         self.prefetch = opt_int(prefetch, "prefetch") or 0
         self.accelerator, self._device, dtype = accelerate_setup(device, dtype)
@@ -175,7 +177,8 @@ class DnaVLM(lmms):
         loader = FrameLoader(
             self.max_frames, self.fps, seek=seek, cache_dir=frame_cache, prefetch=self.prefetch
         )
-        self.noise = ProjectorNoise(self._model, self.controls.encoder_noise, self.controls.encoder_mask)
+        c = self.controls
+        self.noise = ProjectorNoise(self._model, c.encoder_noise, c.encoder_mask, c.encoder_scramble)
         sampling = {**loader.sampling(), "frame_cache": frame_cache, "prefetch": self.prefetch}
         self.provenance = build_provenance(
             self._model, self.info, run_dir, dna_dir, sampling, self.controls.as_dict(), self.bad_video,

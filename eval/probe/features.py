@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from dna_vlm.eval.degrade import degrade_tokens, visual_seed
+from dna_vlm.eval.degrade import Planted, visual_seed
 
-__all__ = ["POOLINGS", "FeatureError", "extract_features", "mask_name", "pool_tokens"]
+__all__ = ["POOLINGS", "FeatureError", "extract_features", "pool_tokens"]
 
 POOLINGS = ("mean", "mean+diff")
 #: the text the model gets with each video; the projector output does not depend on it
@@ -117,14 +117,14 @@ def extract_features(
     pooling: str,
     batch_size: int = 16,
     desc: str = "features",
-    masks: Sequence[float] = (),
+    planted: Sequence[Planted] = (),
 ) -> dict[str, np.ndarray]:
     """``{name: (len(videos), F) float32}`` for every ``(model, processor)`` in ``models``.
 
     Videos are decoded once per batch and fed to every model (and turned into model inputs once per
     distinct processor: the arms of one base model share it); ``batch_size`` videos per forward. Each
-    ``masks`` fraction p adds ``{f"{name}@{mask_name(p)}": ...}``: the same tokens with the plugin's
-    ``encoder_mask=p`` degradation (:func:`dna_vlm.eval.degrade.degrade_tokens`, seeded per video by
+    ``planted`` degradation d (:class:`~dna_vlm.eval.degrade.Planted`) adds ``{f"{name}@{d.name}": ...}``: the
+    same tokens with the plugin's ``encoder_<kind>=p`` degradation (seeded per video by
     :func:`~dna_vlm.eval.degrade.visual_seed` of its sampled frames, as the plugin seeds it) before pooling."""
     from tqdm import tqdm
 
@@ -133,13 +133,13 @@ def extract_features(
 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}: choose one of {POOLINGS}")
-    names = [*models, *(f"{n}@{mask_name(p)}" for n in models for p in masks)]
+    names = [*models, *(f"{n}@{d.name}" for n in models for d in planted)]
     feats: dict[str, list[np.ndarray]] = {name: [] for name in names}
     keys = {name: _processor_key(proc) for name, (_m, proc) in models.items()}
     for start in tqdm(range(0, len(videos), batch_size), desc=f"probe {desc}", unit="batch"):
         paths = videos[start : start + batch_size]
         frames = [sample_frames(p, num_frames=num_frames).frames for p in paths]
-        seeds = [visual_seed(f, 0) for f in frames] if masks else []
+        seeds = [visual_seed(f, 0) for f in frames] if planted else []
         batches: dict[str, dict] = {}
         for name, (model, processor) in models.items():
             key = keys[name]
@@ -147,22 +147,17 @@ def extract_features(
                 batches[key] = build_inputs(processor, frames, [_PROMPT] * len(frames))
             tokens = _tokens(model, batches[key], len(frames), frames[0].shape[0], name)
             feats[name].append(pool_tokens(tokens, pooling))
-            for p in masks:
-                masked = np.stack([_masked(t, seed, p) for t, seed in zip(tokens, seeds, strict=True)])
-                feats[f"{name}@{mask_name(p)}"].append(pool_tokens(masked, pooling))
+            for d in planted:
+                hit = np.stack([_degraded(t, seed, d) for t, seed in zip(tokens, seeds, strict=True)])
+                feats[f"{name}@{d.name}"].append(pool_tokens(hit, pooling))
     return {
         name: (np.concatenate(f).astype(np.float32) if f else np.zeros((0, 0), np.float32))
         for name, f in feats.items()
     }
 
 
-def mask_name(p: float) -> str:
-    """The derived arm name of the ``encoder_mask=p`` degradation: ``mask0.25``."""
-    return f"mask{p:g}"
-
-
-def _masked(tokens: np.ndarray, seed: int, p: float) -> np.ndarray:
-    """One video's ``(T, N, D)`` tokens with a fraction p zeroed, as the plugin's hook zeroes them."""
+def _degraded(tokens: np.ndarray, seed: int, planted: Planted) -> np.ndarray:
+    """One video's ``(T, N, D)`` tokens with the planted degradation, as the plugin's hook applies it."""
     import torch
 
-    return degrade_tokens(torch.from_numpy(np.ascontiguousarray(tokens)), seed, mask=p).numpy()
+    return planted.apply(torch.from_numpy(np.ascontiguousarray(tokens)), seed).numpy()

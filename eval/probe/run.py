@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from dna_vlm.eval.degrade import Planted
 from dna_vlm.eval.probe.fit import default_jobs, fit_many, score_rows
 from dna_vlm.eval.stats import apply_family, compare, wilson_ci
 
@@ -111,18 +112,23 @@ def _result(rows, labels, preds, by, n_train: int) -> dict:
 
 
 def probe_arms(
-    features: dict, rows: dict, labels: list[str], asked: str | None, by, seed: int, n_jobs: int = 1
-) -> dict:
+    features: dict, rows: dict, labels: list[str], asked: str | None, by, seed: int, n_jobs: int = 1,
+    controlled: set[str] | None = None,
+) -> dict:  # fmt: skip
     """Fit and score every arm's probes. ``features[arm][split]``: ``(n, F)``; ``rows[split]``: dataset rows
     (splits ``train``, ``test`` and optionally ``oracle``). Every fit (each arm x label, real and permuted
-    labels) runs through :func:`fit_many` (``n_jobs`` processes). Returns ``{arm: {"labels": {field:
-    block}, "asked": block | None}}``."""
+    labels) runs through :func:`fit_many` (``n_jobs`` processes). ``controlled``: the arms that get the
+    shuffled-label control (default: all; a planted arm ``<arm>@<change>`` runs the same pipeline on the same
+    rows as its arm, whose control covers it, and its block says ``null``). Returns ``{arm: {"labels":
+    {field: block}, "asked": block | None}}``."""
     n_test = len(rows["test"])
     jobs = {}
     for arm, f in features.items():
         for field in labels:
             y_train = _labels(rows["train"], field, "train")
             jobs[arm, field, None] = (f["train"], y_train)
+            if controlled is not None and arm not in controlled:
+                continue
             for k in range(N_PERMUTATIONS):
                 perm, _ = _permutations(seed, k, len(y_train), n_test)
                 jobs[arm, field, k] = (f["train"], [y_train[i] for i in perm])
@@ -132,7 +138,7 @@ def probe_arms(
         out[arm] = {"labels": {}, "asked": None}
         fitted = {field: fits[arm, field, None] for field in labels}
         for field in labels:
-            shuffled = [fits[arm, field, k] for k in range(N_PERMUTATIONS)]
+            shuffled = [fits[arm, field, k] for k in range(N_PERMUTATIONS) if (arm, field, k) in fits]
             out[arm]["labels"][field] = _label_block(fitted[field], shuffled, f, rows, field, by, seed)
         if asked:
             out[arm]["asked"] = _asked_block(fitted, f, rows, asked, by)
@@ -145,7 +151,7 @@ def _label_block(probe, shuffled: list, f: dict, rows: dict, field: str, by, see
     block = _result(rows["test"], y_test, list(probe.predict(f["test"])), by, len(y_train))
     block.update(C=probe.C, C_at_edge=probe.C_at_edge, C_grid=list(probe.C_grid), cv_acc=probe.cv_acc,
                  classes=probe.classes)  # fmt: skip
-    block["shuffled_labels_control"] = _shuffled_control(shuffled, f, y_test, seed)
+    block["shuffled_labels_control"] = _shuffled_control(shuffled, f, y_test, seed) if shuffled else None
     if "oracle" in f:
         y_or = _labels(rows["oracle"], field, "test-oracle")
         block["oracle"] = _result(rows["oracle"], y_or, list(probe.predict(f["oracle"])), by, len(y_train))
@@ -278,26 +284,28 @@ def run_probe(
     seed: int = 0,
     n_boot: int = 10000,
     n_jobs: int | None = None,
-    masks: tuple[float, ...] = (),
-    mask_arms: tuple[str, ...] | None = None,
+    planted: tuple[Planted | str, ...] = (),
+    planted_arms: tuple[str, ...] | None = None,
 ) -> dict:
     """Extract features for every arm (each video decoded once), fit and score the probes, compare the arms
     and write ``out_dir/probe.json``; returns its content. The stock ``model`` is the arm ``stock_name``. ``num_frames`` defaults to the first run's
     ``num_frames`` (else 8), as the lmms-eval plugin's ``max_frames`` does.
 
-    ``masks``: planted degradations of the encoder's output (the plugin's ``encoder_mask=p``): each fraction
-    adds the arm ``<arm>@mask<p>`` for every arm of ``mask_arms`` (default: all) - its features are the arm's
-    tokens with that mask, on every split, so its probe is fitted to the degraded encoder as any arm's is."""
-    from dna_vlm.eval.probe.features import extract_features, mask_name
+    ``planted``: planted degradations of the encoder's output (:class:`~dna_vlm.eval.degrade.Planted` or its
+    name, ``scramble0.5``: the plugin's ``encoder_scramble=0.5``): each adds the arm ``<arm>@<name>`` for every
+    arm of ``planted_arms`` (default: all) - its features are the arm's tokens with that degradation, on every
+    split, so its probe is fitted to the degraded encoder as any arm's is."""
+    from dna_vlm.eval.probe.features import extract_features
 
     from dna_vlm.files import atomic_write_json
     from dna_vlm.runs.loading import load_model, read_run_config
 
     t0 = time.perf_counter()
     specs = _arm_specs(model, list(runs), stock, stock_name)
-    unknown = sorted(set(mask_arms or ()) - set(specs))
+    planted = tuple(d if isinstance(d, Planted) else Planted.parse(d) for d in planted)
+    unknown = sorted(set(planted_arms or ()) - set(specs))
     if unknown:
-        raise ProbeError(f"probe: --mask-arm {unknown} are not arms of this probe ({sorted(specs)})")
+        raise ProbeError(f"probe: --planted-arm {unknown} are not arms of this probe ({sorted(specs)})")
     rows = _load_splits(train, test, test_oracle, labels, asked)  # fails before the (slow) model loads
     if num_frames is None:
         run_dirs = [r for _, r in specs.values() if r]
@@ -305,17 +313,18 @@ def run_probe(
     models = {
         n: load_model(pretrained=p, run_dir=r, device=device, dtype=dtype) for n, (p, r) in specs.items()
     }
-    keep = set(models) | {f"{a}@{mask_name(p)}" for a in (mask_arms or models) for p in masks}
+    keep = set(models) | {f"{a}@{d.name}" for a in (planted_arms or models) for d in planted}
     feats: dict = {n: {} for n in models if n in keep} | {n: {} for n in sorted(keep - set(models))}
     for split, rs in rows.items():
         videos = [r["video"] for r in rs]
-        got = extract_features(models, videos, num_frames, pooling, batch_size, desc=split, masks=masks)
+        got = extract_features(models, videos, num_frames, pooling, batch_size, desc=split, planted=planted)
         for n, x in got.items():
             if n in keep:
                 feats[n][split] = x
+    controlled = set(models)  # the real arms; a planted arm shares its arm's pipeline and its control
     del models
     jobs = default_jobs() if n_jobs is None else n_jobs
-    arms = probe_arms(feats, rows, list(labels), asked, tuple(by), seed, n_jobs=jobs)
+    arms = probe_arms(feats, rows, list(labels), asked, tuple(by), seed, n_jobs=jobs, controlled=controlled)
     result = {
         "format": PROBE_FORMAT,
         "settings": {
@@ -323,7 +332,7 @@ def run_probe(
             "labels": list(labels), "asked": asked, "pooling": pooling, "num_frames": num_frames,
             "by": list(by), "seed": seed, "n_boot": n_boot,
             "arms": {n: {"pretrained": p, "run": r} for n, (p, r) in specs.items()},
-            "masks": {f"{a}@{mask_name(p)}": {"arm": a, "encoder_mask": p} for a in (mask_arms or specs) for p in masks},
+            "planted": {f"{a}@{d.name}": {"arm": a, **d.model_args} for a in (planted_arms or specs) for d in planted},
             "feature_dim": {n: int(f["test"].shape[1]) for n, f in feats.items()},
         },
         "arms": arms,
@@ -425,8 +434,13 @@ def add_parser(sub) -> None:
         help="planted degradations: arm <arm>@mask<P> = the arm's tokens with the plugin's encoder_mask=P",
     )  # fmt: skip
     p.add_argument(
-        "--mask-arm", nargs="*", metavar="ARM", help="arms that get the --mask variants (default: all)"
-    )
+        "--scramble", type=float, nargs="*", default=[], metavar="P",
+        help="planted degradations: arm <arm>@scramble<P> = the arm's tokens with the plugin's encoder_scramble=P",
+    )  # fmt: skip
+    p.add_argument(
+        "--planted-arm", "--mask-arm", nargs="*", metavar="ARM", dest="planted_arm",
+        help="arms that get the --mask / --scramble variants (default: all)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="output folder (probe.json)")
     p.set_defaults(func=main)
 
@@ -437,8 +451,9 @@ def main(args: argparse.Namespace) -> int:
             args.out, args.train, args.test, args.label, model=args.model, runs=args.run,
             stock=not args.no_stock, test_oracle=args.test_oracle, asked=args.asked, pooling=args.pooling,
             num_frames=args.num_frames, by=tuple(args.by), batch_size=args.batch_size, device=args.device,
-            dtype=args.dtype, seed=args.seed, n_boot=args.n_boot, n_jobs=args.jobs, masks=tuple(args.mask),
-            mask_arms=tuple(args.mask_arm) if args.mask_arm else None,
+            dtype=args.dtype, seed=args.seed, n_boot=args.n_boot, n_jobs=args.jobs,
+            planted=(*(Planted("mask", p) for p in args.mask), *(Planted("scramble", p) for p in args.scramble)),
+            planted_arms=tuple(args.planted_arm) if args.planted_arm else None,
         )  # fmt: skip
     except (ProbeError, ValueError) as e:
         print(f"dna-vlm probe: error: {e}", file=sys.stderr)

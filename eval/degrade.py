@@ -18,7 +18,10 @@ the 25% left still show the colour. A scrambled token keeps its norm (normalisat
 real one) but points elsewhere, and all scrambled tokens of a video are moved by the *same* rotation, so their
 wrong content adds up under pooling instead of averaging out: a reader that pools sees a mixture in which the
 video's evidence has weight (1 - p) against a coherent decoy of weight p. p = 1 keeps no direction of the
-original, so the strongest setting has a known end point (chance).
+original, so the strongest setting has a known end point (chance). Its limit: a random rotation moves a token
+off the manifold of real tokens, and a reader trained long enough learns to discount such tokens, so on a
+well-trained model only the strongest settings bite (docs/measurements/instrument-diagnosis-2026-12-05); an
+on-manifold decoy (another video's tokens) would need a donor video the projector hook does not have.
 """
 
 from __future__ import annotations

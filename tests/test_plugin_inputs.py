@@ -198,7 +198,7 @@ def test_projector_noise_hook_alone():
     x = torch.randn(5, 8).repeat(2, 1)  # one video's 5 tokens, twice (two options of one question)
     clean = lin(x)
     hook = ProjectorNoise.__new__(ProjectorNoise)
-    hook.sigma, hook.mask, hook.seeds = 0.25, 0.0, [7, 9]
+    hook.sigma, hook.mask, hook.scramble, hook.seeds = 0.25, 0.0, 0.0, [7, 9]
     noisy = hook._hook(lin, (x,), clean)
     d = noisy - clean
     assert not torch.equal(d[:5], d[5:])  # two videos, two seeds

@@ -71,8 +71,10 @@ def test_scramble_survives_pooling_where_the_mask_does_not():
     """Why the scramble is the demo's degradation: after mean-pooling (any pooling reader), zeroing 75% of
     tokens that all carry the same evidence leaves its direction intact (cosine 1), while scrambling them
     leaves a mixture dominated by one coherent decoy (cosine ~ 1 - p)."""
-    evidence = torch.randn(16)
-    x = evidence.expand(8, 4, 16) + 0.05 * torch.randn(8, 4, 16)  # every token shows the same attribute
+    gen = torch.Generator().manual_seed(0)
+    evidence = torch.randn(16, generator=gen)
+    # every token shows the same attribute
+    x = evidence.expand(8, 4, 16) + 0.05 * torch.randn(8, 4, 16, generator=gen)
 
     def cos(y):
         return float(torch.nn.functional.cosine_similarity(y.mean((0, 1)), evidence, dim=0))

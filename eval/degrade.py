@@ -58,9 +58,14 @@ class Planted:
         return f"{self.kind}{self.p:g}"
 
     @property
+    def model_arg(self) -> str:
+        """The ``dna_vlm`` lmms-eval model_arg that plants this kind: ``encoder_scramble``."""
+        return f"encoder_{self.kind}"
+
+    @property
     def model_args(self) -> dict:
         """The ``dna_vlm`` lmms-eval model_args of the same change."""
-        return {f"encoder_{self.kind}": float(self.p)}
+        return {self.model_arg: float(self.p)}
 
     @classmethod
     def parse(cls, text: str) -> Planted:

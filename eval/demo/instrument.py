@@ -1,9 +1,9 @@
 """Is the demo an instrument that can see what it measures? The acceptance checks of the embedded default,
 each computed from the sample logs (nothing assumed), each with the number, its CI and its target:
 
-- ``sensitivity``: the control arm's QA accuracy under the planted degradation ``encoder_scramble=p``
-  (:mod:`dna_vlm.eval.degrade`; the demo's, any kind works) falls monotonically over the strengths, and the strongest costs >= 15 points
-  with a CI that excludes 0: QA depends on the encoder, shown, not assumed.
+- ``sensitivity``: the control arm's QA accuracy under a planted degradation (the demo's:
+  ``encoder_scramble=p``, :mod:`dna_vlm.eval.degrade`) falls monotonically over the strengths, and the
+  strongest costs >= 15 points with a CI that excludes 0: QA depends on the encoder, shown, not assumed.
 - ``headroom``: the oracle input (the test questions without distractors) gains the control arm >= 10
   points (CI excluding 0); accuracy falls with the distractor density (the OLS slope of per-question
   correctness on density, bootstrap CI below 0); every category is answered above chance (Wilson CI above
@@ -46,14 +46,14 @@ def _paired(base: dict, other: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.array([base[i][0] for i in ids]), np.array([other[i][0] for i in ids])
 
 
-def sensitivity(control: str, masked: dict[float, str], degradation: str = "encoder_scramble") -> dict:
+def sensitivity(control: str, degraded: dict[float, str], degradation: str = "encoder_scramble") -> dict:
     """QA accuracy of the control arm against the strength p of the planted ``degradation`` (p = 0: its own
     run), each strength paired with p = 0 (exact CI, McNemar; the strengths are one family)."""
     base = _correct(control)
     rows = [{"strength": 0.0, "acc": float(np.mean([v[0] for v in base.values()])), "n": len(base)}]
-    for p in sorted(masked):
-        b, c = _paired(base, _correct(masked[p]))
-        res = compare(b, c, family="sensitivity", family_size=len(masked))
+    for p in sorted(degraded):
+        b, c = _paired(base, _correct(degraded[p]))
+        res = compare(b, c, family="sensitivity", family_size=len(degraded))
         rows.append({"strength": p, "acc": res["candidate_acc"], "n": res["n"], "vs_0": res})
     for r in rows:
         k = round(r["acc"] * r["n"])
@@ -69,7 +69,7 @@ def sensitivity(control: str, masked: dict[float, str], degradation: str = "enco
     return {"degradation": degradation, "curve": rows, "monotone": monotone,
             "strongest_delta": None if strongest is None else strongest["delta"],
             "strongest_delta_ci95": None if strongest is None else strongest["delta_ci95"],
-            "ok": bool(monotone and drop_ok and len(masked) >= 3)}  # fmt: skip
+            "ok": bool(monotone and drop_ok and len(degraded) >= 3)}  # fmt: skip
 
 
 def headroom(control: str, oracle: str, chance: dict[str, float], n_boot: int, seed: int) -> dict:
@@ -138,13 +138,13 @@ def _mde(res: dict | None) -> float | None:
 
 
 def instrument_checks(
-    control: str, oracle: str, masked: dict[float, str], section: dict, chance: dict[str, float],
+    control: str, oracle: str, degraded: dict[float, str], section: dict, chance: dict[str, float],
     calibration: dict | None, n_boot: int = 2000, seed: int = 0, degradation: str = "encoder_scramble",
 ) -> dict:  # fmt: skip
-    """Every check with its numbers and an ``ok`` flag; ``all_ok`` is their conjunction. ``masked``: the
+    """Every check with its numbers and an ``ok`` flag; ``all_ok`` is their conjunction. ``degraded``: the
     control arm's runs under the planted ``degradation`` at each strength."""
     checks = {
-        "sensitivity": sensitivity(control, masked, degradation),
+        "sensitivity": sensitivity(control, degraded, degradation),
         "headroom": headroom(control, oracle, chance, n_boot, seed),
         "power": power(section),
     }

@@ -248,10 +248,11 @@ class _DemoRun:
         """The probe (baseline and every arm, one feature pipeline) and the Encoder section per seed, from the
         softmax arm's oracle, control and noise runs in ``evals``: ``{seed: {"section", "evals", "probe"}}``."""
         runs = [f"{a}-s{s}={r}" for (a, s), r in arms.items()]
-        masked = [f"{CONTROL_ARM}-s{s}" for s in seeds]
+        planted_arms = [f"{CONTROL_ARM}-s{s}" for s in seeds]
         base = self.baseline["path"]
         probe = self.stages.run(
-            "probe", lambda: run_probe_stage(self.out / "probe", base, runs, self.data, self.cfg, masked)
+            "probe",
+            lambda: run_probe_stage(self.out / "probe", base, runs, self.data, self.cfg, planted_arms),
         )
         out = {}
         for s in seeds:
@@ -516,7 +517,7 @@ def _instrument(evals: dict, enc: dict, data: dict, s: int) -> dict:
     return instrument_checks(
         evals[f"{CONTROL_ARM}-s{s}"]["samples"], ctl["oracle"]["samples"],
         {d.p: ctl[d.name]["samples"] for d in PLANTED}, enc["section"], chance,
-        enc["section"].get("calibration"), seed=s, degradation=f"encoder_{PLANTED[0].kind}",
+        enc["section"].get("calibration"), seed=s, degradation=PLANTED[0].model_arg,
     )  # fmt: skip
 
 

@@ -31,10 +31,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", required=True, help="where to write the sweep's numbers (JSON)")
     args = p.parse_args(argv)
 
-    from dna_vlm.eval.demo.pipeline import SIZES, sweep_dna_recipe
+    from dna_vlm.eval.demo.pipeline import sweep_dna_recipe
 
     t0 = time.perf_counter()
-    res = sweep_dna_recipe(Path(args.out), SIZES[args.size], list(args.dna_lr))
+    res = sweep_dna_recipe(Path(args.out), args.size, list(args.dna_lr))
     res["seconds"] = time.perf_counter() - t0
     Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     for name, r in res["recipes"].items():

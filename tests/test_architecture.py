@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dna_vlm.eval.attribute", "dna_vlm.eval.inspection", "dna_vlm.eval.lmms"),
     ("dna_vlm.eval.probe",),
     ("dna_vlm.eval.logs", "dna_vlm.eval.stats", "dna_vlm.eval.report_files", "dna_vlm.eval.degrade"),
-    ("dna_vlm.bench",),
+    ("dna_vlm.bench", "dna_vlm.tiny.pretrained"),  # the pretrained asset is built with dna_vlm.train
     ("dna_vlm.train",),
     ("dna_vlm.runs", "dna_vlm.tiny"),
     ("dna_vlm.data",),

@@ -279,9 +279,12 @@ def _digest_without_labels(res) -> str:
     return h.hexdigest()
 
 
-def test_existing_fields_and_videos_unchanged(tmp_path):
-    """Adding the label fields and the oracle split left every existing field and video byte as it was:
-    the digest was computed with the generator before issue 11 (dna-vlm-synth/1) for these arguments."""
+def test_existing_fields_and_videos_unchanged(tmp_path, monkeypatch):
+    """Adding the label fields and the oracle split, and making the geometry (TRAVEL, GAP) and the distractor
+    outline settings, left every existing field and video byte as it was at the old geometry: the digest was
+    computed with the generator before issue 11 (dna-vlm-synth/1) for these arguments."""
+    monkeypatch.setattr(synth, "TRAVEL", 0.35)
+    monkeypatch.setattr(synth, "GAP", (0.9, -0.5))
     res = generate_dataset(tmp_path / "d", n_train=6, n_val=3, n_test=8, seed=0)
     assert _digest_without_labels(res) == "158a433240801cef5a5c39f6791909437f02ea656a5f06fe49dd3e8d2059bdd9"
 
@@ -296,3 +299,16 @@ def test_missing_oracle_output_regenerates(tmp_path):
     vid.unlink()
     generate_dataset(tmp_path / "s", **small)
     assert vid.is_file()
+
+
+def test_distractor_outline_draws_a_ring_of_its_colour(monkeypatch):
+    """DISTRACTOR_OUTLINE gives every distractor an outline of that colour; the target keeps the white one."""
+    scene = {"target": {"color": "red", "shape": "square", "motion": "left", "start": [20.0, 20.0]},
+             "distractors": [{"color": "blue", "shape": "square", "motion": "left", "start": [44.0, 44.0]}],
+             "background": [30, 30, 30]}  # fmt: skip
+    plain = synth.render_clip(scene, 2, 64)
+    monkeypatch.setattr(synth, "DISTRACTOR_OUTLINE", (140, 140, 140))
+    ringed = synth.render_clip(scene, 2, 64)
+    changed = np.any(plain != ringed, axis=-1)
+    assert changed.any() and (ringed[changed] == 140).all()  # only the distractor's ring differs
+    assert (ringed == 255).all(axis=-1).sum() == (plain == 255).all(axis=-1).sum()  # the white outline as before

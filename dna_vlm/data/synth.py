@@ -11,8 +11,8 @@ Every question is about the target, and names it by its outline:
 The asked attribute of each distractor takes one of the *other* option values (all distinct), so with K=3 and
 density 3 every option is on screen and only the outline tells which one is right. The distractors share the
 target's *other* attributes (same shape, same colour, moving together) with a probability that grows with the
-density, and they start closer to the target as the density grows (overlapping at the highest density; the
-target is drawn on top so its outline stays visible).
+density, and they start closer to the target as the density grows (outline gaps from 0.6 to 0.15 object
+radii: close, but not overlapping, so the cue is never hidden at 32 px; the target is drawn on top).
 
 Answer priors are balanced per split: categories, densities, answer letters and each category's answer
 values are each (near-)uniform, so a blind model is at chance. Everything is deterministic for a seed.
@@ -79,9 +79,16 @@ SHAPES = ("circle", "square", "triangle", "cross")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 OUTLINE = (255, 255, 255)
 # Geometry, as fractions of the frame size: objects ~1/3 of the frame across (20 px at 64 px, 10 px when a
-# model resizes to 32 px, so bigger than an 8 px patch), moving ~1/3 of the frame over the clip.
+# model resizes to 32 px, so bigger than an 8 px patch), moving half the frame over the clip.
 OBJECT_RADIUS = 0.16  # object "radius"
-TRAVEL = 0.35  # distance each object moves over the clip
+# distance each object moves over the clip: half the frame, so 4 sampled frames show the direction plainly
+TRAVEL = 0.5
+# Gap between the target's and a distractor's outline, in object radii, at density 1 and at the highest density
+# (negative would overlap); distances in between are interpolated. (0.9, -0.5) before 2026-12-06: overlapping
+# distractors hid the outline that names the target (docs/measurements/instrument-diagnosis-2026-12-05, E2).
+GAP = (0.6, 0.15)
+# Distractors' own outline colour (None: no outline, only the target has one).
+DISTRACTOR_OUTLINE: tuple[int, int, int] | None = None
 
 CATEGORIES = ("color", "shape", "motion")
 VALUES: dict[str, tuple[str, ...]] = {
@@ -130,7 +137,7 @@ def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarr
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _draw(canvas: np.ndarray, obj: dict, cx: float, cy: float, r: float, outline: int) -> None:
+def _draw(canvas: np.ndarray, obj: dict, cx: float, cy: float, r: float, outline: int, color=OUTLINE) -> None:
     h, w, _ = canvas.shape
     pad = int(np.ceil(r + outline + 2))
     x0, x1 = max(0, int(cx) - pad), min(w, int(cx) + pad + 1)
@@ -143,7 +150,7 @@ def _draw(canvas: np.ndarray, obj: dict, cx: float, cy: float, r: float, outline
     region = canvas[y0:y1, x0:x1]
     if outline:
         outer = shape_mask(obj["shape"], dx, dy, r + outline)
-        region[outer & ~inner] = OUTLINE
+        region[outer & ~inner] = color
     region[inner] = COLORS[obj["color"]]
 
 
@@ -170,11 +177,12 @@ def render_clip(scene: dict, frames: int, size: int) -> np.ndarray:
     outline = max(1, round(size / 32))
     video = np.empty((frames, size, size, 3), np.uint8)
     video[:] = np.asarray(scene["background"], np.uint8)
-    paths = [(_positions(d, frames, travel, size, margin), d, 0) for d in scene["distractors"]]
-    paths.append((_positions(scene["target"], frames, travel, size, margin), scene["target"], outline))
+    d_ol = outline if DISTRACTOR_OUTLINE is not None else 0
+    paths = [(_positions(d, frames, travel, size, margin), d, d_ol, DISTRACTOR_OUTLINE) for d in scene["distractors"]]
+    paths.append((_positions(scene["target"], frames, travel, size, margin), scene["target"], outline, OUTLINE))
     for f in range(frames):
-        for pos, obj, ol in paths:  # the target last: its outline is never hidden
-            _draw(video[f], obj, pos[f, 0], pos[f, 1], r, ol)
+        for pos, obj, ol, color in paths:  # the target last: its outline is never hidden
+            _draw(video[f], obj, pos[f, 0], pos[f, 1], r, ol, color)
     return video
 
 
@@ -250,9 +258,9 @@ def _distractors(rng, target: dict, category: str, others: list[str], density: i
     ``others``; the other attributes are the target's with a probability rising with the density."""
     r, margin, size = geom
     p_share = 0.25 + 0.75 * density / max(1, max_density)
-    # closer with density: gap between outlines from ~0.9 r (density 1) down to -0.5 r (overlap, density K)
+    # closer with density: gap between outlines from GAP[0] r (density 1) down to GAP[1] r (density K)
     frac = (density - 1) / max(1, max_density - 1) if density > 0 else 0.0
-    dist = 2 * r + r * (0.9 - 1.4 * frac)
+    dist = 2 * r + r * (GAP[0] + (GAP[1] - GAP[0]) * frac)
     base_angle = rng.uniform(0, 2 * np.pi)
     distractors = []
     for i in range(density):
@@ -365,6 +373,8 @@ def _render_params() -> dict[str, Any]:
         "travel": TRAVEL,
         "colors": {k: list(v) for k, v in COLORS.items()},
         "outline": list(OUTLINE),
+        "gap": list(GAP),
+        "distractor_outline": None if DISTRACTOR_OUTLINE is None else list(DISTRACTOR_OUTLINE),
     }
 
 

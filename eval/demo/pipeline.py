@@ -63,6 +63,9 @@ class DemoSize:
     lora_rank: int
     batch_size: int
     dna_lr: float | None = None  # DnA's new parameters (negative branch); None: arm_lr (chosen on val)
+    # "asset": load the shipped pretrained baseline (dna_vlm.tiny.pretrained; baseline_steps / baseline_lr
+    # unused); "train": train the baseline here from the random tiny model
+    baseline: str = "train"
 
 
 SIZES = {
@@ -75,7 +78,7 @@ SIZES = {
     # n_test 960: the QA-gain MDE (power 0.8, exact McNemar) is <= 3 points up to ~10% discordant questions
     # (2.9 at 10%). DnA's new parameters (dna_lr; the softmax arm has none): 3e-2, the pick of the val-split
     # sweep over 1e-3 / 3e-3 / 1e-2 / 3e-2 (n_val 480; docs/measurements/dna-recipe-sweep-2026-12-05).
-    "small": DemoSize(960, 480, 960, "small", 8, 450, 1e-3, 250, 1e-3, 8, 32, dna_lr=3e-2),
+    "small": DemoSize(960, 480, 960, "small", 4, 450, 1e-3, 250, 1e-3, 8, 32, dna_lr=3e-2, baseline="asset"),
     # a stronger answer when there is more time or a GPU
     "medium": DemoSize(2400, 200, 600, "medium", 8, 2000, 1e-3, 500, 1e-3, 16, 32),
 }
@@ -84,6 +87,29 @@ SIZES = {
 # Part of every stage fingerprint: bump it when a stage's result gains or changes fields, so markers written
 # by an older dna-vlm are redone instead of read.
 STAGES_FORMAT = 6
+
+
+BASELINES = ("asset", "train")
+
+
+def _size_cfg(size: str, device: str, baseline: str | None) -> DemoSize:
+    """The size's settings, adjusted for the device and a ``--baseline`` override."""
+    if size not in SIZES:
+        raise ValueError(f"size={size!r}: choose one of {sorted(SIZES)}")
+    if baseline is not None and baseline not in BASELINES:
+        raise ValueError(f"baseline={baseline!r}: choose one of {BASELINES}")
+    cfg = replace(SIZES[size], baseline=baseline or SIZES[size].baseline)
+    return replace(cfg, batch_size=cfg.batch_size * 2) if device == "cuda" else cfg
+
+
+def _settings(size: str, cfg: DemoSize, device: str, seed: int) -> dict:
+    """What every stage's fingerprint covers (a rebuilt pretrained asset redoes every stage after it)."""
+    settings = {"size": size, "cfg": asdict(cfg), "device": device, "seed": seed, "stages_format": STAGES_FORMAT}
+    if cfg.baseline == "asset":
+        from dna_vlm.tiny.pretrained import asset_record
+
+        settings["asset_sha256"] = asset_record()["sha256"]
+    return settings
 
 
 def _fingerprint(args: dict) -> str:
@@ -97,24 +123,16 @@ def run_demo(
     device: str = "cpu",
     force: bool = False,
     seed: int = 0,
+    baseline: str | None = None,
 ) -> dict:
-    """Run (or resume) the demo in ``out``; returns the report dict also written to ``out/report.json``."""
-    if size not in SIZES:
-        raise ValueError(f"size={size!r}: choose one of {sorted(SIZES)}")
+    """Run (or resume) the demo in ``out``; returns the report dict also written to ``out/report.json``.
+    ``baseline``: "asset" / "train" overrides the size's way of getting the pretrained baseline."""
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
-    cfg = SIZES[size]
-    if device == "cuda":
-        cfg = replace(cfg, batch_size=cfg.batch_size * 2)
+    cfg = _size_cfg(size, device, baseline)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "size": size,
-        "cfg": asdict(cfg),
-        "device": device,
-        "seed": seed,
-        "stages_format": STAGES_FORMAT,
-    }
+    settings = _settings(size, cfg, device, seed)
     run = _DemoRun(out, cfg, device, seed, force, Stages(out, force, _fingerprint(settings)))
     t_start = time.perf_counter()
     run.prepare()
@@ -148,7 +166,7 @@ class _DemoRun:
         return "bfloat16" if self.device == "cuda" else "float32"
 
     def prepare(self) -> None:
-        """Data, tiny model and the stand-in pretrained baseline."""
+        """Data, tiny model and the stand-in pretrained baseline (trained here, or the shipped asset)."""
         from dna_vlm.data.synth import generate_dataset
         from dna_vlm.tiny.default import build_tiny_model
 
@@ -166,6 +184,9 @@ class _DemoRun:
                 )
             ),
         )
+        if c.baseline == "asset":  # the shipped weights on the tiny model's config: no random model to build
+            self.baseline = self.stages.run("baseline", lambda: _asset_baseline(self.data, out / "baseline"))
+            return
         model_dir = self.stages.run(
             "model",
             lambda: {"path": str(build_tiny_model(out / "tiny_model", seed=self.seed, size=c.model_size))},
@@ -276,7 +297,7 @@ class _DemoRun:
 
 
 def sweep_dna_recipe(
-    out: Path, cfg: DemoSize, dna_lrs: list[float], device: str = "cpu", seed: int = 0
+    out: Path, size: str, dna_lrs: list[float], device: str = "cpu", seed: int = 0, baseline: str | None = None
 ) -> dict:
     """The DnA recipe sweep (``scripts/dna_recipe_sweep.py``), scored on the VALIDATION split only: the DnA arm
     trained with each learning rate of its new parameters (``dna_lrs``; everything else the demo's), and the
@@ -286,8 +307,8 @@ def sweep_dna_recipe(
 
     from dna_vlm.runs.loading import load_model
 
-    settings = {"size": next(k for k, v in SIZES.items() if v == cfg), "cfg": asdict(cfg), "device": device,
-                "seed": seed, "stages_format": STAGES_FORMAT}  # fmt: skip
+    cfg = _size_cfg(size, device, baseline)
+    settings = _settings(size, cfg, device, seed)
     run = _DemoRun(
         out.resolve(), cfg, device, seed, False, Stages(out.resolve(), False, _fingerprint(settings))
     )
@@ -332,6 +353,20 @@ def _common(cfg: DemoSize, data: dict, device: str, dtype: str, seed: int) -> di
         data=data["train"], batch_size=cfg.batch_size, num_frames=cfg.num_frames, seed=seed, device=device,
         dtype=dtype, save_every=50, warmup_steps=min(20, cfg.baseline_steps // 10), lr_schedule="cosine",
     )  # fmt: skip
+
+
+def _asset_baseline(data: dict, out: Path) -> dict:
+    """The shipped pretrained tiny model (its record says how it was trained); refuses data rendered otherwise."""
+    from dna_vlm.tiny.pretrained import AssetError, pretrained_baseline
+
+    res = pretrained_baseline(out)
+    rec = res["record"]
+    if rec["data"]["render"] != data["meta"]["render"]:
+        raise AssetError("the pretrained baseline was trained on clips rendered with "
+                         f"{rec['data']['render']}, the demo's data uses {data['meta']['render']}: rebuild the "
+                         "asset (python scripts/pretrain_default.py) or run with --baseline train")  # fmt: skip
+    return {"path": res["path"], "run": None, "final_loss": rec["phases"][-1]["final_loss"],
+            "asset": {k: rec[k] for k in ("name", "sha256", "recipe", "phases")}}  # fmt: skip
 
 
 def _train_baseline(
@@ -492,6 +527,7 @@ def _final_report(
         "accuracy": acc, "effect_dna_minus_softmax": effects,
         "mean_delta_over_seeds": sum(deltas) / len(deltas), "verdict": verdict_text,
         "inspect": inspect["summary"], "neg_branch": inspect["neg_branch"], "budget": BUDGET_NOTE, "baseline_final_train_loss": baseline["final_loss"],
+        "baseline_asset": baseline.get("asset"),
     }  # fmt: skip
     if encoder:
         report["encoder"] = {s: encoder_summary(e) for s, e in encoder.items()}
@@ -541,6 +577,12 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="where to train and evaluate (default: cpu)"
     )
+    p.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        default=None,
+        help="asset: load the shipped pretrained baseline (small's default); train: train one here (ci, medium)",
+    )
     p.add_argument("--force", action="store_true", help="redo every stage")
     p.set_defaults(func=main)
 
@@ -567,6 +609,7 @@ def main(args: argparse.Namespace) -> int:
                 device=args.device,
                 force=args.force,
                 seed=args.seed,
+                baseline=args.baseline,
             )
     except LockedError as e:
         print(f"dna-vlm demo: error: {e}", file=sys.stderr)

@@ -15,7 +15,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = ap.parse_args()
     rec = build_asset(a.work, Recipe(), a.asset_dir, device=a.device)
-    print(f"wrote {a.asset_dir}: sha256 {rec['sha256']}, phases {rec['phases']}, {rec['seconds_this_invocation']} s")
+    print(
+        f"wrote {a.asset_dir}: sha256 {rec['sha256']}, phases {rec['phases']}, {rec['seconds_this_invocation']} s"
+    )
 
 
 if __name__ == "__main__":

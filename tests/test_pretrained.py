@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from dna_vlm.tiny.pretrained import (
     build_asset,
     pretrained_baseline,
 )
+
 
 def _as_json(recipe: Recipe) -> dict:
     return json.loads(json.dumps(asdict(recipe)))
@@ -40,7 +42,7 @@ def test_build_writes_weights_and_a_record_that_says_how(built):
     assert rec["data"]["args"]["seed"] == 7 and rec["data"]["args"]["n_train"] == 24
     assert asset_record(root / "assets") == rec
     # the shape phase trained on shape questions only
-    rows = [json.loads(ln) for ln in open(root / "work" / "data" / "train_shape.jsonl")]
+    rows = [json.loads(ln) for ln in (root / "work" / "data" / "train_shape.jsonl").read_text().splitlines()]
     assert rows and {r["category"] for r in rows} == {"shape"}
 
 
@@ -71,7 +73,7 @@ def test_corrupt_weights_are_refused_by_digest(built, tmp_path):
     raw = bytearray((root / "assets" / f"{ASSET_NAME}.safetensors").read_bytes())
     raw[-1] ^= 0xFF
     (bad / f"{ASSET_NAME}.safetensors").write_bytes(bytes(raw))
-    with pytest.raises(AssetError, match="sha256.*rebuild"):
+    with pytest.raises(AssetError, match=r"sha256.*rebuild"):
         pretrained_baseline(tmp_path / "base", bad)
 
 
@@ -85,7 +87,7 @@ def test_weights_that_do_not_fit_the_model_are_refused(built, tmp_path):
     rec = json.loads((root / "assets" / f"{ASSET_NAME}.json").read_text())
     rec["sha256"] = _sha256(bad / f"{ASSET_NAME}.safetensors")
     (bad / f"{ASSET_NAME}.json").write_text(json.dumps(rec))
-    with pytest.raises(AssetError, match="does not fit.*--baseline train"):
+    with pytest.raises(AssetError, match=r"does not fit.*--baseline train"):
         pretrained_baseline(tmp_path / "base", bad)
 
 
@@ -113,7 +115,7 @@ def test_phase_data_concatenates_terms_with_unique_ids(tmp_path):
     src = tmp_path / "train.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert _phase_data(str(src), "all") == str(src)
-    got = [json.loads(ln) for ln in open(_phase_data(str(src), "all+shape"))]
+    got = [json.loads(ln) for ln in Path(_phase_data(str(src), "all+shape")).read_text().splitlines()]
     assert [r["id"] for r in got] == ["r0", "r1", "r2", "r3", "r1-1", "r3-1"]
     assert [r["category"] for r in got[4:]] == ["shape", "shape"]
     with pytest.raises(ValueError, match="'size'"):

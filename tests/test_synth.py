@@ -311,4 +311,6 @@ def test_distractor_outline_draws_a_ring_of_its_colour(monkeypatch):
     ringed = synth.render_clip(scene, 2, 64)
     changed = np.any(plain != ringed, axis=-1)
     assert changed.any() and (ringed[changed] == 140).all()  # only the distractor's ring differs
-    assert (ringed == 255).all(axis=-1).sum() == (plain == 255).all(axis=-1).sum()  # the white outline as before
+    assert (ringed == 255).all(axis=-1).sum() == (plain == 255).all(
+        axis=-1
+    ).sum()  # the white outline as before

@@ -178,8 +178,13 @@ def render_clip(scene: dict, frames: int, size: int) -> np.ndarray:
     video = np.empty((frames, size, size, 3), np.uint8)
     video[:] = np.asarray(scene["background"], np.uint8)
     d_ol = outline if DISTRACTOR_OUTLINE is not None else 0
-    paths = [(_positions(d, frames, travel, size, margin), d, d_ol, DISTRACTOR_OUTLINE) for d in scene["distractors"]]
-    paths.append((_positions(scene["target"], frames, travel, size, margin), scene["target"], outline, OUTLINE))
+    paths = [
+        (_positions(d, frames, travel, size, margin), d, d_ol, DISTRACTOR_OUTLINE)
+        for d in scene["distractors"]
+    ]
+    paths.append(
+        (_positions(scene["target"], frames, travel, size, margin), scene["target"], outline, OUTLINE)
+    )
     for f in range(frames):
         for pos, obj, ol, color in paths:  # the target last: its outline is never hidden
             _draw(video[f], obj, pos[f, 0], pos[f, 1], r, ol, color)

@@ -25,7 +25,15 @@ from pathlib import Path
 
 from dna_vlm.files import atomic_write_bytes
 
-__all__ = ["ASSET_DIR", "ASSET_NAME", "AssetError", "Recipe", "asset_record", "build_asset", "pretrained_baseline"]
+__all__ = [
+    "ASSET_DIR",
+    "ASSET_NAME",
+    "AssetError",
+    "Recipe",
+    "asset_record",
+    "build_asset",
+    "pretrained_baseline",
+]
 
 ASSET_DIR = Path(__file__).parent / "assets"
 ASSET_NAME = "llava_onevision-small-curriculum"
@@ -45,7 +53,11 @@ class Recipe:
     # on this data seed); then shape, then motion alone, then the mix, then the mix with the shape rows twice
     # (shape fades in a plain mix) - docs/measurements/pretrained-baseline-2026-12-06
     phases: tuple[tuple[str, int], ...] = (
-        ("color", 300), ("shape", 600), ("motion", 800), ("all", 800), ("all+shape", 600)
+        ("color", 300),
+        ("shape", 600),
+        ("motion", 800),
+        ("all", 800),
+        ("all+shape", 600),
     )
     data_seed: int = 1000  # not the demo's seed (0): the demo's test clips are never trained on
     n_train: int = 3000
@@ -84,7 +96,7 @@ def _check_fits(weights: Path, model_dir: Path) -> None:
 
     def shapes(p: Path) -> dict[str, tuple]:
         with safe_open(str(p), "pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
 
     have, want = shapes(weights), shapes(model_dir / WEIGHTS)
     if have != want:
@@ -104,7 +116,9 @@ def pretrained_baseline(
     rec = asset_record(asset_dir, name)
     weights = Path(asset_dir) / f"{name}.safetensors"
     if not weights.is_file():
-        raise AssetError(f"pretrained weights {weights} missing; rebuild with `python scripts/pretrain_default.py`")
+        raise AssetError(
+            f"pretrained weights {weights} missing; rebuild with `python scripts/pretrain_default.py`"
+        )
     digest = _sha256(weights)
     if digest != rec["sha256"]:
         raise AssetError(f"{weights}: sha256 {digest[:12]}... differs from its record's {rec['sha256'][:12]}... "
@@ -125,7 +139,7 @@ def _phase_data(train_jsonl: str, spec: str) -> str:
     their term's index appended to their id, which must stay unique)."""
     if spec == "all":
         return train_jsonl
-    rows = [json.loads(ln) for ln in open(train_jsonl)]
+    rows = [json.loads(ln) for ln in Path(train_jsonl).read_text().splitlines()]
     picked = []
     for k, term in enumerate(spec.split("+")):
         got = [r for r in rows if term == "all" or r["category"] == term]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -50,7 +50,8 @@ def test_load_gives_the_last_phases_weights(built, tmp_path):
     root, rec = built
     res = pretrained_baseline(tmp_path / "base", root / "assets")
     got = load_file(tmp_path / "base" / "model.safetensors")
-    want = load_file(root / "work" / "phase1-all" / "model" / "model.safetensors")
+    (last,) = (root / "work").glob("phase1-all-*")
+    want = load_file(last / "model" / "model.safetensors")
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
     assert json.loads((tmp_path / "base" / "dna_vlm_pretrained.json").read_text())["sha256"] == rec["sha256"]
     from dna_vlm.runs.loading import load_model
@@ -59,10 +60,14 @@ def test_load_gives_the_last_phases_weights(built, tmp_path):
     assert model.config.model_type == "llava_onevision" and processor is not None
 
 
-def test_rebuild_resumes_finished_phases(built):
+def test_rebuild_resumes_finished_phases_and_redoes_changed_ones(built, tmp_path):
     root, rec = built
     again = build_asset(root / "work", TINY, root / "assets")
     assert again["sha256"] == rec["sha256"]  # phases were kept, not retrained
+    longer = replace(TINY, phases=(("shape", 2), ("all", 3)))
+    other = build_asset(root / "work", longer, tmp_path / "assets")
+    assert other["phases"][1]["steps"] == 3 and other["sha256"] != rec["sha256"]  # not the stale 2-step run
+    assert len(list((root / "work").glob("phase0-shape-*"))) == 1  # the unchanged first phase was reused
 
 
 def test_corrupt_weights_are_refused_by_digest(built, tmp_path):

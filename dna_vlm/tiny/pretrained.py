@@ -151,6 +151,13 @@ def _phase_data(train_jsonl: str, spec: str) -> str:
     return str(dest)
 
 
+def _phase_key(recipe: Recipe, i: int) -> str:
+    """What phase ``i``'s result depends on (the recipe's settings and phases 0..i), hashed into its folder
+    name: a changed recipe retrains from the first phase it changes instead of reusing a stale run."""
+    what = {**asdict(recipe), "phases": [list(p) for p in recipe.phases[: i + 1]]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def build_asset(
     work: str | os.PathLike, recipe: Recipe = Recipe(), asset_dir: str | os.PathLike = ASSET_DIR,
     name: str = ASSET_NAME, device: str = "cpu",
@@ -170,7 +177,7 @@ def build_asset(
     model = str(build_tiny_model(work / "model0", seed=recipe.model_seed, size=recipe.size))
     phases = []
     for i, (category, steps) in enumerate(recipe.phases):
-        out = work / f"phase{i}-{category}"
+        out = work / f"phase{i}-{category}-{_phase_key(recipe, i)}"
         if not (out / "summary.json").is_file():
             train(TrainConfig(
                 data=_phase_data(data["train"], category), model=model, attention="softmax", tune="full",

@@ -125,3 +125,15 @@ def test_phase_data_concatenates_terms_with_unique_ids(tmp_path):
     assert [r["category"] for r in got[4:]] == ["shape", "shape"]
     with pytest.raises(ValueError, match="'size'"):
         _phase_data(str(src), "all+size")
+
+
+def test_demo_baseline_stage_loads_the_asset_and_refuses_other_clips(tmp_path):
+    """The demo's baseline stage (`--baseline asset`): the shipped weights for clips rendered as the asset's were;
+    clips rendered with other geometry are refused, naming both and the fix."""
+    from dna_vlm.eval.demo.pipeline import _asset_baseline
+
+    render = asset_record()["data"]["render"]
+    got = _asset_baseline({"meta": {"render": render}}, tmp_path / "a")
+    assert got["asset"]["sha256"] == asset_record()["sha256"] and got["run"] is None
+    with pytest.raises(AssetError, match=r"rendered with.*--baseline train"):
+        _asset_baseline({"meta": {"render": {**render, "travel": 0.35}}}, tmp_path / "b")

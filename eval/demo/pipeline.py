@@ -585,7 +585,9 @@ def add_parser(sub) -> None:
         help="small: the default (README: its measured time); medium: stronger, slower; ci: smoke",
     )
     p.add_argument("--seeds", type=int, default=1, help="train both arms with this many seeds")
-    p.add_argument("--seed", type=int, default=0, help="first seed (data, model, baseline)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="first seed (data, arms; the baseline too with --baseline train)"
+    )
     p.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="where to train and evaluate (default: cpu)"
     )

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Rebuild the embedded default's pretrained baseline (dna_vlm/tiny/assets/): the curriculum of
-dna_vlm.tiny.pretrained.Recipe on its own synthetic set (~10 min on 2 CPU cores). Resumable: rerun with the
+dna_vlm.tiny.pretrained.Recipe on its own synthetic set (~15 min on 2 CPU cores). Resumable: rerun with the
 same --work to continue. Commit both written files (weights + record) together."""
 
 import argparse

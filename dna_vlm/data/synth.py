@@ -137,7 +137,9 @@ def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarr
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _draw(canvas: np.ndarray, obj: dict, cx: float, cy: float, r: float, outline: int, color=OUTLINE) -> None:
+def _draw(
+    canvas: np.ndarray, obj: dict, cx: float, cy: float, r: float, outline: int, color: tuple = OUTLINE
+) -> None:
     h, w, _ = canvas.shape
     pad = int(np.ceil(r + outline + 2))
     x0, x1 = max(0, int(cx) - pad), min(w, int(cx) + pad + 1)

@@ -2,8 +2,8 @@
 
 Why an asset: the demo stands in for "take a pretrained video LLM, patch its tower, tune the arms". A tiny
 2-layer LM trained on the three-way question mix learns only colour in the minutes a demo has (measured in
-docs/measurements/instrument-diagnosis-2026-12-05); with a curriculum (shape, then motion, then the mix, at 4
-frames) it also reads motion and some shape, which the instrument's checks need - but that takes ~10 minutes
+docs/measurements/instrument-diagnosis-2026-12-05); with a curriculum (:class:`Recipe`: colour, shape, motion, the mix, the
+mix with the shape rows twice; 4 frames) it also reads motion and some shape, which the instrument's checks need - but that takes ~15 minutes
 of 2-core CPU, more than the demo's whole budget. So it is trained once by ``scripts/pretrain_default.py``
 (:func:`build_asset`), and the demo loads it (:func:`pretrained_baseline`) as a user loads a hub checkpoint.
 

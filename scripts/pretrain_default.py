@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Rebuild the embedded default's pretrained baseline (dna_vlm/tiny/assets/): the curriculum of
-dna_vlm.tiny.pretrained.Recipe on its own synthetic set (~15 min on 2 CPU cores). Resumable: rerun with the
-same --work to continue. Commit both written files (weights + record) together."""
+dna_vlm.tiny.pretrained.Recipe on its own synthetic set, each stage's clips drawn its way (~21 min on 2 CPU
+cores). Resumable: rerun with the same --work to continue. Commit both written files (weights + record)
+together, and delete an asset of another name the demo no longer loads."""
 
 import argparse
 

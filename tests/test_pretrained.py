@@ -14,6 +14,7 @@ from dna_vlm.tiny.pretrained import (
     ASSET_NAME,
     AssetError,
     Recipe,
+    Stage,
     asset_record,
     build_asset,
     pretrained_baseline,
@@ -24,7 +25,7 @@ def _as_json(recipe: Recipe) -> dict:
     return json.loads(json.dumps(asdict(recipe)))
 
 
-TINY = Recipe(phases=(("shape", 2), ("all", 2)), n_train=24, batch_size=4, data_seed=7)
+TINY = Recipe(stages=(Stage({}, (("shape", 2), ("all", 2))),), n_train=24, batch_size=4, data_seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +38,13 @@ def built(tmp_path_factory):
 def test_build_writes_weights_and_a_record_that_says_how(built):
     root, rec = built
     assert rec["recipe"] == _as_json(TINY)
-    assert [p["category"] for p in rec["phases"]] == ["shape", "all"]
+    assert [(p["stage"], p["category"]) for p in rec["phases"]] == [(0, "shape"), (0, "all")]
     assert all(p["final_loss"] > 0 for p in rec["phases"])
     assert rec["data"]["args"]["seed"] == 7 and rec["data"]["args"]["n_train"] == 24
     assert asset_record(root / "assets") == rec
     # the shape phase trained on shape questions only
-    rows = [json.loads(ln) for ln in (root / "work" / "data" / "train_shape.jsonl").read_text().splitlines()]
+    (data,) = (root / "work").glob("data0-*")
+    rows = [json.loads(ln) for ln in (data / "train_shape.jsonl").read_text().splitlines()]
     assert rows and {r["category"] for r in rows} == {"shape"}
 
 
@@ -64,10 +66,30 @@ def test_rebuild_resumes_finished_phases_and_redoes_changed_ones(built, tmp_path
     root, rec = built
     again = build_asset(root / "work", TINY, root / "assets")
     assert again["sha256"] == rec["sha256"]  # phases were kept, not retrained
-    longer = replace(TINY, phases=(("shape", 2), ("all", 3)))
+    longer = replace(TINY, stages=(Stage({}, (("shape", 2), ("all", 3))),))
     other = build_asset(root / "work", longer, tmp_path / "assets")
     assert other["phases"][1]["steps"] == 3 and other["sha256"] != rec["sha256"]  # not the stale 2-step run
     assert len(list((root / "work").glob("phase0-shape-*"))) == 1  # the unchanged first phase was reused
+
+
+def test_a_second_stage_trains_on_the_same_scenes_drawn_its_way(built, tmp_path):
+    """A stage's render settings draw its clips (same seeds, same scenes); the first stage's phases are reused
+    from an earlier build; the record keeps every stage's render and names the last one the weights are for."""
+    from dna_vlm.data import synth
+
+    root, rec = built
+    before = (synth.OUTLINE, synth.CUE)
+    two = replace(TINY, stages=(*TINY.stages, Stage({"outline": [90, 90, 90], "cue": "grey outline"}, (("color", 2),))))
+    got = build_asset(root / "work", two, tmp_path / "assets")
+    assert [(p["stage"], p["category"]) for p in got["phases"]] == [(0, "shape"), (0, "all"), (1, "color")]
+    assert got["phases"][:2] == [{**p, "stage": 0} for p in rec["phases"]]  # reused, not retrained
+    assert got["data"]["render"]["outline"] == [90, 90, 90] and got["data"]["render"]["cue"] == "grey outline"
+    assert [r["outline"] for r in got["data"]["stages"]] == [list(before[0]), [90, 90, 90]]
+    (d0,), (d1,) = (root / "work").glob("data0-*"), (root / "work").glob("data1-*")
+    first, second = ([json.loads(ln) for ln in (d / "train.jsonl").read_text().splitlines()] for d in (d0, d1))
+    assert [r["target"] for r in first] == [r["target"] for r in second]  # the same scenes
+    assert {r["question"] for r in second} >= {"What colour is the object with the grey outline?"}
+    assert (synth.OUTLINE, synth.CUE) == before  # restored after the stage
 
 
 def test_corrupt_weights_are_refused_by_digest(built, tmp_path):

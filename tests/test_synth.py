@@ -38,7 +38,7 @@ def test_layout_and_loader(dataset):
             assert sorted(e.options) == sorted(VALUES[e.extra["category"]])
             assert e.extra["target"][e.extra["category"]] == e.extra["answer_value"]
             assert len(e.extra["distractors"]) == e.extra["density"]
-            assert "white outline" in e.question
+            assert synth.CUE in e.question
     meta = json.loads((out / "meta.json").read_text())
     assert meta == dataset["meta"]
     assert meta["args"]["seed"] == 0 and meta["splits"]["train"]["n"] == 96
@@ -109,23 +109,26 @@ def _near(pixel, rgb, tol=45):
 
 
 def test_rendered_target_matches_answer(dataset):
-    """Decode clips and check the answer against the pixels: colour at the target's centre, its white
-    outline, its motion from start to end, and (on uncluttered clips) its shape."""
+    """Decode clips and check the answer against the pixels: colour at the target's centre, its outline, its
+    motion from start to end, and (on uncluttered clips) its shape. The pixel checks take the clips where the
+    target is drawn over every distractor (at a random depth it may be covered)."""
     rows = _rows(dataset["train"])
     out = Path(dataset["out_dir"])
     r_px = synth.OBJECT_RADIUS * 64
     checked = Counter()
     for row in rows:
+        if row.get("target_depth", row["density"]) != row["density"]:
+            continue
         f = sample_frames(out / row["video"], 8).frames
         t = row["target"]
         (x0, y0), (x1, y1) = t["start"], t["end"]
         # colour: the target's centre (it is drawn on top) in the first and last frame
         assert _near(f[0, int(y0), int(x0)], COLORS[t["color"]]), row["id"]
         assert _near(f[-1, int(y1), int(x1)], COLORS[t["color"]]), row["id"]
-        # the white outline: some nearly-white pixels around the centre in the first frame
+        # the outline: some pixels of its grey around the centre in the first frame
         yy, xx = np.mgrid[0:64, 0:64]
         ring = np.abs(np.hypot(xx + 0.5 - x0, yy + 0.5 - y0) - r_px) < 3.5
-        assert (f[0][ring].min(axis=1) > 200).sum() >= 6, row["id"]
+        assert sum(_near(p, synth.OUTLINE, 25) for p in f[0][ring]) >= 6, row["id"]
         # motion: start and end centres (whose pixels were checked above) differ along the stated direction
         ux, uy = DIRECTIONS[t["motion"]]
         assert (x1 - x0) * ux + (y1 - y0) * uy > 10 and abs((x1 - x0) * uy) + abs((y1 - y0) * ux) < 0.02
@@ -146,7 +149,7 @@ def test_rendered_target_matches_answer(dataset):
             assert max(iou, key=iou.get) == t["shape"], (row["id"], iou)
             checked["shape"] += 1
         checked[row["category"]] += 1
-    assert checked["shape"] >= 10
+    assert checked["shape"] >= 10 and checked["color"] >= 10 and checked["motion"] >= 10
 
 
 def test_decoded_clip_equals_rerender(dataset):
@@ -161,10 +164,12 @@ def test_decoded_clip_equals_rerender(dataset):
 
 
 def test_density_brings_distractors_closer(dataset):
+    """The nearest distractor starts closer as the density grows (GAP shrinks)."""
     dist = {d: [] for d in range(1, 4)}
     for row in _rows(dataset["train"]):
-        for d in row["distractors"]:
-            dist[row["density"]].append(np.hypot(*(np.subtract(d["start"], row["target"]["start"]))))
+        if row["distractors"]:
+            near = min(np.hypot(*np.subtract(d["start"], row["target"]["start"])) for d in row["distractors"])
+            dist[row["density"]].append(near)
     means = [np.mean(dist[d]) for d in (1, 2, 3)]
     assert means[0] > means[1] > means[2]
 
@@ -279,13 +284,14 @@ def _digest_without_labels(res) -> str:
     return h.hexdigest()
 
 
-def test_existing_fields_and_videos_unchanged(tmp_path, monkeypatch):
-    """Adding the label fields and the oracle split, and making the geometry (TRAVEL, GAP) and the distractor
-    outline settings, left every existing field and video byte as it was at the old geometry: the digest was
+def test_existing_fields_and_videos_unchanged(tmp_path):
+    """Adding the label fields and the oracle split, and making the geometry, outline, layout, depth and wording
+    settings, left every existing field and video byte as it was with the old settings: the digest was
     computed with the generator before issue 11 (dna-vlm-synth/1) for these arguments."""
-    monkeypatch.setattr(synth, "TRAVEL", 0.35)
-    monkeypatch.setattr(synth, "GAP", (0.9, -0.5))
-    res = generate_dataset(tmp_path / "d", n_train=6, n_val=3, n_test=8, seed=0)
+    old = dict(object_radius=0.16, travel=0.35, gap=(0.9, -0.5), outline=(255, 255, 255), layout="ring",
+               target_depth="top", cue="white outline")  # fmt: skip
+    with synth.rendering(**old):
+        res = generate_dataset(tmp_path / "d", n_train=6, n_val=3, n_test=8, seed=0)
     assert _digest_without_labels(res) == "158a433240801cef5a5c39f6791909437f02ea656a5f06fe49dd3e8d2059bdd9"
 
 
@@ -306,6 +312,7 @@ def test_distractor_outline_draws_a_ring_of_its_colour(monkeypatch):
     scene = {"target": {"color": "red", "shape": "square", "motion": "left", "start": [20.0, 20.0]},
              "distractors": [{"color": "blue", "shape": "square", "motion": "left", "start": [44.0, 44.0]}],
              "background": [30, 30, 30]}  # fmt: skip
+    monkeypatch.setattr(synth, "OUTLINE", (255, 255, 255))
     plain = synth.render_clip(scene, 2, 64)
     monkeypatch.setattr(synth, "DISTRACTOR_OUTLINE", (140, 140, 140))
     ringed = synth.render_clip(scene, 2, 64)
@@ -314,3 +321,64 @@ def test_distractor_outline_draws_a_ring_of_its_colour(monkeypatch):
     assert (ringed == 255).all(axis=-1).sum() == (plain == 255).all(
         axis=-1
     ).sum()  # the white outline as before
+
+
+# ----------------------------------------------------------------------------------------------------------
+# render settings (issue 21: a target found by its outline, not by where or how it is drawn)
+
+
+def test_rendering_sets_and_restores_the_settings():
+    before = {n: getattr(synth, n) for n in synth.SETTINGS}
+    with synth.rendering(layout="ring", outline=[1, 2, 3], cue="red outline"):
+        assert synth.LAYOUT == "ring" and synth.OUTLINE == (1, 2, 3)  # a JSON list is taken as a tuple
+        assert synth.questions()["color"] == "What colour is the object with the red outline?"
+        assert synth._render_params()["cue"] == "red outline"
+    assert {n: getattr(synth, n) for n in synth.SETTINGS} == before
+    with pytest.raises(ValueError, match=r"unknown render setting.*'colour'.*'layout'"):
+        with synth.rendering(colour=1):
+            pass
+    with pytest.raises(ValueError, match="LAYOUT must be"), synth.rendering(layout="grid"):
+        synth._offset([0.0, 0.0], 1.0, 0.0, 0, 2, 0.0)
+
+
+@pytest.mark.parametrize("density", [2, 3])
+def test_polygon_layout_leaves_no_object_in_the_middle(density):
+    """"ring" stands the distractors around the target, so it is the group's centre; "polygon" makes every
+    object a vertex of one regular polygon (each as far from the centre as the others, neighbours ``dist`` apart)."""
+    start, dist = [30.0, 30.0], 10.0
+
+    def group(layout):
+        with synth.rendering(layout=layout):
+            return np.array([start] + [synth._offset(start, dist, 0.4, i, density, 0.0) for i in range(density)])
+
+    ring, poly = group("ring"), group("polygon")
+    assert np.hypot(*(ring[0] - ring.mean(axis=0))) < 1e-9  # the target is the centre
+    radii = np.hypot(*(poly - poly.mean(axis=0)).T)
+    assert np.allclose(radii, radii[0]) and radii[0] > 1
+    sides = [np.hypot(*(poly[i] - poly[(i + 1) % len(poly)])) for i in range(len(poly))]
+    assert np.allclose(sides, dist)
+
+
+def test_random_target_depth_is_recorded_and_drawn(tmp_path):
+    with synth.rendering(target_depth="random"):
+        res = generate_dataset(tmp_path / "d", n_train=40, n_val=0, n_test=4)
+        rows = _rows(res["train"])
+        assert all(0 <= r["target_depth"] <= r["density"] for r in rows)
+        assert len({r["target_depth"] for r in rows if r["density"] == 3}) > 1
+        oracle = _rows(res["test_oracle"])
+        assert all(r["distractors"] == [] for r in oracle)
+    # a distractor on the target's spot covers it at depth 0 and is covered at depth 1
+    obj = {"shape": "square", "motion": "left", "start": [32.0, 32.0]}
+    scene = {"target": {**obj, "color": "red"}, "distractors": [{**obj, "color": "blue"}], "background": [20] * 3}
+    assert tuple(render_clip(scene, 2, 64)[0, 32, 32]) == COLORS["red"]  # no depth recorded: on top
+    assert tuple(render_clip({**scene, "target_depth": 0}, 2, 64)[0, 32, 32]) == COLORS["blue"]
+    assert tuple(render_clip({**scene, "target_depth": 1}, 2, 64)[0, 32, 32]) == COLORS["red"]
+
+
+def test_outline_above_background_follows_each_clips_background():
+    scene = {"target": {"color": "red", "shape": "square", "motion": "left", "start": [32.0, 32.0]},
+             "distractors": [], "background": [30, 30, 30]}  # fmt: skip
+    with synth.rendering(outline_above_bg=40):
+        frame = render_clip(scene, 2, 64)[0]
+    values = {tuple(p) for p in frame.reshape(-1, 3)}
+    assert values == {(30, 30, 30), (70, 70, 70), COLORS["red"]}

@@ -1,18 +1,24 @@
 """A procedurally generated video QA set of "semantically dense" scenes (the embedded default data set).
 
-Each clip (default 8 frames, 64x64, 8 fps) shows one *target* - the object with a white outline - plus
+Each clip (default 8 frames, 64x64, 8 fps) shows one *target* - the object with a grey outline - plus
 ``density`` (0..K) *distractors*: objects without the outline that are closely associated with the target.
-Every question is about the target, and names it by its outline:
+Every question is about the target, and names it by its outline (``CUE``):
 
-- ``color``:  "What colour is the object with the white outline?"   (red / green / blue / yellow)
-- ``shape``:  "What shape is the object with the white outline?"    (circle / square / triangle / cross)
-- ``motion``: "In which direction does the object with the white outline move?"  (left / right / up / down)
+- ``color``:  "What colour is the object with the grey outline?"   (red / green / blue / yellow)
+- ``shape``:  "What shape is the object with the grey outline?"    (circle / square / triangle / cross)
+- ``motion``: "In which direction does the object with the grey outline move?"  (left / right / up / down)
 
 The asked attribute of each distractor takes one of the *other* option values (all distinct), so with K=3 and
 density 3 every option is on screen and only the outline tells which one is right. The distractors share the
 target's *other* attributes (same shape, same colour, moving together) with a probability that grows with the
 density, and they start closer to the target as the density grows (outline gaps from 0.6 to 0.15 object
-radii: close, but not overlapping, so the cue is never hidden at 32 px; the target is drawn on top).
+radii). Nothing but the outline marks the target: target and distractors are the vertices of one regular
+polygon (no object is the group's centre) and the target is drawn at a random depth among them, so where
+crowded objects overlap (at an edge of the canvas, or crossing paths) it may be partly covered.
+
+The module-level settings (``SETTINGS``: size, travel, gaps, outline, layout, depth, wording) decide the
+pixels and words; meta.json records them and :func:`rendering` sets them for a block, so a recorded data set
+(a pretrained asset's first stage, the pre-2026-12-06 default) is generated again under today's defaults.
 
 Answer priors are balanced per split: categories, densities, answer letters and each category's answer
 values are each (near-)uniform, so a blind model is at chance. Everything is deterministic for a seed.
@@ -37,6 +43,8 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +62,14 @@ __all__ = [
     "LABEL_FIELDS",
     "ORACLE_FILE",
     "QUESTIONS",
+    "SETTINGS",
     "SHAPES",
     "add_parser",
     "generate_dataset",
     "make_example",
+    "questions",
     "render_clip",
+    "rendering",
     "shape_mask",
 ]
 
@@ -77,18 +88,31 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "cross")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-OUTLINE = (255, 255, 255)
-# Geometry, as fractions of the frame size: objects ~1/3 of the frame across (20 px at 64 px, 10 px when a
-# model resizes to 32 px, so bigger than an 8 px patch), moving half the frame over the clip.
-OBJECT_RADIUS = 0.16  # object "radius"
-# distance each object moves over the clip: half the frame, so 4 sampled frames show the direction plainly
-TRAVEL = 0.5
-# Gap between the target's and a distractor's outline, in object radii, at density 1 and at the highest density
-# (negative would overlap); distances in between are interpolated. (0.9, -0.5) before 2026-12-06: overlapping
-# distractors hid the outline that names the target (docs/measurements/instrument-diagnosis-2026-12-05, E2).
+# The target's outline: a light grey (before 2026-12-06 white, which this model finds at every density, so the
+# distractors cost it nothing: docs/measurements/headroom-2026-12-06)
+OUTLINE = (150, 150, 150)
+# The target's outline as a grey this many levels above the clip's background (None: OUTLINE as given): one
+# contrast on every background (an experiment's knob; the default uses OUTLINE)
+OUTLINE_ABOVE_BG: int | None = None
+# Geometry, as fractions of the frame size: objects 0.4 of the frame across (26 px at 64 px, 13 px when a model
+# resizes to 32 px: shape is read at this size, not at 0.16 - headroom-2026-12-06), moving 0.45 of the frame
+OBJECT_RADIUS = 0.2  # object "radius"
+# distance each object moves over the clip: so 4 sampled frames show the direction plainly (0.5 before
+# 2026-12-06; at radius 0.2 a path of 0.5 would not fit the canvas)
+TRAVEL = 0.45
+# Gap between the target's and a distractor's outline, in object radii, at density 1 and at the highest density;
+# distances in between are interpolated. (0.9, -0.5) before 2026-12-06 (docs/measurements/instrument-diagnosis-
+# 2026-12-05, E2). Objects near an edge are clamped to the canvas, so crowded scenes still overlap.
 GAP = (0.6, 0.15)
 # Distractors' own outline colour (None: no outline, only the target has one).
 DISTRACTOR_OUTLINE: tuple[int, int, int] | None = None
+# Where the distractors stand: "ring" (before 2026-12-06) spaces them evenly *around* the target, so from two
+# distractors on the target is the group's centre and "the middle object" finds it without the outline;
+# "polygon" makes target and distractors the vertices of one regular polygon, where no vertex is special.
+LAYOUT = "polygon"
+# "top": the target is drawn last, over any distractor it overlaps (before 2026-12-06: "the whole object on top"
+# then finds it without the outline); "random": each scene draws it at a random depth among its objects.
+TARGET_DEPTH = "random"
 
 CATEGORIES = ("color", "shape", "motion")
 VALUES: dict[str, tuple[str, ...]] = {
@@ -96,11 +120,41 @@ VALUES: dict[str, tuple[str, ...]] = {
     "shape": SHAPES,
     "motion": tuple(DIRECTIONS),
 }
-QUESTIONS = {
-    "color": "What colour is the object with the white outline?",
-    "shape": "What shape is the object with the white outline?",
-    "motion": "In which direction does the object with the white outline move?",
+# How the questions name the target (the words must describe the outline drawn: see ``rendering``)
+CUE = "grey outline"
+QUESTION_TEMPLATES = {
+    "color": "What colour is the object with the {cue}?",
+    "shape": "What shape is the object with the {cue}?",
+    "motion": "In which direction does the object with the {cue} move?",
 }
+# the module's settings that decide a data set's pixels and words (all recorded in meta.json's render block)
+SETTINGS = ("OBJECT_RADIUS", "TRAVEL", "GAP", "OUTLINE", "OUTLINE_ABOVE_BG", "DISTRACTOR_OUTLINE", "LAYOUT", "TARGET_DEPTH", "CUE")
+
+
+def questions() -> dict[str, str]:
+    """Each category's question for the current ``CUE``."""
+    return {c: t.format(cue=CUE) for c, t in QUESTION_TEMPLATES.items()}
+
+
+QUESTIONS = questions()  # the default wording (kept for importers; rows use :func:`questions`)
+
+
+@contextmanager
+def rendering(**settings: Any) -> Iterator[None]:
+    """Set render settings for the block (lowercase names of :data:`SETTINGS`, e.g. ``layout="ring"``,
+    ``outline_above_bg=None``; JSON lists are taken as tuples) and restore them after: how a recorded data set
+    (a pretrained asset's, meta.json's ``render`` block) is generated again under other defaults."""
+    names = {k: k.upper() for k in settings}
+    unknown = sorted(k for k, n in names.items() if n not in SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown render setting(s) {unknown}; known: {[n.lower() for n in SETTINGS]}")
+    g = globals()
+    before = {n: g[n] for n in names.values()}
+    g.update({names[k]: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    try:
+        yield
+    finally:
+        g.update(before)
 SPLITS = ("train", "val", "test")
 OPTION_ORDERS = ("canonical", "shuffled")
 
@@ -184,11 +238,11 @@ def render_clip(scene: dict, frames: int, size: int) -> np.ndarray:
         (_positions(d, frames, travel, size, margin), d, d_ol, DISTRACTOR_OUTLINE)
         for d in scene["distractors"]
     ]
-    paths.append(
-        (_positions(scene["target"], frames, travel, size, margin), scene["target"], outline, OUTLINE)
-    )
+    cue = OUTLINE if OUTLINE_ABOVE_BG is None else tuple(min(255, c + OUTLINE_ABOVE_BG) for c in scene["background"])
+    target = (_positions(scene["target"], frames, travel, size, margin), scene["target"], outline, cue)
+    paths.insert(scene.get("target_depth", len(paths)), target)
     for f in range(frames):
-        for pos, obj, ol, color in paths:  # the target last: its outline is never hidden
+        for pos, obj, ol, color in paths:  # in depth order (the target last unless the scene says otherwise)
             _draw(video[f], obj, pos[f, 0], pos[f, 1], r, ol, color)
     return video
 
@@ -242,6 +296,8 @@ def make_example(
     distractors = _distractors(rng, target, category, others, density, max_density, (r, margin, size))
     bg = int(rng.integers(10, 60))
     scene = {"target": target, "distractors": distractors, "background": [bg, bg, bg]}
+    if TARGET_DEPTH == "random":  # where the target is drawn among the objects (0: first, under the rest)
+        scene["target_depth"] = int(rng.integers(0, density + 1))
 
     if option_order == "canonical":
         opts, letter = list(values), values.index(answer_value)
@@ -249,7 +305,7 @@ def make_example(
         opts = list(others)  # the 3 other values in random order, the answer inserted at `letter`
         opts.insert(letter, answer_value)
     fields = {
-        "question": QUESTIONS[category],
+        "question": questions()[category],
         "options": opts,
         "answer": LETTERS[letter],
         "category": category,
@@ -279,12 +335,25 @@ def _distractors(rng, target: dict, category: str, others: list[str], density: i
                 d[a] = target[a]
             else:
                 d[a] = str(rng.choice([v for v in VALUES[a] if v != target[a]]))
-        ang = base_angle + 2 * np.pi * i / max(1, density) + rng.uniform(-0.3, 0.3)
-        sx = target["start"][0] + dist * np.cos(ang)
-        sy = target["start"][1] + dist * np.sin(ang)
+        sx, sy = _offset(target["start"], dist, base_angle, i, density, rng.uniform(-0.3, 0.3))
         d["start"] = [float(np.clip(sx, margin, size - margin)), float(np.clip(sy, margin, size - margin))]
         distractors.append(d)
     return distractors
+
+
+def _offset(start: list[float], dist: float, base: float, i: int, density: int, jitter: float) -> tuple[float, float]:
+    """Start of distractor ``i`` of ``density``, ``dist`` from its neighbour (see ``LAYOUT``)."""
+    if LAYOUT == "ring":
+        ang = base + 2 * np.pi * i / max(1, density) + jitter
+        return start[0] + dist * np.cos(ang), start[1] + dist * np.sin(ang)
+    if LAYOUT != "polygon":
+        raise ValueError(f"synth.LAYOUT must be 'ring' or 'polygon', not {LAYOUT!r}")
+    # n = density + 1 vertices of side `dist`, the target at vertex 0, circumradius dist / (2 sin(pi/n))
+    n = density + 1
+    rad = dist / (2 * np.sin(np.pi / n))
+    cx, cy = start[0] - rad * np.cos(base), start[1] - rad * np.sin(base)
+    ang = base + 2 * np.pi * (i + 1) / n + jitter / n
+    return cx + rad * np.cos(ang), cy + rad * np.sin(ang)
 
 
 def _end_position(obj: dict, frames: int, size: int) -> list[float]:
@@ -341,6 +410,7 @@ def _generate_split(
                 "target": target,
                 "distractors": scene["distractors"],
                 "background": scene["background"],
+                **({"target_depth": scene["target_depth"]} if "target_depth" in scene else {}),
             }
         )
     return rows, _histogram(rows)
@@ -380,8 +450,12 @@ def _render_params() -> dict[str, Any]:
         "travel": TRAVEL,
         "colors": {k: list(v) for k, v in COLORS.items()},
         "outline": list(OUTLINE),
+        "outline_above_bg": OUTLINE_ABOVE_BG,
         "gap": list(GAP),
         "distractor_outline": None if DISTRACTOR_OUTLINE is None else list(DISTRACTOR_OUTLINE),
+        "layout": LAYOUT,
+        "target_depth": TARGET_DEPTH,
+        "cue": CUE,
     }
 
 
@@ -472,8 +546,8 @@ def _new_meta(args: dict[str, Any]) -> dict[str, Any]:
         "args": args,
         "render": _render_params(),
         "categories": {c: list(VALUES[c]) for c in CATEGORIES},
-        "questions": QUESTIONS,
-        "target_cue": "white outline",
+        "questions": questions(),
+        "target_cue": CUE,
         "label_fields": dict(LABEL_FIELDS),
         "splits": {},
         "videos": [],

@@ -2,9 +2,10 @@
 
 Why an asset: the demo stands in for "take a pretrained video LLM, patch its tower, tune the arms". A tiny
 2-layer LM trained on the three-way question mix learns only colour in the minutes a demo has (measured in
-docs/measurements/instrument-diagnosis-2026-12-05); with a curriculum (:class:`Recipe`: colour, shape, motion, the mix, the
-mix with the shape rows twice; 4 frames) it also reads motion and some shape, which the instrument's checks need - but that takes ~15 minutes
-of 2-core CPU, more than the demo's whole budget. So it is trained once by ``scripts/pretrain_default.py``
+docs/measurements/instrument-diagnosis-2026-12-05); with a curriculum (:class:`Recipe`, 4 frames; stage 1 on
+plainly drawn clips: colour, shape, motion, the mix, the mix with the shape rows twice; stage 2 on the same
+scenes drawn as the demo's are: shape, the mix, the mix with shape twice) it also reads motion and shape, which
+the instrument's checks need - but that takes ~21 minutes of 2-core CPU, more than the demo's whole budget. So it is trained once by ``scripts/pretrain_default.py``
 (:func:`build_asset`), and the demo loads it (:func:`pretrained_baseline`) as a user loads a hub checkpoint.
 
 The asset is two files in ``dna_vlm/tiny/assets/``: ``<name>.safetensors`` (the weights) and
@@ -29,14 +30,17 @@ __all__ = [
     "ASSET_DIR",
     "ASSET_NAME",
     "AssetError",
+    "DENSE_RENDER",
+    "PLAIN_RENDER",
     "Recipe",
+    "Stage",
     "asset_record",
     "build_asset",
     "pretrained_baseline",
 ]
 
 ASSET_DIR = Path(__file__).parent / "assets"
-ASSET_NAME = "llava_onevision-small-curriculum"
+ASSET_NAME = "llava_onevision-small-dense"
 RECORD_FORMAT = "dna-vlm-pretrained/1"
 WEIGHTS = "model.safetensors"
 
@@ -45,19 +49,44 @@ class AssetError(RuntimeError):
     """The shipped weights are missing, corrupt or do not fit the model built from config."""
 
 
+#: how the first asset's clips were drawn (2026-12-06 morning): objects 0.16 frame wide, a white outline on
+#: the target, distractors evenly *around* it and the target drawn on top. Explicit, so the recipe means the
+#: same clips whatever the synthetic set's defaults are now.
+PLAIN_RENDER = {
+    "object_radius": 0.16, "travel": 0.5, "gap": [0.6, 0.15], "outline": [255, 255, 255], "outline_above_bg": None,
+    "distractor_outline": None, "layout": "ring", "target_depth": "top", "cue": "white outline",
+}  # fmt: skip
+#: how the synthetic set draws its clips since 2026-12-06 (its defaults; the demo's clips)
+DENSE_RENDER = {
+    "object_radius": 0.2, "travel": 0.45, "gap": [0.6, 0.15], "outline": [150, 150, 150], "outline_above_bg": None,
+    "distractor_outline": None, "layout": "polygon", "target_depth": "random", "cue": "grey outline",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Curriculum phases trained on one synthetic set: ``render`` holds the ``dna_vlm.data.synth.rendering``
+    settings its clips are drawn with (the same seeds and scenes in every stage, drawn differently);
+    ``phases``: (category, "all" or "+"-joined terms, steps)."""
+
+    render: dict
+    phases: tuple[tuple[str, int], ...]
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """How the asset is trained: phases of (category or "all", steps) on one synthetic set, full tuning."""
+    """How the asset is trained: stages of curriculum phases, full tuning from the tiny model's seed."""
 
-    # colour first: the LM learns to read the visual tokens at all (without it the motion phase stalled at chance
-    # on this data seed); then shape, then motion alone, then the mix, then the mix with the shape rows twice
-    # (shape fades in a plain mix) - docs/measurements/pretrained-baseline-2026-12-06
-    phases: tuple[tuple[str, int], ...] = (
-        ("color", 300),
-        ("shape", 600),
-        ("motion", 800),
-        ("all", 800),
-        ("all+shape", 600),
+    # stage 1, the first asset's curriculum on plainly drawn clips: colour first (the LM learns to read the visual
+    # tokens at all; without it the motion phase stalled at chance on this data seed), then shape, motion alone,
+    # the mix, the mix with the shape rows twice (docs/measurements/pretrained-baseline-2026-12-06).
+    # Stage 2, the same scenes drawn as the synthetic set draws them now (bigger objects, a grey outline, no
+    # object in the middle, the target at a random depth): shape alone, the mix, the mix with the shape rows
+    # twice (docs/measurements/headroom-2026-12-06, run bD). Trained from scratch on these clips the curriculum
+    # does not learn motion (run sD there).
+    stages: tuple[Stage, ...] = (
+        Stage(PLAIN_RENDER, (("color", 300), ("shape", 600), ("motion", 800), ("all", 800), ("all+shape", 600))),
+        Stage(DENSE_RENDER, (("shape", 400), ("all", 800), ("all+shape", 400))),
     )
     data_seed: int = 1000  # not the demo's seed (0): the demo's test clips are never trained on
     n_train: int = 3000
@@ -67,6 +96,11 @@ class Recipe:
     num_frames: int = 4  # motion is learned at 4 sampled frames, not at 8 (diagnosis: M1 vs M2)
     lr: float = 1e-3
     batch_size: int = 32
+
+    @property
+    def phases(self) -> list[tuple[int, str, int]]:
+        """Every phase in training order: (stage index, category, steps)."""
+        return [(i, c, n) for i, st in enumerate(self.stages) for c, n in st.phases]
 
 
 def _sha256(path: Path) -> str:
@@ -151,10 +185,17 @@ def _phase_data(train_jsonl: str, spec: str) -> str:
     return str(dest)
 
 
-def _phase_key(recipe: Recipe, i: int) -> str:
-    """What phase ``i``'s result depends on (the recipe's settings and phases 0..i), hashed into its folder
-    name: a changed recipe retrains from the first phase it changes instead of reusing a stale run."""
-    what = {**asdict(recipe), "phases": [list(p) for p in recipe.phases[: i + 1]]}
+def _phase_key(recipe: Recipe, k: int) -> str:
+    """What phase ``k``'s result depends on (the recipe's settings, and its stages' renders and phases up to
+    ``k``), hashed into its folder name: a changed recipe retrains from the first phase it changes instead of
+    reusing a stale run."""
+    upto, left = [], k + 1
+    for st in recipe.stages:
+        upto.append({"render": st.render, "phases": [list(p) for p in st.phases[:left]]})
+        left -= len(st.phases)
+        if left <= 0:
+            break
+    what = {**asdict(recipe), "stages": upto}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -167,26 +208,31 @@ def build_asset(
     import torch
     import transformers
 
-    from dna_vlm.data.synth import generate_dataset
+    from dna_vlm.data.synth import generate_dataset, rendering
     from dna_vlm.tiny.default import build_tiny_model
     from dna_vlm.train import TrainConfig, train
 
     work = Path(work)
     t0 = time.perf_counter()
-    data = generate_dataset(work / "data", n_train=recipe.n_train, n_val=0, n_test=8, seed=recipe.data_seed)
+    data = []
+    for i, st in enumerate(recipe.stages):  # the same scenes per stage, drawn with the stage's render settings
+        with rendering(**st.render):
+            key = hashlib.sha256(json.dumps(st.render, sort_keys=True).encode()).hexdigest()[:8]
+            data.append(generate_dataset(work / f"data{i}-{key}", n_train=recipe.n_train, n_val=0, n_test=8,
+                                         seed=recipe.data_seed))  # fmt: skip
     model = str(build_tiny_model(work / "model0", seed=recipe.model_seed, size=recipe.size))
     phases = []
-    for i, (category, steps) in enumerate(recipe.phases):
-        out = work / f"phase{i}-{category}-{_phase_key(recipe, i)}"
+    for k, (stage, category, steps) in enumerate(recipe.phases):
+        out = work / f"phase{k}-{category}-{_phase_key(recipe, k)}"
         if not (out / "summary.json").is_file():
             train(TrainConfig(
-                data=_phase_data(data["train"], category), model=model, attention="softmax", tune="full",
+                data=_phase_data(data[stage]["train"], category), model=model, attention="softmax", tune="full",
                 max_steps=steps, lr=recipe.lr, batch_size=recipe.batch_size, num_frames=recipe.num_frames, seed=recipe.train_seed,
                 device=device, dtype="float32", save_every=200, warmup_steps=min(20, steps // 10),
                 lr_schedule="cosine", output=str(out), overwrite=out.exists(),
             ))  # fmt: skip
         summary = json.loads((out / "summary.json").read_text())
-        phases.append({"category": category, "steps": steps, "final_loss": summary["final_loss"]})
+        phases.append({"stage": stage, "category": category, "steps": steps, "final_loss": summary["final_loss"]})
         model = str(out / "model")
     asset_dir = Path(asset_dir)
     asset_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +241,9 @@ def build_asset(
     os.replace(weights.with_suffix(".tmp"), weights)
     rec = {
         "format": RECORD_FORMAT, "name": name, "family": "llava_onevision", "recipe": asdict(recipe),
-        "data": {"generator": "dna_vlm.data.synth", "args": data["meta"]["args"], "render": data["meta"]["render"]},
+        # "render": the last stage's, the clips the weights are tuned for (the demo refuses other clips)
+        "data": {"generator": "dna_vlm.data.synth", "args": data[-1]["meta"]["args"],
+                 "render": data[-1]["meta"]["render"], "stages": [d["meta"]["render"] for d in data]},
         "phases": phases, "sha256": _sha256(weights), "bytes": weights.stat().st_size,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "seconds_this_invocation": round(time.perf_counter() - t0, 1), "rebuild": "python scripts/pretrain_default.py",

@@ -494,9 +494,10 @@ BUDGET_NOTE = (
     "Q-, V-, lambda; `dna_lr`; the softmax arm has no new parameters), so that the branch, which starts at "
     "V- = 0, actually trains within the same steps (with one shared rate it barely moved: ||W_v-||/||W_v+|| "
     "0.048 after 250 steps). `dna_lr` was chosen on the validation split, never on test: "
-    "scripts/dna_recipe_sweep.py over 1e-3 / 3e-3 / 1e-2 / 3e-2 on the pretrained baseline (val accuracy "
-    "75.4 / 75.8 / 75.6 / 75.8%, n = 480, softmax arm 75.6%: all within noise; the pre-declared rule, the "
-    "highest val accuracy and the smaller rate on a tie, picked 3e-3; docs/measurements/dna-recipe-sweep-2026-12-06). "
+    "scripts/dna_recipe_sweep.py over 1e-3 / 3e-3 / 1e-2 / 3e-2 on the pretrained baseline "
+    "llava_onevision-small-dense (val accuracy 73.5 / 73.8 / 72.3 / 73.1%, n = 480, softmax arm 72.9%: all "
+    "within noise; the pre-declared rule, the highest val accuracy and the smaller rate on a tie, picked 3e-3; "
+    "docs/measurements/dna-recipe-sweep-dense-2026-12-06). "
     "README.md records the budget history."
 )
 

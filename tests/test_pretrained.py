@@ -79,17 +79,21 @@ def test_a_second_stage_trains_on_the_same_scenes_drawn_its_way(built, tmp_path)
 
     root, rec = built
     before = (synth.OUTLINE, synth.CUE)
-    two = replace(TINY, stages=(*TINY.stages, Stage({"outline": [90, 90, 90], "cue": "grey outline"}, (("color", 2),))))
+    two = replace(
+        TINY, stages=(*TINY.stages, Stage({"outline": [90, 90, 90], "cue": "grey outline"}, (("color", 2),)))
+    )
     got = build_asset(root / "work", two, tmp_path / "assets")
     assert [(p["stage"], p["category"]) for p in got["phases"]] == [(0, "shape"), (0, "all"), (1, "color")]
     assert got["phases"][:2] == [{**p, "stage": 0} for p in rec["phases"]]  # reused, not retrained
     assert got["data"]["render"]["outline"] == [90, 90, 90] and got["data"]["render"]["cue"] == "grey outline"
     assert [r["outline"] for r in got["data"]["stages"]] == [list(before[0]), [90, 90, 90]]
     (d0,), (d1,) = (root / "work").glob("data0-*"), (root / "work").glob("data1-*")
-    first, second = ([json.loads(ln) for ln in (d / "train.jsonl").read_text().splitlines()] for d in (d0, d1))
+    first, second = (
+        [json.loads(ln) for ln in (d / "train.jsonl").read_text().splitlines()] for d in (d0, d1)
+    )
     assert [r["target"] for r in first] == [r["target"] for r in second]  # the same scenes
     assert {r["question"] for r in second} >= {"What colour is the object with the grey outline?"}
-    assert (synth.OUTLINE, synth.CUE) == before  # restored after the stage
+    assert before == (synth.OUTLINE, synth.CUE)  # restored after the stage
 
 
 def test_corrupt_weights_are_refused_by_digest(built, tmp_path):

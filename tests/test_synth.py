@@ -334,22 +334,26 @@ def test_rendering_sets_and_restores_the_settings():
         assert synth.questions()["color"] == "What colour is the object with the red outline?"
         assert synth._render_params()["cue"] == "red outline"
     assert {n: getattr(synth, n) for n in synth.SETTINGS} == before
-    with pytest.raises(ValueError, match=r"unknown render setting.*'colour'.*'layout'"):
-        with synth.rendering(colour=1):
-            pass
+    with (
+        pytest.raises(ValueError, match=r"unknown render setting.*'colour'.*'layout'"),
+        synth.rendering(colour=1),
+    ):
+        pass
     with pytest.raises(ValueError, match="LAYOUT must be"), synth.rendering(layout="grid"):
         synth._offset([0.0, 0.0], 1.0, 0.0, 0, 2, 0.0)
 
 
 @pytest.mark.parametrize("density", [2, 3])
 def test_polygon_layout_leaves_no_object_in_the_middle(density):
-    """"ring" stands the distractors around the target, so it is the group's centre; "polygon" makes every
+    """Layout "ring" stands the distractors around the target, so it is the group's centre; "polygon" makes every
     object a vertex of one regular polygon (each as far from the centre as the others, neighbours ``dist`` apart)."""
     start, dist = [30.0, 30.0], 10.0
 
     def group(layout):
         with synth.rendering(layout=layout):
-            return np.array([start] + [synth._offset(start, dist, 0.4, i, density, 0.0) for i in range(density)])
+            return np.array(
+                [start] + [synth._offset(start, dist, 0.4, i, density, 0.0) for i in range(density)]
+            )
 
     ring, poly = group("ring"), group("polygon")
     assert np.hypot(*(ring[0] - ring.mean(axis=0))) < 1e-9  # the target is the centre
@@ -369,7 +373,11 @@ def test_random_target_depth_is_recorded_and_drawn(tmp_path):
         assert all(r["distractors"] == [] for r in oracle)
     # a distractor on the target's spot covers it at depth 0 and is covered at depth 1
     obj = {"shape": "square", "motion": "left", "start": [32.0, 32.0]}
-    scene = {"target": {**obj, "color": "red"}, "distractors": [{**obj, "color": "blue"}], "background": [20] * 3}
+    scene = {
+        "target": {**obj, "color": "red"},
+        "distractors": [{**obj, "color": "blue"}],
+        "background": [20] * 3,
+    }
     assert tuple(render_clip(scene, 2, 64)[0, 32, 32]) == COLORS["red"]  # no depth recorded: on top
     assert tuple(render_clip({**scene, "target_depth": 0}, 2, 64)[0, 32, 32]) == COLORS["blue"]
     assert tuple(render_clip({**scene, "target_depth": 1}, 2, 64)[0, 32, 32]) == COLORS["red"]

@@ -128,7 +128,17 @@ QUESTION_TEMPLATES = {
     "motion": "In which direction does the object with the {cue} move?",
 }
 # the module's settings that decide a data set's pixels and words (all recorded in meta.json's render block)
-SETTINGS = ("OBJECT_RADIUS", "TRAVEL", "GAP", "OUTLINE", "OUTLINE_ABOVE_BG", "DISTRACTOR_OUTLINE", "LAYOUT", "TARGET_DEPTH", "CUE")
+SETTINGS = (
+    "OBJECT_RADIUS",
+    "TRAVEL",
+    "GAP",
+    "OUTLINE",
+    "OUTLINE_ABOVE_BG",
+    "DISTRACTOR_OUTLINE",
+    "LAYOUT",
+    "TARGET_DEPTH",
+    "CUE",
+)
 
 
 def questions() -> dict[str, str]:
@@ -155,6 +165,8 @@ def rendering(**settings: Any) -> Iterator[None]:
         yield
     finally:
         g.update(before)
+
+
 SPLITS = ("train", "val", "test")
 OPTION_ORDERS = ("canonical", "shuffled")
 
@@ -238,7 +250,11 @@ def render_clip(scene: dict, frames: int, size: int) -> np.ndarray:
         (_positions(d, frames, travel, size, margin), d, d_ol, DISTRACTOR_OUTLINE)
         for d in scene["distractors"]
     ]
-    cue = OUTLINE if OUTLINE_ABOVE_BG is None else tuple(min(255, c + OUTLINE_ABOVE_BG) for c in scene["background"])
+    cue = (
+        OUTLINE
+        if OUTLINE_ABOVE_BG is None
+        else tuple(min(255, c + OUTLINE_ABOVE_BG) for c in scene["background"])
+    )
     target = (_positions(scene["target"], frames, travel, size, margin), scene["target"], outline, cue)
     paths.insert(scene.get("target_depth", len(paths)), target)
     for f in range(frames):
@@ -341,7 +357,9 @@ def _distractors(rng, target: dict, category: str, others: list[str], density: i
     return distractors
 
 
-def _offset(start: list[float], dist: float, base: float, i: int, density: int, jitter: float) -> tuple[float, float]:
+def _offset(
+    start: list[float], dist: float, base: float, i: int, density: int, jitter: float
+) -> tuple[float, float]:
     """Start of distractor ``i`` of ``density``, ``dist`` from its neighbour (see ``LAYOUT``)."""
     if LAYOUT == "ring":
         ang = base + 2 * np.pi * i / max(1, density) + jitter

@@ -29,9 +29,9 @@ from dna_vlm.files import atomic_write_bytes
 __all__ = [
     "ASSET_DIR",
     "ASSET_NAME",
-    "AssetError",
     "DENSE_RENDER",
     "PLAIN_RENDER",
+    "AssetError",
     "Recipe",
     "Stage",
     "asset_record",
@@ -85,7 +85,9 @@ class Recipe:
     # twice (docs/measurements/headroom-2026-12-06, run bD). Trained from scratch on these clips the curriculum
     # does not learn motion (run sD there).
     stages: tuple[Stage, ...] = (
-        Stage(PLAIN_RENDER, (("color", 300), ("shape", 600), ("motion", 800), ("all", 800), ("all+shape", 600))),
+        Stage(
+            PLAIN_RENDER, (("color", 300), ("shape", 600), ("motion", 800), ("all", 800), ("all+shape", 600))
+        ),
         Stage(DENSE_RENDER, (("shape", 400), ("all", 800), ("all+shape", 400))),
     )
     data_seed: int = 1000  # not the demo's seed (0): the demo's test clips are never trained on
@@ -215,7 +217,8 @@ def build_asset(
     work = Path(work)
     t0 = time.perf_counter()
     data = []
-    for i, st in enumerate(recipe.stages):  # the same scenes per stage, drawn with the stage's render settings
+    # the same scenes in every stage, drawn with the stage's render settings
+    for i, st in enumerate(recipe.stages):
         with rendering(**st.render):
             key = hashlib.sha256(json.dumps(st.render, sort_keys=True).encode()).hexdigest()[:8]
             data.append(generate_dataset(work / f"data{i}-{key}", n_train=recipe.n_train, n_val=0, n_test=8,
@@ -232,7 +235,9 @@ def build_asset(
                 lr_schedule="cosine", output=str(out), overwrite=out.exists(),
             ))  # fmt: skip
         summary = json.loads((out / "summary.json").read_text())
-        phases.append({"stage": stage, "category": category, "steps": steps, "final_loss": summary["final_loss"]})
+        phases.append(
+            {"stage": stage, "category": category, "steps": steps, "final_loss": summary["final_loss"]}
+        )
         model = str(out / "model")
     asset_dir = Path(asset_dir)
     asset_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ on-manifold decoy (another video's tokens) would need a donor video the projecto
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -102,8 +103,11 @@ def token_mask(shape: tuple[int, ...], p: float, seed: int) -> np.ndarray:
     return out.reshape(shape)
 
 
+@functools.lru_cache(maxsize=16)
 def random_rotation(dim: int, seed: int):
-    """A ``(dim, dim)`` float32 orthogonal matrix drawn from ``seed`` (Haar: QR of a Gaussian, signs fixed)."""
+    """A ``(dim, dim)`` float32 orthogonal matrix drawn from ``seed`` (Haar: QR of a Gaussian, signs fixed).
+    Cached (read-only: callers never modify it): one video's scrambles at several strengths share it, and a QR
+    per call was most of the probe's planted-arm time."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)

@@ -1,6 +1,9 @@
 """The planted degradations of the encoder's output (dna_vlm.eval.degrade): the plugin's hook and the probe's
 features apply the same mask / scramble to the same video; the scramble cannot be averaged away."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +102,33 @@ def test_encoder_mask_model_arg_is_checked_and_recorded():
     assert "encoder_scramble" not in Controls.parse("full", 0, 0).as_dict()
     with pytest.raises(ValueError, match="encoder_scramble"):
         Controls.parse("full", 0, 0, 0, "2")
+
+
+def test_cached_rotation_equals_a_fresh_draw():
+    """random_rotation is cached (one QR per video, not per scramble strength); the cache changes no value."""
+    first = random_rotation(16, 123)
+    random_rotation.cache_clear()
+    again = random_rotation(16, 123)
+    assert torch.equal(again, first) and random_rotation(16, 123) is again
+
+
+def test_planted_features_only_for_the_planted_arms(tmp_path):
+    """extract_features degrades only the arms named in planted_arms, with the values it gives when it
+    degrades every arm (the demo plants on the control arm alone)."""
+    from dna_vlm.eval.probe.features import extract_features
+
+    from dna_vlm.data.synth import generate_dataset
+    from dna_vlm.runs.loading import load_model
+    from dna_vlm.tiny.default import build_tiny_model
+
+    data = generate_dataset(tmp_path / "d", n_train=0, n_val=0, n_test=3)
+    rows = [json.loads(ln) for ln in Path(data["test"]).read_text().splitlines()]
+    videos = [str(tmp_path / "d" / r["video"]) for r in rows]
+    model = load_model(pretrained=str(build_tiny_model(tmp_path / "m", seed=0)))
+    models, planted = {"a": model, "b": model}, (Planted("scramble", 0.5), Planted("scramble", 1.0))
+    every = extract_features(models, videos, 4, "mean", planted=planted)
+    only = extract_features(models, videos, 4, "mean", planted=planted, planted_arms=["a"])
+    assert set(only) == {"a", "b", "a@scramble0.5", "a@scramble1"}
+    assert set(every) == set(only) | {"b@scramble0.5", "b@scramble1"}
+    assert all(np.array_equal(only[k], every[k]) for k in only)
+    assert not np.array_equal(only["a@scramble1"], only["a"])

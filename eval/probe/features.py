@@ -118,6 +118,7 @@ def extract_features(
     batch_size: int = 16,
     desc: str = "features",
     planted: Sequence[Planted] = (),
+    planted_arms: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """``{name: (len(videos), F) float32}`` for every ``(model, processor)`` in ``models``.
 
@@ -125,7 +126,8 @@ def extract_features(
     distinct processor: the arms of one base model share it); ``batch_size`` videos per forward. Each
     ``planted`` degradation d (:class:`~dna_vlm.eval.degrade.Planted`) adds ``{f"{name}@{d.name}": ...}``: the
     same tokens with the plugin's ``encoder_<kind>=p`` degradation (seeded per video by
-    :func:`~dna_vlm.eval.degrade.visual_seed` of its sampled frames, as the plugin seeds it) before pooling."""
+    :func:`~dna_vlm.eval.degrade.visual_seed` of its sampled frames, as the plugin seeds it) before pooling, for
+    the models named in ``planted_arms`` (default: every model)."""
     from tqdm import tqdm
 
     from dna_vlm.runs.loading import build_inputs
@@ -133,7 +135,8 @@ def extract_features(
 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}: choose one of {POOLINGS}")
-    names = [*models, *(f"{n}@{d.name}" for n in models for d in planted)]
+    degraded = list(models) if planted_arms is None else [n for n in models if n in set(planted_arms)]
+    names = [*models, *(f"{n}@{d.name}" for n in degraded for d in planted)]
     feats: dict[str, list[np.ndarray]] = {name: [] for name in names}
     keys = {name: _processor_key(proc) for name, (_m, proc) in models.items()}
     for start in tqdm(range(0, len(videos), batch_size), desc=f"probe {desc}", unit="batch"):
@@ -147,7 +150,7 @@ def extract_features(
                 batches[key] = build_inputs(processor, frames, [_PROMPT] * len(frames))
             tokens = _tokens(model, batches[key], len(frames), frames[0].shape[0], name)
             feats[name].append(pool_tokens(tokens, pooling))
-            for d in planted:
+            for d in planted if name in degraded else ():
                 hit = np.stack([_degraded(t, seed, d) for t, seed in zip(tokens, seeds, strict=True)])
                 feats[f"{name}@{d.name}"].append(pool_tokens(hit, pooling))
     return {

@@ -317,7 +317,8 @@ def run_probe(
     feats: dict = {n: {} for n in models if n in keep} | {n: {} for n in sorted(keep - set(models))}
     for split, rs in rows.items():
         videos = [r["video"] for r in rs]
-        got = extract_features(models, videos, num_frames, pooling, batch_size, desc=split, planted=planted)
+        got = extract_features(models, videos, num_frames, pooling, batch_size, desc=split, planted=planted,
+                               planted_arms=planted_arms)  # fmt: skip
         for n, x in got.items():
             if n in keep:
                 feats[n][split] = x

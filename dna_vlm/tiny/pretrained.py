@@ -82,8 +82,8 @@ class Recipe:
     # the mix, the mix with the shape rows twice (docs/measurements/pretrained-baseline-2026-12-06).
     # Stage 2, the same scenes drawn as the synthetic set draws them now (bigger objects, a grey outline, no
     # object in the middle, the target at a random depth): shape alone, the mix, the mix with the shape rows
-    # twice (docs/measurements/headroom-2026-12-06, run bD). Trained from scratch on these clips the curriculum
-    # does not learn motion (run sD there).
+    # twice (docs/measurements/headroom-2026-12-06, run bD). Trained from scratch on a precursor of these clips
+    # (polygon layout, grey outline, the old size) the curriculum did not learn motion (run sD there).
     stages: tuple[Stage, ...] = (
         Stage(
             PLAIN_RENDER, (("color", 300), ("shape", 600), ("motion", 800), ("all", 800), ("all+shape", 600))

@@ -19,6 +19,13 @@ _PARTS = {
 }
 
 
+def _ordered_parts(dec: dict) -> list[tuple[str, dict]]:
+    """The decomposition's terms in :data:`_PARTS` order (a section read back from a stage file has its keys
+    sorted: a resumed run must print the same report as a fresh one)."""
+    rank = {k: i for i, k in enumerate(_PARTS)}
+    return sorted(dec["parts"].items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+
+
 def _pct(x) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
@@ -79,7 +86,7 @@ def encoder_paragraph(section: dict) -> str:
     dec = o.get("decomposition") or {}
     if dec:
         terms = []
-        for k, p in dec["parts"].items():
+        for k, p in _ordered_parts(dec):
             name = _PARTS.get(k, k).split(":")[0]
             terms.append(
                 f"{name} {_gain_text(p)}" if "delta" in p else f"{name} {_pct(p['rate'])}% {_ci(p['ci95'])}"
@@ -106,7 +113,7 @@ def _decomp_rows(dec: dict) -> list[str]:
         "not_linearly_readable": "upper bound: a non-linear, per-token read-out may do better",
         "error_left_on_oracle": "",
     }
-    for k, p in dec["parts"].items():
+    for k, p in _ordered_parts(dec):
         val = _gain_text(p) if "delta" in p else f"{_pct(p['rate'])} {_ci(p['ci95'])} (Wilson)"
         lines.append(f"| {_PARTS.get(k, k)} | {val} | {why.get(k, '')} |")
     return [*lines, ""]
